@@ -1,0 +1,102 @@
+"""Hugging Face safetensors checkpoints: lazy, index-resolved reads with FP8 block dequantization.
+
+A weight and its ``<name>_scale_inv`` may sit in different shard files, so every lookup goes
+through ``model.safetensors.index.json`` (or the single ``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from megatron_ads.kernels.fp8 import FP8_DTYPE, block_dequant
+
+SCALE_SUFFIX = "_scale_inv"
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint on disk is not what it claims to be (names the file and the problem)."""
+
+
+class HFCheckpoint:
+    """Read-only view of an HF safetensors checkpoint directory.
+
+    ``get(name)`` returns the tensor, FP8 weights dequantized to ``dequant_dtype`` with their scales.
+    ``keys()`` lists logical tensor names (scales are folded into their weights).
+    """
+
+    def __init__(self, directory: str | Path, dequant_dtype: torch.dtype = torch.bfloat16):
+        self.dir = Path(directory)
+        self.dequant_dtype = dequant_dtype
+        if not self.dir.is_dir():
+            raise CheckpointError(f"{self.dir}: not a directory")
+        index = self.dir / INDEX
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{index}: expected JSON with a 'weight_map' object ({exc})") from exc
+        elif (self.dir / SINGLE).is_file():
+            weight_map = {k: SINGLE for k in self._open(SINGLE).keys()}
+        else:
+            raise CheckpointError(f"{self.dir}: neither {INDEX} nor {SINGLE} found")
+        for fname in sorted(set(weight_map.values())):
+            if not (self.dir / fname).is_file():
+                raise CheckpointError(f"{self.dir / fname}: shard listed in {INDEX} is missing")
+        self.weight_map: dict[str, str] = weight_map
+        self._handles: dict[str, object] = {}
+
+    def _open(self, fname: str):
+        if fname not in getattr(self, "_handles", {}):
+            path = self.dir / fname
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+            if not hasattr(self, "_handles"):
+                return handle
+            self._handles[fname] = handle
+        return self._handles[fname]
+
+    def keys(self) -> list[str]:
+        """Logical tensor names (``*_scale_inv`` excluded)."""
+        return sorted(k for k in self.weight_map if not k.endswith(SCALE_SUFFIX))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def raw(self, name: str) -> torch.Tensor:
+        """The stored tensor, as is."""
+        if name not in self.weight_map:
+            raise CheckpointError(f"{self.dir}: tensor {name!r} not in the checkpoint")
+        fname = self.weight_map[name]
+        try:
+            return self._open(fname).get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"{self.dir / fname}: cannot read tensor {name!r} ({exc})") from exc
+
+    def is_fp8(self, name: str) -> bool:
+        return name + SCALE_SUFFIX in self.weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor; FP8 weights are dequantized with their block scales."""
+        t = self.raw(name)
+        if t.dtype == FP8_DTYPE:
+            scale_name = name + SCALE_SUFFIX
+            if scale_name not in self.weight_map:
+                raise CheckpointError(f"{self.dir}: FP8 weight {name!r} has no {scale_name!r}; refusing to guess a scale")
+            return block_dequant(t, self.raw(scale_name), out_dtype=self.dequant_dtype, name=name)
+        return t
+
+    def config(self) -> dict:
+        path = self.dir / "config.json"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        return json.loads(path.read_text())

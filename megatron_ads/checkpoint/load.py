@@ -1,0 +1,57 @@
+"""Load an HF checkpoint straight into this rank's megatron-core model chunk (no file conversion).
+
+Uses the mapping registry; every tensor of the chunk must be written exactly once, and every task
+must find its target, otherwise a ``CheckpointError`` lists what is missing or extra.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
+from megatron_ads.config.model import ModelConfig
+from megatron_ads.config.parallel import ParallelConfig
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters plus persistent weight-like buffers (router expert_bias) of a chunk."""
+    out = dict(model.named_parameters())
+    for name, buf in model.named_buffers():
+        if name.endswith("expert_bias"):
+            out[name] = buf
+    return out
+
+
+def current_coord() -> RankCoord:
+    """This process's (pp, tp, ep) coordinates from megatron's parallel state."""
+    from megatron.core import parallel_state as ps
+
+    return RankCoord(pp_rank=ps.get_pipeline_model_parallel_rank(), tp_rank=ps.get_tensor_model_parallel_rank(),
+                     ep_rank=ps.get_expert_model_parallel_rank())
+
+
+@torch.no_grad()
+def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfig, par: ParallelConfig,
+                       coord: RankCoord) -> int:
+    """Copy every tensor this rank owns from ``hf`` into ``model``. Returns the number of tensors."""
+    if cfg.family == "deepseek_v3" and par.tp > 1:
+        raise ValueError("tp: MLA models are supported with tp=1 only (the paper's layout uses PP x EP x DP)")
+    targets = model_tensors(model)
+    written: set[str] = set()
+    for task in rank_tasks(cfg, par, coord):
+        if task.mcore not in targets:
+            raise CheckpointError(f"{hf.dir}: mapping produced {task.mcore!r} (from {task.hf}) which this rank's "
+                                  f"model does not have")
+        sources = [hf.get(name) for name in task.hf]
+        value = apply_transform(task, sources, cfg, par.tp, coord.tp_rank)
+        target = targets[task.mcore]
+        if tuple(value.shape) != tuple(target.shape):
+            raise CheckpointError(f"{hf.dir}: {task.hf} -> {task.mcore}: shape {tuple(value.shape)} does not match "
+                                  f"the model's {tuple(target.shape)} (config.json disagrees with the weights?)")
+        target.copy_(value.to(target.dtype))
+        written.add(task.mcore)
+    missing = sorted(set(targets) - written)
+    if missing:
+        raise CheckpointError(f"{hf.dir}: {len(missing)} model tensors have no source in the mapping: {missing[:8]}")
+    return len(written)

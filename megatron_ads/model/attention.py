@@ -1,0 +1,73 @@
+"""Core attention on torch's scaled_dot_product_attention, for megatron-core local specs.
+
+How it works
+------------
+megatron-core's local ``DotProductAttention`` rejects the ``k_channels``/``v_channels`` that MLA
+passes (its q/k head dim differs from its v head dim). This module accepts them and computes
+
+    out = softmax(q k^T * softmax_scale + causal/padding mask) v
+
+with ``torch.nn.functional.scaled_dot_product_attention`` (flash/memory-efficient kernels on CUDA,
+the math kernel on CPU). ``softmax_scale`` comes from the attention module (MLA passes
+mscale(factor, mscale_all_dim)**2 / sqrt(q_head_dim) for YaRN); when None it is 1/sqrt(head_dim).
+GQA: key/value heads are repeated to the query heads.
+
+Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+
+
+class SDPACoreAttention(MegatronModule):
+    """Drop-in core attention (``submodules.core_attention``) for local specs."""
+
+    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str = "self",
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 k_channels: int | None = None, v_channels: int | None = None, cp_comm_type: str | None = None,
+                 pg_collection=None, **unused):
+        super().__init__(config=config)
+        if config.context_parallel_size > 1:
+            raise ValueError("SDPACoreAttention: context parallelism is not supported (context_parallel_size > 1)")
+        self.layer_number = max(1, layer_number)
+        self.attn_mask_type = attn_mask_type
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.softmax_scale = softmax_scale
+        self.current_max_attn_logits = None
+
+    def forward(self, query_SBHD, key_KBGD, value_KBGV, attention_mask=None, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None, **unused):
+        if packed_seq_params is not None:
+            raise ValueError("SDPACoreAttention: packed sequences (THD) are not supported; pad instead")
+        mask_type = attn_mask_type or self.attn_mask_type
+        sq, b, heads, d = query_SBHD.shape
+        sk, groups = key_KBGD.shape[0], key_KBGD.shape[2]
+        q = query_SBHD.permute(1, 2, 0, 3)  # B H S D
+        k = key_KBGD.permute(1, 2, 0, 3)
+        v = value_KBGV.permute(1, 2, 0, 3)
+        if groups != heads:
+            k = k.repeat_interleave(heads // groups, dim=1)
+            v = v.repeat_interleave(heads // groups, dim=1)
+        scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(d)
+        causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        mask = None
+        if attention_mask is not None and mask_type != AttnMaskType.causal:
+            # megatron convention: True = masked out
+            mask = ~attention_mask.to(torch.bool)
+            if causal:
+                tri = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+                mask = mask & tri
+            causal = False
+        elif causal and sq != sk:
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+            causal = False
+        dropout = self.dropout_p if self.training else 0.0
+        out_BHSV = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                  is_causal=causal, scale=scale)
+        return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * out_BHSV.shape[-1])

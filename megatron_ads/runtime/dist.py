@@ -1,0 +1,109 @@
+"""Distributed initialization from torchrun or SLURM environments, with explicit timeouts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from megatron_ads.runtime.platform import Platform, setup
+
+
+@dataclass(frozen=True, slots=True)
+class DistEnv:
+    """Rank facts of this process, as read from the launcher's environment."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+    """'torchrun', 'slurm' or 'single'."""
+
+
+def expand_slurm_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM node list ('gpu[001-003,007],login1') into host names."""
+    hosts: list[str] = []
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?", nodelist):
+        m = re.fullmatch(r"([^\[]+)\[([^\]]*)\]", part)
+        if not m:
+            hosts.append(part)
+            continue
+        prefix, body = m.groups()
+        for item in body.split(","):
+            if "-" in item:
+                lo, hi = item.split("-", 1)
+                width = len(lo)
+                hosts.extend(f"{prefix}{i:0{width}d}" for i in range(int(lo), int(hi) + 1))
+            else:
+                hosts.append(prefix + item)
+    return hosts
+
+
+def read_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Read rank/world/master from torchrun (RANK, WORLD_SIZE, ...) or SLURM (SLURM_PROCID, ...).
+
+    torchrun variables win when both are present (torchrun inside srun). Without either, a
+    single process on 127.0.0.1 is assumed.
+    """
+    env = os.environ if environ is None else environ
+    port = int(env.get("MASTER_PORT", "29500"))
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return DistEnv(
+            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+            local_rank=int(env.get("LOCAL_RANK", "0")), master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+            master_port=port, launcher="torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        if "MASTER_ADDR" in env:
+            addr = env["MASTER_ADDR"]
+        elif nodelist:
+            addr = expand_slurm_nodelist(nodelist)[0]
+        else:
+            raise ValueError("SLURM environment without SLURM_JOB_NODELIST or MASTER_ADDR: cannot find the master node")
+        return DistEnv(
+            rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+            local_rank=int(env.get("SLURM_LOCALID", "0")), master_addr=addr, master_port=port, launcher="slurm",
+        )
+    return DistEnv(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1", master_port=port, launcher="single")
+
+
+def init_distributed(platform: Platform | None = None, timeout_s: float = 600.0,
+                     environ: dict[str, str] | None = None) -> tuple[Platform, DistEnv]:
+    """Set up the platform and the default process group (idempotent).
+
+    Args:
+        platform: cuda or cpu; detected when None.
+        timeout_s: collective timeout; a collective that waits longer raises instead of hanging.
+    Returns:
+        (platform, env).
+    """
+    env = read_env(environ)
+    if env.launcher != "torchrun":
+        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    platform = setup(platform)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=platform.backend,
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return platform, env
+
+
+def destroy() -> None:
+    """Tear down megatron's parallel state and the default process group."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
