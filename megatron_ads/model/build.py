@@ -136,6 +136,9 @@ def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32"
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
 
+    from megatron_ads.runtime.platform import patch_loaded_megatron_modules
+
+    patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pre = parallel_state.is_pipeline_first_stage()

@@ -18,7 +18,8 @@ upgrade changes it):
    ``tensor_parallel.random._get_cuda_rng_state/_set_cuda_rng_state`` -> the CPU generator
    (megatron's RNG tracker forks "device" RNG states).
 4. Literal ``device='cuda'`` in tensor factories (optimizer scalars, grad clipping, schedules)
-   -> CPU.
+   -> CPU: megatron.core modules see a ``torch`` whose factories map 'cuda' to CPU (their own
+   namespaces only, so torch's meta-device context keeps working for everyone else).
 5. ``Tensor.cuda()`` -> the tensor itself; ``Tensor.record_stream`` -> no-op.
 6. ``tensor.type() == 'torch.cuda.FloatTensor'`` checks (grad clipping, mixed-precision and
    distributed optimizers): ``Tensor.type()`` called *from megatron.core* reports CPU tensors
@@ -164,17 +165,50 @@ def _cpu_device_arg(device):
     return device
 
 
-def _wrap_factory(fn):
-    @functools.wraps(fn)
-    def factory(*args, **kwargs):
-        if "device" in kwargs:
-            kwargs["device"] = _cpu_device_arg(kwargs["device"])
-        if kwargs.get("pin_memory"):
-            kwargs["pin_memory"] = False
-        return fn(*args, **kwargs)
+class _TorchForMegatron:
+    """What megatron-core modules see as ``torch`` in CPU mode: torch itself, except that tensor
+    factories map a literal ``device='cuda'`` (and ``pin_memory=True``) to CPU.
 
-    factory.__megatron_ads_original__ = fn
-    return factory
+    Scoped to megatron.core's module namespaces on purpose: replacing ``torch.zeros`` & co. globally
+    would bypass torch's ``torch.device('meta')`` context (its constructor table is keyed by the
+    original functions), which transformers relies on when loading models."""
+
+    def __init__(self):
+        for name in _FACTORIES:
+            object.__setattr__(self, name, self._factory(getattr(torch, name)))
+
+    @staticmethod
+    def _factory(fn):
+        @functools.wraps(fn)
+        def factory(*args, **kwargs):
+            if "device" in kwargs:
+                kwargs["device"] = _cpu_device_arg(kwargs["device"])
+            if kwargs.get("pin_memory"):
+                kwargs["pin_memory"] = False
+            return fn(*args, **kwargs)
+
+        return factory
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+_TORCH_FOR_MEGATRON: _TorchForMegatron | None = None
+
+
+def patch_loaded_megatron_modules() -> int:
+    """Point ``torch`` inside every loaded megatron.core module at the CPU-mode view (idempotent).
+
+    Called on activation and again before building models, so modules megatron imports lazily are
+    covered too. Returns the number of modules patched by this call."""
+    if not _ACTIVE:
+        return 0
+    n = 0
+    for name, module in list(sys.modules.items()):
+        if name.startswith("megatron.core") and module is not None and getattr(module, "torch", None) is torch:
+            module.torch = _TORCH_FOR_MEGATRON
+            n += 1
+    return n
 
 
 _CUDA_TYPE_NAMES = {
@@ -196,19 +230,6 @@ def _wrap_tensor_type(orig):
 
     type_.__megatron_ads_original__ = orig
     return type_
-
-
-def _wrap_to(orig):
-    @functools.wraps(orig)
-    def to(self, *args, **kwargs):
-        if args and not isinstance(args[0], (torch.dtype, torch.Tensor)):
-            args = (_cpu_device_arg(args[0]),) + args[1:]
-        if "device" in kwargs:
-            kwargs["device"] = _cpu_device_arg(kwargs["device"])
-        return orig(self, *args, **kwargs)
-
-    to.__megatron_ads_original__ = orig
-    return to
 
 
 class _QuietCpuRngWarning(logging.Filter):
@@ -249,18 +270,30 @@ def activate_cpu_compat() -> None:
     cuda.manual_seed_all = lambda seed: None
     cuda.random.get_rng_state = cuda.get_rng_state
     cuda.random.set_rng_state = cuda.set_rng_state
-    # 4. literal device='cuda' factories
-    for name in _FACTORIES:
-        setattr(torch, name, _wrap_factory(getattr(torch, name)))
-    # 5. Tensor.cuda / record_stream / .to('cuda')
+    # 5. Tensor.cuda / record_stream
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     torch.Tensor.record_stream = lambda self, stream: None
-    torch.Tensor.to = _wrap_to(torch.Tensor.to)
     # 6. CUDA type names seen from megatron.core
     torch.Tensor.type = _wrap_tensor_type(torch.Tensor.type)
     _ACTIVE = True
     _patch_megatron_modules()
+    # 4. literal device='cuda' factories, inside megatron.core's namespaces only
+    global _TORCH_FOR_MEGATRON
+    _TORCH_FOR_MEGATRON = _TorchForMegatron()
+    _import_megatron_runtime_modules()
+    patch_loaded_megatron_modules()
     logging.getLogger("megatron.core.tensor_parallel.random").addFilter(_QuietCpuRngWarning())
+
+
+def _import_megatron_runtime_modules() -> None:
+    """Import the megatron-core modules the project runs, so their namespaces get the CPU view."""
+    import importlib
+
+    for name in ("megatron.core.optimizer", "megatron.core.distributed", "megatron.core.pipeline_parallel.schedules",
+                 "megatron.core.models.gpt", "megatron.core.transformer.moe.moe_layer",
+                 "megatron.core.transformer.multi_token_prediction", "megatron.core.tensor_parallel",
+                 "megatron.core.optimizer_param_scheduler"):
+        importlib.import_module(name)
 
 
 def _patch_megatron_modules() -> None:

@@ -1,0 +1,148 @@
+"""Forward-prop parity: Hugging Face transformers (reference) vs our megatron-core model, same weights.
+
+Every rank builds its model chunk for the layout, loads the HF checkpoint through the mapping
+registry, and runs one fixed batch through the pipeline (stages pass hidden states point to
+point); the last stage gathers the TP-split logits. Every rank also runs the HF reference on the
+same batch, so each stage can diff its own layers' hidden states. Rank 0 returns the report.
+
+Shapes: B batch, S sequence, H hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_ads.checkpoint.hf_io import HFCheckpoint
+from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
+from megatron_ads.config.model import ModelConfig
+from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.layout.groups import init_model_parallel
+from megatron_ads.layout.pipeline import stage_layers
+from megatron_ads.model.build import DTYPES, build_model_chunk
+from megatron_ads.model.specs import use_te_default
+from megatron_ads.runtime.dist import init_distributed
+from megatron_ads.runtime.seed import seed_all
+
+DEFAULT_ATOL = {"fp32": 1e-5, "bf16": 0.5}
+
+
+def parity_batch(vocab_size: int, batch: int, seq: int, seed: int) -> torch.Tensor:
+    """The fixed token batch [B, S] every rank uses."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, seq), generator=g)
+
+
+def hf_reference(hf_dir: str | Path, ids_BS: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """transformers logits [B, S, V] (fp32) and per-layer hidden states (outputs of each layer)."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
+    model.to(device).eval()
+    with torch.no_grad():
+        out = model(ids_BS.to(device), output_hidden_states=True)
+    hidden = list(out.hidden_states[1:])
+    return out.logits.float(), hidden
+
+
+def _pipeline_forward(model, ids_BS, cfg: ModelConfig, dtype: torch.dtype, device: torch.device):
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    b, s = ids_BS.shape
+    ids = ids_BS.to(device)
+    pos = torch.arange(s, device=device).unsqueeze(0).expand(b, -1)
+    if not ps.is_pipeline_first_stage():
+        recv = torch.empty(s, b, cfg.hidden_size, dtype=dtype, device=device)
+        dist.recv(recv, src=ps.get_pipeline_model_parallel_prev_rank())
+        model.set_input_tensor(recv)
+    out = model(ids, pos, None)
+    if not ps.is_pipeline_last_stage():
+        dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
+        return None
+    return gather_from_tensor_model_parallel_region(out)
+
+
+def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: str = "fp32",
+                    stage_layer_counts: list[int] | None = None, batch: int = 2, seq: int = 16, seed: int = 1234,
+                    dump_logits: str | None = None, timeout_s: float = 300.0) -> dict | None:
+    """Run parity on this rank (inside torchrun or a spawned worker). Rank 0 returns the report."""
+    platform, env = init_distributed(timeout_s=timeout_s)
+    par = ParallelConfig(tp=tp, pp=pp, ep=ep, stage_layers=stage_layer_counts)
+    dp = init_model_parallel(par)
+    seed_all(seed)
+    device = platform.device
+    cfg = ModelConfig.from_hf(hf_dir)
+    torch_dtype = DTYPES[dtype]
+    model = build_model_chunk(cfg, par, dtype=dtype, device=platform.name, use_te=use_te_default(platform.name))
+    coord = current_coord()
+    n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir, dequant_dtype=torch.float32), cfg, par, coord)
+    model.eval()
+
+    ids = parity_batch(cfg.vocab_size, batch, seq, seed)
+    ref_logits, ref_hidden = hf_reference(hf_dir, ids, device)
+
+    layers = stage_layers(cfg.num_layers, par)[coord.pp_rank]
+    captured: dict[int, torch.Tensor] = {}
+    hooks = []
+    for local, layer in enumerate(model.decoder.layers):
+        def hook(_mod, _inp, output, g=layers[local]):
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured[g] = hidden.detach().float().transpose(0, 1)  # [S,B,H] -> [B,S,H]
+        hooks.append(layer.register_forward_hook(hook))
+    with torch.no_grad():
+        logits = _pipeline_forward(model, ids, cfg, torch_dtype, device)
+    for h in hooks:
+        h.remove()
+
+    # the last HF hidden state is taken after the final norm; compare every other layer's output
+    per_layer = []
+    for g, ours in sorted(captured.items()):
+        if g == cfg.num_layers - 1:
+            continue
+        diff = (ours - ref_hidden[g].float()).abs()
+        per_layer.append({"layer": g, "stage": coord.pp_rank, "max_abs_diff": diff.max().item(),
+                          "mean_abs_diff": diff.mean().item()})
+    local = {"rank": env.rank, "coord": [coord.pp_rank, coord.tp_rank, coord.ep_rank], "per_layer": per_layer,
+             "tensors_loaded": n_loaded}
+    if logits is not None:
+        logits = logits.float()
+        diff = (logits - ref_logits).abs()
+        local.update(max_abs_diff=diff.max().item(), mean_abs_diff=diff.mean().item(),
+                     argmax_agreement=(logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item(),
+                     max_abs_logit=ref_logits.abs().max().item())
+        if dump_logits and env.rank == dist.get_world_size() - 1:  # pp is megatron's slowest dim
+            tmp = dump_logits + ".tmp"
+            torch.save(logits.cpu(), tmp)
+            os.replace(tmp, dump_logits)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    if env.rank != 0:
+        return None
+    final = next(r for r in gathered if "max_abs_diff" in r)
+    seen: dict[int, dict] = {}
+    for r in gathered:
+        for row in r["per_layer"]:
+            if row["layer"] not in seen or row["max_abs_diff"] > seen[row["layer"]]["max_abs_diff"]:
+                seen[row["layer"]] = row
+    return {
+        "hf": str(hf_dir), "model_type": cfg.model_type, "dtype": dtype, "platform": platform.name,
+        "tp": tp, "pp": pp, "ep": ep, "dp": dp, "world_size": dist.get_world_size(),
+        "stage_layers": stage_layers(cfg.num_layers, par),
+        "batch": batch, "seq": seq,
+        "max_abs_diff": max(r["max_abs_diff"] for r in gathered if "max_abs_diff" in r),
+        "mean_abs_diff": final["mean_abs_diff"], "argmax_agreement": final["argmax_agreement"],
+        "max_abs_logit": final["max_abs_logit"],
+        "per_layer": [seen[k] for k in sorted(seen)],
+        "tensors_loaded_per_rank": [r["tensors_loaded"] for r in gathered],
+    }
+
+
+def default_nproc(tp: int, pp: int, ep: int) -> int:
+    """Smallest world for (tp, pp, ep): ep must divide tp * dp."""
+    import math
+
+    return pp * math.lcm(tp, ep)

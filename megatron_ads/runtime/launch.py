@@ -1,0 +1,83 @@
+"""Start N local worker processes (gloo on CPU) the way torchrun would, and collect their results.
+
+Used by CLI verbs with ``--nproc N`` and by the distributed tests. Each worker gets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, runs ``fn(*args)`` and returns a
+JSON-serializable result; a worker failure is re-raised in the parent with the worker's traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WorkerError(RuntimeError):
+    """A spawned worker raised; carries its rank and traceback text."""
+
+
+def _entry(local_rank: int, fn: Callable, args: tuple, world: int, port: int, outdir: str, env: dict) -> None:
+    os.environ.update(env)
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = Path(outdir) / f"rank{local_rank}.json"
+    try:
+        result = fn(*args)
+        out.write_text(json.dumps({"ok": True, "result": result}))
+    except BaseException as exc:  # report every failure to the parent, then exit non-zero
+        out.write_text(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                   "traceback": traceback.format_exc()}))
+        raise SystemExit(1)
+    finally:
+        try:
+            from megatron_ads.runtime.dist import destroy
+
+            destroy()
+        except Exception:
+            pass
+
+
+def spawn(fn: Callable, nproc: int, *args: Any, env: dict[str, str] | None = None) -> list[Any]:
+    """Run ``fn(*args)`` in ``nproc`` fresh processes as ranks 0..nproc-1; return their results by rank."""
+    if nproc < 1:
+        raise ValueError(f"nproc: expected >= 1, got {nproc}")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="megatron_ads_spawn_") as outdir:
+        ctx = mp.start_processes(_entry, args=(fn, args, nproc, port, outdir, dict(env or {})), nprocs=nproc,
+                                 join=False, start_method="spawn")
+        try:
+            while not ctx.join():
+                pass
+        except mp.ProcessRaisedException:
+            pass
+        except mp.ProcessExitedException:
+            pass
+        results, errors = [], []
+        for rank in range(nproc):
+            path = Path(outdir) / f"rank{rank}.json"
+            if not path.exists():
+                errors.append(f"rank {rank}: exited without a result")
+                results.append(None)
+                continue
+            data = json.loads(path.read_text())
+            if data["ok"]:
+                results.append(data["result"])
+            else:
+                errors.append(f"rank {rank}: {data['error']}\n{data['traceback']}")
+                results.append(None)
+        if errors:
+            raise WorkerError("worker(s) failed:\n" + "\n".join(errors))
+        return results
