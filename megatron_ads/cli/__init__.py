@@ -1,0 +1,57 @@
+"""``megatron-ads`` console script: a verb table of thin commands.
+
+Exit codes: 0 ok, 2 bad input (named file/field), 1 failure. ``--json`` prints JSON to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+from megatron_ads.checkpoint.hf_io import CheckpointError
+
+
+class CommandFailed(RuntimeError):
+    """The command ran but its check failed (exit code 1)."""
+
+
+def _verbs() -> dict[str, tuple[str, Callable]]:
+    from megatron_ads.cli import demo, init_model, verify
+
+    return {
+        "init-model": ("write a random-weight HF checkpoint of a named flavor", init_model.register),
+        "verify": ("verify parity (HF vs megatron-core)", verify.register),
+        "demo": ("end-to-end pipeline on the CPU default", demo.register),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for name, (help_text, register) in _verbs().items():
+        register(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def emit(result: dict, as_json: bool, human: Callable[[dict], str]) -> None:
+    """Print ``result`` as JSON (stdout) or as the human rendering."""
+    print(json.dumps(result, indent=2, sort_keys=True) if as_json else human(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
+        print(f"megatron-ads {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except CommandFailed as exc:
+        print(f"megatron-ads {args.verb}: FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

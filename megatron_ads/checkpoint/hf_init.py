@@ -1,0 +1,109 @@
+"""Random-weight HF checkpoints of a named flavor (real architecture), optionally in DeepSeek FP8 format."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX
+from megatron_ads.kernels.fp8 import block_quant
+
+# Linear weights of decoder/MTP layers are FP8 in DeepSeek's checkpoints; embeddings, lm_head, norms,
+# the router (mlp.gate), expert bias and eh_proj are not.
+FP8_WEIGHT = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
+                        r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate_proj|up_proj|down_proj))\.weight$")
+QUANT_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
+
+
+def is_fp8_weight(name: str) -> bool:
+    """Whether DeepSeek stores this tensor as FP8 with a block scale."""
+    return bool(FP8_WEIGHT.match(name))
+
+
+def build_random_hf_model(hf_config: dict[str, Any], seed: int, dtype: torch.dtype):
+    """A transformers model of ``hf_config`` with seeded random weights (expert bias randomized too)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.AutoConfig.for_model(**hf_config)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.05)
+    return model.to(dtype)
+
+
+def quantize_checkpoint_fp8(directory: Path) -> int:
+    """Rewrite every FP8-eligible weight of an HF checkpoint as E4M3 + ``weight_scale_inv`` (in place,
+    file by file through temp names), and add ``quantization_config`` to config.json. Returns the count."""
+    index_path = directory / INDEX
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        files = sorted(set(index["weight_map"].values()))
+    else:
+        files, index = ["model.safetensors"], {"metadata": {}, "weight_map": {}}
+    n = 0
+    for fname in files:
+        path = directory / fname
+        tensors = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                t = f.get_tensor(key)
+                if is_fp8_weight(key):
+                    q, s = block_quant(t)
+                    tensors[key], tensors[key + SCALE_SUFFIX] = q, s
+                    n += 1
+                else:
+                    tensors[key] = t
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+        for key in tensors:
+            index["weight_map"][key] = fname
+    if index_path.is_file() or len(files) > 1:
+        tmp = index_path.with_name(INDEX + ".tmp")
+        tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
+        os.replace(tmp, index_path)
+    cfg_path = directory / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = QUANT_CONFIG
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return n
+
+
+def write_random_checkpoint(hf_config: dict[str, Any], out: str | Path, seed: int = 0, fp8: bool = False,
+                            dtype: str = "bf16", tokenizer=None) -> dict[str, Any]:
+    """Write a random-weight HF checkpoint (safetensors + config.json [+ tokenizer]) to ``out``.
+
+    Written under ``out.tmp`` and renamed at the end, so ``out`` never looks complete while partial.
+    Returns a summary (path, tensors, parameters, fp8 weights).
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty; choose a new --out")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    model = build_random_hf_model(hf_config, seed, torch_dtype)
+    model.save_pretrained(str(tmp))
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+    n_fp8 = quantize_checkpoint_fp8(tmp) if fp8 else 0
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    return {"path": str(out), "model_type": hf_config["model_type"], "parameters": n_params, "fp8_weights": n_fp8,
+            "dtype": dtype, "seed": seed}

@@ -1,0 +1,72 @@
+"""``megatron-ads verify parity --hf DIR [--tp T --pp P --ep E] [--nproc N] [--dtype fp32|bf16] [--json]``"""
+
+from __future__ import annotations
+
+import os
+
+
+def register(p) -> None:
+    sub = p.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("parity", help="HF transformers vs our megatron-core model on the same batch")
+    q.add_argument("--hf", required=True, help="HF checkpoint directory")
+    q.add_argument("--mcore", default=None, help="Megatron checkpoint (after conversion lands; not yet supported)")
+    q.add_argument("--tp", type=int, default=1)
+    q.add_argument("--pp", type=int, default=1)
+    q.add_argument("--ep", type=int, default=1)
+    q.add_argument("--stage-layers", default=None, help="comma-separated layers per stage, e.g. 1,3")
+    q.add_argument("--nproc", type=int, default=None,
+                   help="start N gloo workers (CPU); default: the smallest world for tp/pp/ep")
+    q.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    q.add_argument("--atol", type=float, default=None, help="max |logit diff| allowed (default fp32 1e-5, bf16 0.5)")
+    q.add_argument("--batch", type=int, default=2)
+    q.add_argument("--seq", type=int, default=32)
+    q.add_argument("--seed", type=int, default=1234)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=run_parity)
+
+
+def _human(r: dict) -> str:
+    lines = [f"parity {r['model_type']} tp={r['tp']} pp={r['pp']} ep={r['ep']} dp={r['dp']} "
+             f"({r['world_size']} {r['platform']} ranks, {r['dtype']}): "
+             f"max|diff|={r['max_abs_diff']:.3e} mean|diff|={r['mean_abs_diff']:.3e} "
+             f"argmax agreement={r['argmax_agreement']:.4f} -> {'PASS' if r['passed'] else 'FAIL'} (atol {r['atol']:g})",
+             "  layer stage   max|diff|   mean|diff|"]
+    lines += [f"  {row['layer']:5d} {row['stage']:5d}  {row['max_abs_diff']:.3e}  {row['mean_abs_diff']:.3e}"
+              for row in r["per_layer"]]
+    return "\n".join(lines)
+
+
+def run_parity(args) -> int:
+    from pathlib import Path
+
+    from megatron_ads.checkpoint.parity import DEFAULT_ATOL, default_nproc, run_parity_rank
+    from megatron_ads.cli import CommandFailed, emit
+    from megatron_ads.config.model import ModelConfig
+
+    if args.mcore:
+        raise ValueError("--mcore: loading Megatron checkpoints arrives with the converter; pass --hf only")
+    ModelConfig.from_hf(Path(args.hf))  # fail early, with the file named, on a bad config
+    stage_counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
+    kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, stage_layer_counts=stage_counts,
+                  batch=args.batch, seq=args.seq, seed=args.seed)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun / srun with env
+        report = run_parity_rank(args.hf, **kwargs)
+        if report is None:
+            return 0
+    else:
+        from megatron_ads.runtime.launch import spawn
+
+        nproc = args.nproc or default_nproc(args.tp, args.pp, args.ep)
+        report = spawn(_parity_worker, nproc, args.hf, kwargs)[0]
+    atol = args.atol if args.atol is not None else DEFAULT_ATOL[args.dtype]
+    report.update(atol=atol, passed=report["max_abs_diff"] <= atol)
+    emit(report, args.json, _human)
+    if not report["passed"]:
+        raise CommandFailed(f"max_abs_diff {report['max_abs_diff']:.3e} above tolerance {atol:g}")
+    return 0
+
+
+def _parity_worker(hf: str, kwargs: dict):
+    from megatron_ads.checkpoint.parity import run_parity_rank
+
+    return run_parity_rank(hf, **kwargs)
