@@ -100,3 +100,36 @@ class HFCheckpoint:
         if not path.is_file():
             raise CheckpointError(f"{path}: missing")
         return json.loads(path.read_text())
+
+
+def write_dequantized_copy(src: HFCheckpoint, out: str | Path) -> Path:
+    """Write ``src`` with every FP8 weight dequantized (DeepSeek's formula, ``src.dequant_dtype``) and
+    ``quantization_config`` removed, keeping shard layout. Written to ``out.tmp`` then renamed."""
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    by_file: dict[str, list[str]] = {}
+    for key in src.keys():
+        by_file.setdefault(src.weight_map[key], []).append(key)
+    weight_map = {}
+    for fname, keys in sorted(by_file.items()):
+        save_file({k: src.get(k).contiguous() for k in keys}, str(tmp / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in keys})
+    (tmp / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2, sort_keys=True))
+    cfg = src.config()
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    for extra in src.dir.iterdir():
+        if extra.name.startswith("tokenizer") or extra.name in ("special_tokens_map.json", "generation_config.json"):
+            shutil.copy2(extra, tmp / extra.name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

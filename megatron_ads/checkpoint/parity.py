@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_ads.checkpoint.hf_io import HFCheckpoint
+from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
@@ -37,11 +37,25 @@ def parity_batch(vocab_size: int, batch: int, seq: int, seed: int) -> torch.Tens
 
 
 def hf_reference(hf_dir: str | Path, ids_BS: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """transformers logits [B, S, V] (fp32) and per-layer hidden states (outputs of each layer)."""
+    """transformers logits [B, S, V] (fp32) and per-layer hidden states (outputs of each layer).
+
+    For an FP8 checkpoint the reference loads a copy dequantized with DeepSeek's formula
+    (kernels/fp8.py): transformers' own CPU dequantization rounds differently (up to 1 bf16 ulp),
+    and parity is about the model, not about two dequantizers.
+    """
+    import tempfile
+
     import transformers
 
+    src = HFCheckpoint(hf_dir)
+    tmpdir = None
+    if any(src.is_fp8(k) for k in src.keys()):
+        tmpdir = tempfile.TemporaryDirectory(prefix="megatron_ads_ref_")
+        hf_dir = write_dequantized_copy(src, Path(tmpdir.name) / "bf16")
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-    model.to(device).eval()
+    if tmpdir is not None:
+        tmpdir.cleanup()
+    model.float().to(device).eval()  # FP8 checkpoints dequantize to bf16 on load
     with torch.no_grad():
         out = model(ids_BS.to(device), output_hidden_states=True)
     hidden = list(out.hidden_states[1:])
@@ -79,7 +93,7 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
     torch_dtype = DTYPES[dtype]
     model = build_model_chunk(cfg, par, dtype=dtype, device=platform.name, use_te=use_te_default(platform.name))
     coord = current_coord()
-    n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir, dequant_dtype=torch.float32), cfg, par, coord)
+    n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, coord)
     model.eval()
 
     ids = parity_batch(cfg.vocab_size, batch, seq, seed)
