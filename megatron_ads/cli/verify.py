@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 
 def register(p) -> None:
     sub = p.add_subparsers(dest="what", required=True)
@@ -49,7 +47,9 @@ def run_parity(args) -> int:
     stage_counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
     kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, stage_layer_counts=stage_counts,
                   batch=args.batch, seq=args.seq, seed=args.seed)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # under torchrun / srun with env
+    from megatron_ads.runtime.dist import read_env
+
+    if read_env().launcher != "single":  # under torchrun or srun: this process is one rank
         report = run_parity_rank(args.hf, **kwargs)
         if report is None:
             return 0

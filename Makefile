@@ -1,0 +1,44 @@
+# megatron_ads — set-up, demo, tests, benchmarks. Everything installs into .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned first: 2.13.0 is the CPU build on project machines' local disk. A bare `torch`
+# requirement would let pip fetch a multi-GB CUDA build. On a GPU machine set TORCH_SPEC to the
+# machine's torch (e.g. TORCH_SPEC="torch" with its own index) or keep the preinstalled one.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-unit test-distributed test-gpu bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "import torch, megatron.core, transformers; print('torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| transformers', transformers.__version__)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/megatron-ads demo
+
+test: setup
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test-distributed: setup
+	$(BIN)/python -m pytest tests/distributed -q $(PYTEST_ARGS)
+
+test-gpu: setup
+	$(BIN)/python -m pytest tests/gpu -q -m gpu $(PYTEST_ARGS)
+
+bench: setup
+	@ls benchmarks/*.py >/dev/null 2>&1 && for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
