@@ -30,6 +30,7 @@ def init_model_parallel(par: ParallelConfig, timeout_s: float | None = None) -> 
         tensor_model_parallel_size=par.tp,
         pipeline_model_parallel_size=par.pp,
         expert_model_parallel_size=par.ep,
+        expert_tensor_parallel_size=1,  # experts are never TP-split (mapping and plan assume etp=1)
         **kwargs,
     )
     return dp

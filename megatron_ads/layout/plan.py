@@ -231,7 +231,7 @@ def build_plan(cfg: ModelConfig, cluster: Cluster, shape: TrainShape, tp: int = 
                etp: int = 1, stage_layer_counts: list[int] | None = None) -> ParallelPlan:
     """A full plan for fixed sizes: balanced stages, experts, memory, traffic."""
     dp = validate(cfg, cluster, tp, pp, ep, etp)
-    edp = (tp * dp) // (ep * etp) if cfg.is_moe else dp
+    edp = (tp * dp) // (ep * etp)
     mtp = shape.mtp and cfg.num_mtp_layers > 0
     seq = shape.seq_len
     if stage_layer_counts is None:
