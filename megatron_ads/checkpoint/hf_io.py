@@ -30,9 +30,11 @@ class HFCheckpoint:
     ``keys()`` lists logical tensor names (scales are folded into their weights).
     """
 
-    def __init__(self, directory: str | Path, dequant_dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, directory: str | Path, dequant_dtype: torch.dtype = torch.bfloat16, keep_open: bool = True):
         self.dir = Path(directory)
         self.dequant_dtype = dequant_dtype
+        self.keep_open = keep_open
+        """keep_open=False re-opens (re-maps) a shard per read, so touched pages leave RSS (bounded-memory jobs)."""
         if not self.dir.is_dir():
             raise CheckpointError(f"{self.dir}: not a directory")
         index = self.dir / INDEX
@@ -52,16 +54,32 @@ class HFCheckpoint:
         self._handles: dict[str, object] = {}
 
     def _open(self, fname: str):
-        if fname not in getattr(self, "_handles", {}):
-            path = self.dir / fname
-            try:
-                handle = safe_open(str(path), framework="pt", device="cpu")
-            except Exception as exc:  # safetensors raises its own error types
-                raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
-            if not hasattr(self, "_handles"):
-                return handle
-            self._handles[fname] = handle
-        return self._handles[fname]
+        handles = getattr(self, "_handles", None)
+        if handles is not None and fname in handles:
+            return handles[fname]
+        path = self.dir / fname
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+        if handles is not None and self.keep_open:
+            handles[fname] = handle
+        return handle
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Stored shape of a tensor, without reading its data."""
+        if name not in self.weight_map:
+            raise CheckpointError(f"{self.dir}: tensor {name!r} not in the checkpoint")
+        return tuple(self._open(self.weight_map[name]).get_slice(name).get_shape())
+
+    def nbytes(self, name: str) -> int:
+        """Bytes of the tensor as ``get`` returns it (FP8 counted at the dequantized width)."""
+        import math
+
+        sl = self._open(self.weight_map[name]).get_slice(name)
+        width = {"F8_E4M3": self.dequant_dtype.itemsize, "BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8,
+                 "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}.get(sl.get_dtype(), 4)
+        return math.prod(sl.get_shape()) * width
 
     def keys(self) -> list[str]:
         """Logical tensor names (``*_scale_inv`` excluded)."""

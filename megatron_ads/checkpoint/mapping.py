@@ -81,6 +81,32 @@ def family_rules(cfg: ModelConfig) -> list[Rule]:
     return [r for r in table if r.when is None or PREDICATES[r.when](cfg)]
 
 
+def _family(cfg: ModelConfig):
+    from megatron_ads.checkpoint.families import deepseek_v3, llama
+
+    return {"deepseek_v3": deepseek_v3, "llama": llama}[cfg.family]
+
+
+def expected_hf_shape(cfg: ModelConfig, name: str) -> tuple[int, ...] | None:
+    """The shape config.json implies for HF tensor ``name`` (None when the family table has no rule)."""
+    import re
+
+    for pattern, shape in _family(cfg).SHAPES:
+        if re.fullmatch(pattern, name):
+            return tuple(int(x) for x in shape(cfg))
+    return None
+
+
+def alias_of(cfg: ModelConfig, name: str) -> str | None:
+    """The HF tensor ``name`` duplicates (e.g. an MTP layer's copy of the embedding), or None."""
+    import re
+
+    for pattern, target in _family(cfg).ALIASES:
+        if re.fullmatch(pattern, name):
+            return target
+    return None
+
+
 def rank_tasks(cfg: ModelConfig, par: ParallelConfig, coord: RankCoord) -> Iterator[TensorTask]:
     """Every megatron-core tensor rank ``coord`` holds, with its HF sources and transform."""
     stages = stage_layers(cfg.num_layers, par)

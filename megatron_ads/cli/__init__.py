@@ -18,12 +18,13 @@ class CommandFailed(RuntimeError):
 
 
 def _verbs() -> dict[str, tuple[str, Callable]]:
-    from megatron_ads.cli import demo, init_model, plan, verify
+    from megatron_ads.cli import convert, demo, init_model, plan, verify
 
     return {
+        "convert": ("convert checkpoints: hf-to-mcore, mcore-to-hf, reshard", convert.register),
         "plan": ("choose a PP/EP/DP/TP layout with per-rank memory and traffic", plan.register),
         "init-model": ("write a random-weight HF checkpoint of a named flavor", init_model.register),
-        "verify": ("verify parity (HF vs megatron-core)", verify.register),
+        "verify": ("verify parity (HF vs megatron-core) or compare checkpoints", verify.register),
         "demo": ("end-to-end pipeline on the CPU default", demo.register),
     }
 

@@ -76,3 +76,44 @@ RULES = [
          _MTPL + "transformer_layer.mlp.linear_fc1.weight", "mtp_dense", "gated"),
     Rule((_MTP + "mlp.down_proj.weight",), _MTPL + "transformer_layer.mlp.linear_fc2.weight", "mtp_dense", "row"),
 ]
+
+
+def _qk(c):
+    return c.qk_nope_head_dim + c.qk_rope_head_dim
+
+
+def _shared(c):
+    return c.moe_intermediate_size * c.n_shared_experts
+
+
+# HF tensor shapes implied by config.json (suffix after "model.layers.N." or the full name) -> shape
+SHAPES = [
+    (r"model\.embed_tokens\.weight|lm_head\.weight|model\.layers\.\d+\.(embed_tokens|shared_head\.head)\.weight",
+     lambda c: (c.vocab_size, c.hidden_size)),
+    (r"model\.norm\.weight|model\.layers\.\d+\.(input_layernorm|post_attention_layernorm|enorm|hnorm|shared_head\.norm)"
+     r"\.weight", lambda c: (c.hidden_size,)),
+    (r".*self_attn\.q_a_proj\.weight", lambda c: (c.q_lora_rank, c.hidden_size)),
+    (r".*self_attn\.q_a_layernorm\.weight", lambda c: (c.q_lora_rank,)),
+    (r".*self_attn\.q_b_proj\.weight", lambda c: (c.num_attention_heads * _qk(c), c.q_lora_rank)),
+    (r".*self_attn\.q_proj\.weight", lambda c: (c.num_attention_heads * _qk(c), c.hidden_size)),
+    (r".*self_attn\.kv_a_proj_with_mqa\.weight", lambda c: (c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size)),
+    (r".*self_attn\.kv_a_layernorm\.weight", lambda c: (c.kv_lora_rank,)),
+    (r".*self_attn\.kv_b_proj\.weight",
+     lambda c: (c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank)),
+    (r".*self_attn\.o_proj\.weight", lambda c: (c.hidden_size, c.num_attention_heads * c.v_head_dim)),
+    (r".*mlp\.experts\.\d+\.(gate|up)_proj\.weight", lambda c: (c.moe_intermediate_size, c.hidden_size)),
+    (r".*mlp\.experts\.\d+\.down_proj\.weight", lambda c: (c.hidden_size, c.moe_intermediate_size)),
+    (r".*mlp\.shared_experts\.(gate|up)_proj\.weight", lambda c: (_shared(c), c.hidden_size)),
+    (r".*mlp\.shared_experts\.down_proj\.weight", lambda c: (c.hidden_size, _shared(c))),
+    (r".*mlp\.(gate|up)_proj\.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    (r".*mlp\.down_proj\.weight", lambda c: (c.hidden_size, c.intermediate_size)),
+    (r".*mlp\.gate\.weight", lambda c: (c.num_experts, c.hidden_size)),
+    (r".*mlp\.gate\.e_score_correction_bias", lambda c: (c.num_experts,)),
+    (r".*eh_proj\.weight", lambda c: (c.hidden_size, 2 * c.hidden_size)),
+]
+
+# HF tensors that duplicate another one (DeepSeek's MTP layers carry copies of the shared embedding and head)
+ALIASES = [
+    (r"model\.layers\.(\d+)\.embed_tokens\.weight", "model.embed_tokens.weight"),
+    (r"model\.layers\.(\d+)\.shared_head\.head\.weight", "lm_head.weight"),
+]

@@ -20,3 +20,25 @@ RULES = [
          _M + "mlp.linear_fc1.weight", "layer", "gated"),
     Rule(("model.layers.{L}.mlp.down_proj.weight",), _M + "mlp.linear_fc2.weight", "layer", "row"),
 ]
+
+
+def _q(c):
+    return c.num_attention_heads * c.kv_channels
+
+
+def _kv(c):
+    return c.num_key_value_heads * c.kv_channels
+
+
+SHAPES = [
+    (r"model\.embed_tokens\.weight|lm_head\.weight", lambda c: (c.vocab_size, c.hidden_size)),
+    (r"model\.norm\.weight|.*(input_layernorm|post_attention_layernorm)\.weight", lambda c: (c.hidden_size,)),
+    (r".*self_attn\.q_proj\.weight", lambda c: (_q(c), c.hidden_size)),
+    (r".*self_attn\.(k|v)_proj\.weight", lambda c: (_kv(c), c.hidden_size)),
+    (r".*self_attn\.q_proj\.bias", lambda c: (_q(c),)),
+    (r".*self_attn\.(k|v)_proj\.bias", lambda c: (_kv(c),)),
+    (r".*self_attn\.o_proj\.weight", lambda c: (c.hidden_size, _q(c))),
+    (r".*mlp\.(gate|up)_proj\.weight", lambda c: (c.intermediate_size, c.hidden_size)),
+    (r".*mlp\.down_proj\.weight", lambda c: (c.hidden_size, c.intermediate_size)),
+]
+ALIASES: list = []

@@ -1,0 +1,410 @@
+"""Streaming checkpoint conversion: HF -> Megatron shards, Megatron -> HF (BF16 or FP8), Megatron -> Megatron.
+
+How it works
+------------
+No model is built. A *plan* lists output files; each file is a group of tensors (one layer of one
+rank shard, the embedding, the head, ...) and every tensor names its sources and transform in the
+mapping registry. An executor writes the files with W worker processes, each holding one group at
+a time, so the working set is bounded by ``workers x largest group``; the budget flag caps it.
+Every file is written to a temp name and renamed when complete; a journal records finished files,
+so ``resume`` after a kill skips them. Key accounting (every source tensor used, every target
+written once) is checked before any byte is written and again at the end; the completion marker
+(``latest_checkpointed_iteration.txt`` / ``model.safetensors.index.json``) is written last.
+
+Reshard (Megatron A -> Megatron B) reads A through ``MegatronAsHF`` and runs the HF -> Megatron
+path, so it equals a direct HF -> B conversion bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX, CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.mapping import (RankCoord, TensorTask, alias_of, apply_transform, expected_hf_shape,
+                                             rank_tasks)
+from megatron_ads.checkpoint.megatron_io import (FORMAT_VERSION, LATEST, LAYOUT, MEGATRON_LM_PT, SHARD_INDEX,
+                                                 MegatronAsHF, all_coords, group_of, iter_dirname, shard_dirname)
+from megatron_ads.config.model import ModelConfig
+from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.layout.pipeline import stage_layers
+from megatron_ads.kernels.fp8 import block_quant
+
+JOURNAL = ".convert_journal.jsonl"
+GB = 1024**3
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "chat_template.jinja")
+
+
+@dataclass(slots=True)
+class FileJob:
+    """One output file: its path relative to the output dir and the tensors it holds."""
+
+    rel: str
+    entries: list[tuple[str, Any]] = field(default_factory=list)
+    """(output key, recipe): a TensorTask + tp info (to Megatron) or an HF name + fp8 flag (to HF)."""
+    nbytes: int = 0
+
+
+# ------------------------------------------------------------------------------------ sources
+def open_source(spec: tuple[str, str]):
+    """('hf', dir) -> HFCheckpoint (BF16 dequant, no cached maps); ('mcore', dir) -> MegatronAsHF."""
+    kind, path = spec
+    if kind == "hf":
+        return HFCheckpoint(path, dequant_dtype=torch.bfloat16, keep_open=False)
+    return MegatronAsHF(path)
+
+
+_WORKER_SOURCE: dict[tuple, Any] = {}
+
+
+def _source(spec):
+    if spec not in _WORKER_SOURCE:
+        _WORKER_SOURCE.clear()
+        _WORKER_SOURCE[spec] = open_source(spec)
+    return _WORKER_SOURCE[spec]
+
+
+def check_source_shapes(src, cfg: ModelConfig) -> None:
+    """Every source tensor must have the shape config.json implies (named error otherwise)."""
+    for name in src.keys():
+        expected = expected_hf_shape(cfg, name)
+        if expected is None:
+            continue
+        got = tuple(src.shape(name)) if hasattr(src, "shape") else tuple(src.get(name).shape)
+        if got != expected:
+            raise CheckpointError(f"{getattr(src, 'dir', '?')}: tensor {name!r} has shape {got}, but config.json implies "
+                                  f"{expected}")
+
+
+# ------------------------------------------------------------------------------------ planning
+def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int = 0) -> list[FileJob]:
+    """Output files of an HF -> Megatron conversion, with key accounting against ``src``."""
+    stages = stage_layers(cfg.num_layers, par)
+    used: set[str] = set()
+    jobs: dict[str, FileJob] = {}
+    for coord in all_coords(par):
+        sdir = f"{iter_dirname(iteration)}/{shard_dirname(coord, par)}"
+        for task in rank_tasks(cfg, par, coord):
+            missing = [h for h in task.hf if h not in src]
+            if missing:
+                raise CheckpointError(f"{getattr(src, 'dir', '?')}: source tensor(s) {missing} needed for {task.mcore} "
+                                      f"(tp={coord.tp_rank} pp={coord.pp_rank} ep={coord.ep_rank}) are missing")
+            used.update(task.hf)
+            rel = f"{sdir}/{group_of(task.mcore, stages[coord.pp_rank])}.safetensors"
+            job = jobs.setdefault(rel, FileJob(rel))
+            job.entries.append((task.mcore, (task, par.tp, coord.tp_rank)))
+    unused = [k for k in src.keys() if k not in used and alias_of(cfg, k) is None]
+    if unused:
+        raise CheckpointError(f"{getattr(src, 'dir', '?')}: {len(unused)} source tensors have no place in the "
+                              f"{cfg.model_type} mapping (refusing to drop them): {unused[:6]}")
+    for job in jobs.values():
+        seen = set()
+        for _key, (task, _tp, _r) in job.entries:
+            for h in task.hf:
+                if h not in seen:
+                    seen.add(h)
+                    job.nbytes += _nbytes(src, h) // (par.tp if task.transform != "replicate" else 1)
+    return sorted(jobs.values(), key=lambda j: j.rel)
+
+
+def _nbytes(src, name: str) -> int:
+    if hasattr(src, "nbytes"):
+        return src.nbytes(name)
+    t = src.get(name)
+    return t.numel() * t.element_size()
+
+
+def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int) -> list[FileJob]:
+    """Output files of a (Megatron ->) HF write: tensors in name order, ~``shard_bytes`` per file."""
+    from megatron_ads.checkpoint.hf_init import is_fp8_weight
+
+    names = list(src.keys())
+    # aliases (MTP copies of embedding/head) are written again from their targets
+    for m in range(cfg.num_mtp_layers):
+        layer = cfg.num_layers + m
+        for name in (f"model.layers.{layer}.embed_tokens.weight", f"model.layers.{layer}.shared_head.head.weight"):
+            if name not in names and alias_of(cfg, name) in names:
+                names.append(name)
+    names.sort(key=_hf_order)
+    jobs: list[FileJob] = []
+    current = FileJob("")
+    for name in names:
+        target = alias_of(cfg, name) if name not in src else name
+        nb = _nbytes(src, target)
+        if current.entries and current.nbytes + nb > shard_bytes:
+            jobs.append(current)
+            current = FileJob("")
+        current.entries.append((name, (target, fp8 and is_fp8_weight(name))))
+        current.nbytes += nb
+    if current.entries:
+        jobs.append(current)
+    n = len(jobs)
+    for i, job in enumerate(jobs):
+        job.rel = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+    return jobs
+
+
+def _hf_order(name: str):
+    parts = name.split(".")
+    if len(parts) > 2 and parts[1] == "layers" and parts[2].isdigit():
+        return (1, int(parts[2]), name)
+    return (0 if "embed" in name else 2, 0, name)
+
+
+# ------------------------------------------------------------------------------------ execution
+def _run_job(kind: str, spec, cfg_dict: dict, out_dir: str, job: FileJob) -> tuple[str, int, list[str]]:
+    src = _source(spec)
+    cfg = ModelConfig.from_hf_dict(cfg_dict)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, recipe in job.entries:
+        if kind == "to_mcore":
+            task, tp, tp_rank = recipe
+            value = apply_transform(task, [src.get(h) for h in task.hf], cfg, tp, tp_rank)
+            tensors[key] = value.contiguous()
+        else:
+            name, quantize = recipe
+            value = src.get(name)
+            if quantize:
+                q, s = block_quant(value)
+                tensors[key], tensors[key + SCALE_SUFFIX] = q, s
+            else:
+                tensors[key] = value.contiguous()
+    path = Path(out_dir) / job.rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    keys = sorted(tensors)
+    size = path.stat().st_size
+    del tensors
+    return job.rel, size, keys
+
+
+class Progress:
+    """A progress line on stderr: files, bytes and throughput."""
+
+    def __init__(self, total_files: int, total_bytes: int, enabled: bool = True):
+        self.total_files, self.total_bytes, self.enabled = total_files, total_bytes, enabled
+        self.files = self.bytes = 0
+        self.t0 = time.time()
+        self.last = 0.0
+
+    def update(self, nbytes: int) -> None:
+        self.files += 1
+        self.bytes += nbytes
+        now = time.time()
+        if self.enabled and (now - self.last > 1.0 or self.files == self.total_files):
+            rate = self.bytes / max(now - self.t0, 1e-9) / 1e6
+            print(f"\r[convert] {self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/"
+                  f"{self.total_bytes / 1e9:.2f} GB, {rate:.0f} MB/s", end="", file=sys.stderr, flush=True)
+            self.last = now
+            if self.files == self.total_files:
+                print(file=sys.stderr)
+
+
+def read_journal(out: Path) -> dict[str, dict]:
+    """Finished files recorded by an earlier run whose bytes are still on disk."""
+    done = {}
+    path = out / JOURNAL
+    if not path.is_file():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a kill
+        f = out / rec["file"]
+        if f.is_file() and f.stat().st_size == rec["bytes"]:
+            done[rec["file"]] = rec
+    return done
+
+
+def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], workers: int, resume: bool,
+            max_memory_gb: float | None, progress: bool = True) -> dict[str, dict]:
+    """Write every job's file (skipping journaled ones on resume); returns {rel: journal record}."""
+    largest = max((j.nbytes for j in jobs), default=0)
+    if max_memory_gb is not None:
+        budget = max_memory_gb * GB
+        if 2 * largest > budget:
+            big = max(jobs, key=lambda j: j.nbytes)
+            raise ValueError(f"max-memory-gb: {max_memory_gb:g} GB is below twice the largest tensor group "
+                             f"({big.rel}: {big.nbytes / GB:.2f} GB); raise the budget")
+        workers = max(1, min(workers, int(budget // max(2 * largest, 1))))
+    done = read_journal(out) if resume else {}
+    if not resume and (out / JOURNAL).exists():
+        (out / JOURNAL).unlink()
+    for tmp in out.rglob("*.tmp"):
+        tmp.unlink()
+    pending = [j for j in jobs if j.rel not in done]
+    prog = Progress(len(jobs), sum(j.nbytes for j in jobs), progress)
+    for j in jobs:
+        if j.rel in done:
+            prog.update(j.nbytes)
+    journal = open(out / JOURNAL, "a")
+    cfg_dict = cfg.to_hf_dict()
+
+    def record(result):
+        rel, size, keys = result
+        done[rel] = {"file": rel, "bytes": size, "keys": keys}
+        journal.write(json.dumps(done[rel]) + "\n")
+        journal.flush()
+        os.fsync(journal.fileno())
+        prog.update(size)
+
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            for job in pending:
+                record(_run_job(kind, spec, cfg_dict, str(out), job))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+                futures = [pool.submit(_run_job, kind, spec, cfg_dict, str(out), job) for job in pending]
+                for fut in futures:
+                    record(fut.result())
+    finally:
+        journal.close()
+    return done
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if out.exists() and not resume:
+        if any(out.iterdir()):
+            raise FileExistsError(f"{out}: exists and is not empty; choose a new --out or pass --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        return
+    for marker in (out / LATEST, out / INDEX):
+        if marker.exists():
+            raise FileExistsError(f"{out}: already a complete checkpoint ({marker.name} present); nothing to resume")
+
+
+def _copy_tokenizer(src_dir: Path, dst: Path) -> None:
+    files = [src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file()]
+    if not files:
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, dst / f.name)
+
+
+# ------------------------------------------------------------------------------------ public entry points
+def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, workers: int = 1, resume: bool = False,
+                max_memory_gb: float | None = None, plan_json: dict | None = None, megatron_lm_pt: bool = False,
+                progress: bool = True, _source_spec=None) -> dict[str, Any]:
+    """Convert an HF checkpoint (BF16 or DeepSeek FP8) into Megatron per-rank shards for ``par``."""
+    out = Path(out)
+    spec = _source_spec or ("hf", str(hf_dir))
+    src = open_source(spec)
+    cfg = ModelConfig.from_hf_dict(src.config(), source=str(Path(hf_dir) / "config.json"))
+    if cfg.family == "deepseek_v3" and par.tp > 1:
+        raise ValueError("tp: MLA models are converted for tp=1 only (the paper's layout uses PP x EP x DP)")
+    if cfg.is_moe and cfg.num_experts % par.ep:
+        raise ValueError(f"ep: n_routed_experts={cfg.num_experts} is not divisible by ep={par.ep}")
+    stage_layers(cfg.num_layers, par)  # validates the split against the model
+    if spec[0] == "hf":
+        check_source_shapes(src, cfg)
+    jobs = plan_hf_to_mcore(src, cfg, par)
+    _prepare_out(out, resume)
+    done = execute("to_mcore", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
+    # per-shard indexes, accounting, optional Megatron-LM .pt, then the markers
+    shards: dict[str, dict[str, str]] = {}
+    for job in jobs:
+        sdir, fname = job.rel.rsplit("/", 1)
+        expected = sorted(k for k, _ in job.entries)
+        if done[job.rel]["keys"] != expected:
+            raise CheckpointError(f"{out / job.rel}: wrote {done[job.rel]['keys'][:4]}..., expected {expected[:4]}...")
+        for key in expected:
+            if key in shards.setdefault(sdir, {}):
+                raise CheckpointError(f"{out / sdir}: tensor {key} written twice")
+            shards[sdir][key] = fname
+    for sdir, weight_map in shards.items():
+        _write_atomic(out / sdir / SHARD_INDEX, json.dumps({"weight_map": weight_map}, indent=1, sort_keys=True))
+        if megatron_lm_pt:
+            _write_megatron_lm_pt(out / sdir, weight_map)
+    layout = {"format_version": FORMAT_VERSION, "tp": par.tp, "pp": par.pp, "ep": par.ep,
+              "stage_layers": [len(s) for s in stage_layers(cfg.num_layers, par)], "iteration": 0,
+              "source": str(hf_dir), "dtype": "bf16",
+              "shards": len(shards), "tensors": sum(len(w) for w in shards.values())}
+    if plan_json is not None:
+        layout["plan"] = plan_json
+    _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
+    _write_atomic(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
+    src_dir = Path(hf_dir) if spec[0] == "hf" else Path(hf_dir) / "tokenizer"
+    _copy_tokenizer(src_dir, out / "tokenizer")
+    (out / JOURNAL).unlink(missing_ok=True)
+    _write_atomic(out / LATEST, "0\n")
+    return {"out": str(out), "shards": len(shards), "files": len(jobs), "tensors": layout["tensors"],
+            "bytes": sum(r["bytes"] for r in done.values()), "tp": par.tp, "pp": par.pp, "ep": par.ep}
+
+
+def _write_megatron_lm_pt(sdir: Path, weight_map: dict[str, str]) -> None:
+    """Megatron-LM's ``model_optim_rng.pt`` (state dict under 'model'); holds the whole shard in memory."""
+    from safetensors.torch import load_file
+
+    sd = {}
+    for fname in sorted(set(weight_map.values())):
+        sd.update(load_file(str(sdir / fname)))
+    tmp = sdir / (MEGATRON_LM_PT + ".tmp")
+    torch.save({"model": sd, "iteration": 0, "checkpoint_version": 3.0}, tmp)
+    os.replace(tmp, sdir / MEGATRON_LM_PT)
+
+
+def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "bf16", workers: int = 1, resume: bool = False,
+                shard_size_gb: float = 5.0, max_memory_gb: float | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Merge Megatron shards back into an HF checkpoint (BF16, or DeepSeek FP8 with 128x128 block scales)."""
+    from megatron_ads.checkpoint.hf_init import QUANT_CONFIG
+
+    if dtype not in ("bf16", "fp8"):
+        raise ValueError(f"dtype: expected bf16 or fp8, got {dtype!r}")
+    out = Path(out)
+    spec = ("mcore", str(mcore_dir))
+    src = open_source(spec)
+    cfg = src.cfg
+    shard_bytes = int(shard_size_gb * GB)
+    if max_memory_gb is not None:
+        shard_bytes = min(shard_bytes, int(max_memory_gb * GB / 2))
+    jobs = plan_to_hf(src, cfg, dtype == "fp8", shard_bytes)
+    _prepare_out(out, resume)
+    done = execute("to_hf", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
+    weight_map = {}
+    for job in jobs:
+        for key in done[job.rel]["keys"]:
+            if key in weight_map:
+                raise CheckpointError(f"{out}: tensor {key} written twice")
+            weight_map[key] = job.rel
+    hf_cfg = cfg.to_hf_dict()
+    hf_cfg.pop("quantization_config", None)
+    if dtype == "fp8":
+        hf_cfg["quantization_config"] = dict(QUANT_CONFIG)
+    _write_atomic(out / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
+    _copy_tokenizer(Path(mcore_dir) / "tokenizer", out)
+    total = sum(r["bytes"] for r in done.values())
+    _write_atomic(out / INDEX, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
+                                          sort_keys=True))
+    (out / JOURNAL).unlink(missing_ok=True)
+    return {"out": str(out), "files": len(jobs), "tensors": len(weight_map), "bytes": total, "dtype": dtype}
+
+
+def reshard(mcore_dir: str | Path, out: str | Path, par: ParallelConfig, workers: int = 1, resume: bool = False,
+            max_memory_gb: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Megatron -> Megatron for another layout, without an HF round trip on disk."""
+    return hf_to_mcore(mcore_dir, out, par, workers=workers, resume=resume, max_memory_gb=max_memory_gb,
+                       progress=progress, _source_spec=("mcore", str(mcore_dir)))

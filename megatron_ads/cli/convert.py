@@ -1,0 +1,97 @@
+"""``megatron-ads convert hf-to-mcore | mcore-to-hf | reshard``"""
+
+from __future__ import annotations
+
+
+def _parallel_args(q, required: bool = False) -> None:
+    q.add_argument("--tp", type=int, default=None if required else 1)
+    q.add_argument("--pp", type=int, default=None if required else 1)
+    q.add_argument("--ep", type=int, default=None if required else 1)
+    q.add_argument("--stage-layers", default=None, help="layers per stage, e.g. 2,2,1 (default: balanced)")
+
+
+def _common(q) -> None:
+    q.add_argument("--workers", type=int, default=1, help="parallel writer processes")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted conversion (journal)")
+    q.add_argument("--max-memory-gb", type=float, default=None, help="working-set budget for tensor groups")
+    q.add_argument("--quiet", action="store_true", help="no progress line")
+    q.add_argument("--json", action="store_true")
+
+
+def register(p) -> None:
+    sub = p.add_subparsers(dest="direction", required=True)
+    a = sub.add_parser("hf-to-mcore", help="HF (BF16 or FP8) -> Megatron per-rank shards")
+    a.add_argument("--hf", required=True)
+    a.add_argument("--out", required=True)
+    _parallel_args(a)
+    a.add_argument("--plan", default=None, help="plan.json from `megatron-ads plan --out` (overrides --tp/--pp/--ep)")
+    a.add_argument("--megatron-lm-pt", action="store_true",
+                   help="also write model_optim_rng.pt per shard for Megatron-LM (holds one whole shard in memory)")
+    _common(a)
+    a.set_defaults(func=run_hf_to_mcore)
+    b = sub.add_parser("mcore-to-hf", help="Megatron shards -> HF safetensors (BF16 or FP8)")
+    b.add_argument("--mcore", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--dtype", choices=("bf16", "fp8"), default="bf16")
+    b.add_argument("--shard-size-gb", type=float, default=5.0)
+    _common(b)
+    b.set_defaults(func=run_mcore_to_hf)
+    c = sub.add_parser("reshard", help="Megatron -> Megatron for another layout")
+    c.add_argument("--mcore", required=True)
+    c.add_argument("--out", required=True)
+    _parallel_args(c)
+    _common(c)
+    c.set_defaults(func=run_reshard)
+
+
+def _par(args):
+    from megatron_ads.config.parallel import ParallelConfig
+
+    counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
+    return ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, stage_layers=counts)
+
+
+def _human(r: dict) -> str:
+    return "converted -> " + r["out"] + ": " + ", ".join(f"{k}={v}" for k, v in r.items() if k != "out")
+
+
+def run_hf_to_mcore(args) -> int:
+    import json
+    from pathlib import Path
+
+    from megatron_ads.checkpoint.convert import hf_to_mcore
+    from megatron_ads.cli import emit
+
+    plan_json = None
+    if args.plan:
+        from megatron_ads.layout.plan import ParallelPlan
+
+        plan = ParallelPlan.load(args.plan)
+        par = plan.to_parallel_config()
+        plan_json = json.loads(Path(args.plan).read_text())
+    else:
+        par = _par(args)
+    r = hf_to_mcore(args.hf, args.out, par, workers=args.workers, resume=args.resume, max_memory_gb=args.max_memory_gb,
+                    plan_json=plan_json, megatron_lm_pt=args.megatron_lm_pt, progress=not args.quiet)
+    emit(r, args.json, _human)
+    return 0
+
+
+def run_mcore_to_hf(args) -> int:
+    from megatron_ads.checkpoint.convert import mcore_to_hf
+    from megatron_ads.cli import emit
+
+    r = mcore_to_hf(args.mcore, args.out, dtype=args.dtype, workers=args.workers, resume=args.resume,
+                    shard_size_gb=args.shard_size_gb, max_memory_gb=args.max_memory_gb, progress=not args.quiet)
+    emit(r, args.json, _human)
+    return 0
+
+
+def run_reshard(args) -> int:
+    from megatron_ads.checkpoint.convert import reshard
+    from megatron_ads.cli import emit
+
+    r = reshard(args.mcore, args.out, _par(args), workers=args.workers, resume=args.resume,
+                max_memory_gb=args.max_memory_gb, progress=not args.quiet)
+    emit(r, args.json, _human)
+    return 0
