@@ -42,6 +42,7 @@ from megatron_ads.layout.pipeline import stage_layers
 from megatron_ads.kernels.fp8 import block_quant
 
 JOURNAL = ".convert_journal.jsonl"
+WORKING_SET_FACTOR = 3
 GB = 1024**3
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
@@ -236,12 +237,13 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
     """Write every job's file (skipping journaled ones on resume); returns {rel: journal record}."""
     largest = max((j.nbytes for j in jobs), default=0)
     if max_memory_gb is not None:
+        # a group in flight holds its source tensors, the transformed outputs and the serialization buffer
         budget = max_memory_gb * GB
-        if 2 * largest > budget:
+        if WORKING_SET_FACTOR * largest > budget:
             big = max(jobs, key=lambda j: j.nbytes)
-            raise ValueError(f"max-memory-gb: {max_memory_gb:g} GB is below twice the largest tensor group "
-                             f"({big.rel}: {big.nbytes / GB:.2f} GB); raise the budget")
-        workers = max(1, min(workers, int(budget // max(2 * largest, 1))))
+            raise ValueError(f"max-memory-gb: {max_memory_gb:g} GB is below {WORKING_SET_FACTOR}x the largest tensor "
+                             f"group ({big.rel}: {big.nbytes / GB:.3f} GB); raise the budget")
+        workers = max(1, min(workers, int(budget // max(WORKING_SET_FACTOR * largest, 1))))
     done = read_journal(out) if resume else {}
     if not resume and (out / JOURNAL).exists():
         (out / JOURNAL).unlink()
@@ -380,7 +382,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "bf16", wor
     cfg = src.cfg
     shard_bytes = int(shard_size_gb * GB)
     if max_memory_gb is not None:
-        shard_bytes = min(shard_bytes, int(max_memory_gb * GB / 2))
+        shard_bytes = min(shard_bytes, int(max_memory_gb * GB / WORKING_SET_FACTOR))
     jobs = plan_to_hf(src, cfg, dtype == "fp8", shard_bytes)
     _prepare_out(out, resume)
     done = execute("to_hf", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)

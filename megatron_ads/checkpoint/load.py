@@ -12,6 +12,7 @@ from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.layout.pipeline import stage_layers
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -55,3 +56,32 @@ def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfi
     if missing:
         raise CheckpointError(f"{hf.dir}: {len(missing)} model tensors have no source in the mapping: {missing[:8]}")
     return len(written)
+
+
+@torch.no_grad()
+def load_mcore_into_chunk(model: torch.nn.Module, mcore_dir, par: ParallelConfig, coord: RankCoord) -> int:
+    """Load this rank's shard of a Megatron checkpoint written for the same layout (names match 1:1).
+
+    For a different layout, read it through ``MegatronAsHF`` with ``load_hf_into_chunk`` instead.
+    """
+    from pathlib import Path
+
+    from megatron_ads.checkpoint.megatron_io import MegatronShard, iter_dirname, read_layout, shard_dirname
+
+    layout = read_layout(mcore_dir)
+    wanted = [len(s) for s in stage_layers(layout.cfg.num_layers, par)]
+    if (layout.par.tp, layout.par.pp, layout.par.ep) != (par.tp, par.pp, par.ep) or layout.par.stage_layers != wanted:
+        raise CheckpointError(f"{mcore_dir}: written for tp={layout.par.tp} pp={layout.par.pp} ep={layout.par.ep} "
+                              f"stages={layout.par.stage_layers}, not for this layout; reshard it first")
+    shard = MegatronShard(Path(mcore_dir) / iter_dirname(layout.iteration) / shard_dirname(coord, par))
+    targets = model_tensors(model)
+    keys = set(shard.keys())
+    if keys != set(targets):
+        raise CheckpointError(f"{shard.dir}: shard tensors do not match the model: missing "
+                              f"{sorted(set(targets) - keys)[:5]}, extra {sorted(keys - set(targets))[:5]}")
+    for name in keys:
+        value, target = shard.get(name), targets[name]
+        if tuple(value.shape) != tuple(target.shape):
+            raise CheckpointError(f"{shard.dir}: {name}: shape {tuple(value.shape)} vs model {tuple(target.shape)}")
+        target.copy_(value.to(target.dtype))
+    return len(keys)

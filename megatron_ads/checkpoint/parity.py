@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
-from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
+from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.groups import init_model_parallel
@@ -80,7 +80,7 @@ def _pipeline_forward(model, ids_BS, cfg: ModelConfig, dtype: torch.dtype, devic
     return gather_from_tensor_model_parallel_region(out)
 
 
-def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: str = "fp32",
+def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: str = "fp32", mcore_dir: str | None = None,
                     stage_layer_counts: list[int] | None = None, batch: int = 2, seq: int = 16, seed: int = 1234,
                     dump_logits: str | None = None, timeout_s: float = 300.0) -> dict | None:
     """Run parity on this rank (inside torchrun or a spawned worker). Rank 0 returns the report."""
@@ -93,7 +93,17 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
     torch_dtype = DTYPES[dtype]
     model = build_model_chunk(cfg, par, dtype=dtype, device=platform.name, use_te=use_te_default(platform.name))
     coord = current_coord()
-    n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, coord)
+    if mcore_dir is None:
+        n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, coord)
+    else:
+        from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
+
+        lay = read_layout(mcore_dir).par
+        if (lay.tp, lay.pp, lay.ep, lay.stage_layers) == (par.tp, par.pp, par.ep,
+                                                          [len(s) for s in stage_layers(cfg.num_layers, par)]):
+            n_loaded = load_mcore_into_chunk(model, mcore_dir, par, coord)
+        else:  # another layout: reassemble through the HF view
+            n_loaded = load_hf_into_chunk(model, MegatronAsHF(mcore_dir), cfg, par, coord)
     model.eval()
 
     ids = parity_batch(cfg.vocab_size, batch, seq, seed)
@@ -143,7 +153,7 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
             if row["layer"] not in seen or row["max_abs_diff"] > seen[row["layer"]]["max_abs_diff"]:
                 seen[row["layer"]] = row
     return {
-        "hf": str(hf_dir), "model_type": cfg.model_type, "dtype": dtype, "platform": platform.name,
+        "hf": str(hf_dir), "mcore": mcore_dir, "model_type": cfg.model_type, "dtype": dtype, "platform": platform.name,
         "tp": tp, "pp": pp, "ep": ep, "dp": dp, "world_size": dist.get_world_size(),
         "stage_layers": stage_layers(cfg.num_layers, par),
         "batch": batch, "seq": seq,

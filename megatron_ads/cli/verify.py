@@ -7,7 +7,8 @@ def register(p) -> None:
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("parity", help="HF transformers vs our megatron-core model on the same batch")
     q.add_argument("--hf", required=True, help="HF checkpoint directory")
-    q.add_argument("--mcore", default=None, help="Megatron checkpoint (after conversion lands; not yet supported)")
+    q.add_argument("--mcore", default=None, help="load our model from this Megatron checkpoint instead of --hf "
+                   "(the layout's own shards when it matches, else reassembled); --hf stays the reference")
     q.add_argument("--tp", type=int, default=1)
     q.add_argument("--pp", type=int, default=1)
     q.add_argument("--ep", type=int, default=1)
@@ -68,12 +69,10 @@ def run_parity(args) -> int:
     from megatron_ads.cli import CommandFailed, emit
     from megatron_ads.config.model import ModelConfig
 
-    if args.mcore:
-        raise ValueError("--mcore: loading Megatron checkpoints arrives with the converter; pass --hf only")
     ModelConfig.from_hf(Path(args.hf))  # fail early, with the file named, on a bad config
     stage_counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
     kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, stage_layer_counts=stage_counts,
-                  batch=args.batch, seq=args.seq, seed=args.seed)
+                  batch=args.batch, seq=args.seq, seed=args.seed, mcore_dir=args.mcore)
     from megatron_ads.runtime.dist import read_env
 
     if read_env().launcher != "single":  # under torchrun or srun: this process is one rank
