@@ -1,7 +1,8 @@
 """``megatron-ads demo [--out DIR]``: the end-to-end pipeline on the CPU default.
 
-At this stage: init a tiny DeepSeek-V3 checkpoint (random weights, real architecture), then check
-forward parity against transformers on 1 process and on a PP=2 x EP=2 layout (4 gloo processes).
+At this stage: init a tiny DeepSeek-V3 FP8 checkpoint (random weights, real architecture), plan the
+paper's 248-GPU layout, convert HF -> Megatron shards -> HF FP8 (exact), and check forward parity
+against transformers on 1 process and on the converted PP=2 x EP=2 shards (4 gloo processes).
 """
 
 from __future__ import annotations
@@ -23,15 +24,24 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="megatron_ads_demo_"))
     out.mkdir(parents=True, exist_ok=True)
     hf = out / f"hf_{args.flavor}"
+    mcore, back = out / "mcore_pp2_ep2", out / f"hf_{args.flavor}_roundtrip_fp8"
     steps = [
-        ("init-model", ["init-model", "--flavor", args.flavor, "--out", str(hf), "--seed", "0"]),
-        ("parity 1 process", ["verify", "parity", "--hf", str(hf)]),
-        ("parity pp=2 x ep=2 (4 gloo ranks, dense-only first stage)",
-         ["verify", "parity", "--hf", str(hf), "--pp", "2", "--ep", "2", "--stage-layers", "1,3"]),
+        ("init-model (FP8, DeepSeek block-scaled)", ["init-model", "--flavor", args.flavor, "--out", str(hf), "--seed", "0",
+                                                     "--fp8"]),
+        ("plan: the paper's 248-GPU layout for DeepSeek-V3",
+         ["plan", "--flavor", "deepseek_v3", "--nodes", "31", "--gpus-per-node", "8", "--gpu-mem-gb", "80"]),
+        ("convert HF FP8 -> Megatron shards, pp=2 x ep=2 with a dense-only first stage",
+         ["convert", "hf-to-mcore", "--hf", str(hf), "--out", str(mcore), "--pp", "2", "--ep", "2",
+          "--stage-layers", "1,3", "--quiet"]),
+        ("convert Megatron -> HF FP8", ["convert", "mcore-to-hf", "--mcore", str(mcore), "--out", str(back),
+                                        "--dtype", "fp8", "--quiet"]),
+        ("verify the FP8 round trip reproduces every tensor", ["verify", "checkpoints", str(hf), str(back)]),
+        ("parity: converted shards on 4 gloo ranks vs transformers",
+         ["verify", "parity", "--hf", str(hf), "--mcore", str(mcore), "--pp", "2", "--ep", "2", "--stage-layers", "1,3"]),
+        ("parity 1 process, straight from the HF checkpoint", ["verify", "parity", "--hf", str(hf)]),
     ]
-    if hf.exists():
-        steps = steps[1:]
-        print(f"[demo] reusing {hf}")
+    if hf.exists() or mcore.exists() or back.exists():
+        raise FileExistsError(f"{out}: holds an earlier demo's outputs; pass a new --out")
     for title, argv in steps:
         print(f"\n[demo] {title}: megatron-ads {' '.join(argv)}", flush=True)
         t0 = time.time()
