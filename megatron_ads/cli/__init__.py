@@ -18,9 +18,10 @@ class CommandFailed(RuntimeError):
 
 
 def _verbs() -> dict[str, tuple[str, Callable]]:
-    from megatron_ads.cli import convert, demo, init_model, plan, verify
+    from megatron_ads.cli import convert, demo, init_model, plan, train, verify
 
     return {
+        "train": ("train on megatron-core: 1F1B pipeline x EP x DP (mode lm)", train.register),
         "convert": ("convert checkpoints: hf-to-mcore, mcore-to-hf, reshard", convert.register),
         "plan": ("choose a PP/EP/DP/TP layout with per-rank memory and traffic", plan.register),
         "init-model": ("write a random-weight HF checkpoint of a named flavor", init_model.register),
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"megatron-ads {args.verb}: error: {exc}", file=sys.stderr)
         return 2
     except CommandFailed as exc:
+        print(f"megatron-ads {args.verb}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # named runtime failures (collective timeouts, aborted training, worker errors)
+        if type(exc).__name__ not in ("CollectiveTimeout", "TrainingAborted", "WorkerError"):
+            raise
         print(f"megatron-ads {args.verb}: FAILED: {exc}", file=sys.stderr)
         return 1
 

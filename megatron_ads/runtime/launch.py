@@ -50,26 +50,42 @@ def _entry(local_rank: int, fn: Callable, args: tuple, world: int, port: int, ou
             pass
 
 
-def spawn(fn: Callable, nproc: int, *args: Any, env: dict[str, str] | None = None) -> list[Any]:
-    """Run ``fn(*args)`` in ``nproc`` fresh processes as ranks 0..nproc-1; return their results by rank."""
+def spawn(fn: Callable, nproc: int, *args: Any, env: dict[str, str] | None = None, grace_s: float = 120.0) -> list[Any]:
+    """Run ``fn(*args)`` in ``nproc`` fresh processes as ranks 0..nproc-1; return their results by rank.
+
+    When a worker fails, the others get ``grace_s`` seconds to finish (and report their own errors,
+    e.g. the collective timeout each rank hit) before they are terminated.
+    """
+    import time
+
     if nproc < 1:
         raise ValueError(f"nproc: expected >= 1, got {nproc}")
     port = free_port()
+    ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="megatron_ads_spawn_") as outdir:
-        ctx = mp.start_processes(_entry, args=(fn, args, nproc, port, outdir, dict(env or {})), nprocs=nproc,
-                                 join=False, start_method="spawn")
+        procs = [ctx.Process(target=_entry, args=(r, fn, args, nproc, port, outdir, dict(env or {})))
+                 for r in range(nproc)]
+        for p in procs:
+            p.start()
+        failed_at = None
         try:
-            while not ctx.join():
-                pass
-        except mp.ProcessRaisedException:
-            pass
-        except mp.ProcessExitedException:
-            pass
+            while any(p.is_alive() for p in procs):
+                for p in procs:
+                    p.join(timeout=0.05)
+                if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+                    failed_at = time.time()
+                if failed_at is not None and time.time() - failed_at > grace_s:
+                    break
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                    p.join(5)
         results, errors = [], []
         for rank in range(nproc):
             path = Path(outdir) / f"rank{rank}.json"
             if not path.exists():
-                errors.append(f"rank {rank}: exited without a result")
+                errors.append(f"rank {rank}: exited (code {procs[rank].exitcode}) without a result")
                 results.append(None)
                 continue
             data = json.loads(path.read_text())

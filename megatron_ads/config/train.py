@@ -1,0 +1,209 @@
+"""Training job configuration: one dataclass per concern, composed in JobConfig (YAML in/out, overrides)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelSpec:
+    """Which model to train and where its initial weights come from."""
+
+    name: str = "tiny_deepseek_v3"
+    """A flavor name, an HF config.json, or an HF checkpoint directory."""
+    init: str = "random"
+    """random (megatron init, seeded), hf (load the HF checkpoint at ``path``) or mcore (converted shards)."""
+    path: str = ""
+    """Checkpoint directory for init=hf|mcore."""
+
+    def __post_init__(self):
+        if self.init not in ("random", "hf", "mcore"):
+            raise ValueError(f"model.init: expected random, hf or mcore, got {self.init!r}")
+        if self.init != "random" and not self.path:
+            raise ValueError(f"model.path: required for model.init={self.init}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ParallelSpec:
+    """Parallel sizes; data parallel = world / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor parallel size."""
+    pp: int = 1
+    """Pipeline parallel size."""
+    ep: int = 1
+    """Expert parallel size."""
+    stage_layers: list[int] | None = None
+    """Layers per pipeline stage (None: balanced)."""
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "ep"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"parallel.{name}: expected >= 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True, slots=True)
+class DataSpec:
+    """Where training tokens come from."""
+
+    kind: str = "synthetic"
+    """synthetic: a seeded, learnable token stream (periodic motifs); the base the SFT data builds on."""
+    seed: int = 1234
+    """Seed of the token stream (independent of the model seed)."""
+    motif_len: int = 8
+    """Period of the synthetic motifs (the model learns to continue them)."""
+    vocab_limit: int = 256
+    """Synthetic tokens are drawn from [0, vocab_limit)."""
+
+    def __post_init__(self):
+        if self.kind != "synthetic":
+            raise ValueError(f"data.kind: expected 'synthetic' (SFT data arrives with `train sft`), got {self.kind!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class OptimSpec:
+    """Optimizer, schedule and precision."""
+
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 3e-4
+    """Final learning rate of the cosine decay."""
+    warmup_steps: int = 5
+    """Linear warmup steps."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0: off)."""
+    dtype: str = "fp32"
+    """Compute dtype: fp32 (CPU default) or bf16 (GPU; fp32 main params and grads)."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over (expert-)data-parallel ranks."""
+    stub_moe_optimizer: bool = True
+    """Give ranks without expert parameters an expert-side optimizer that joins every MoE collective."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"optim.dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"optim.lr/min_lr: expected 0 <= min_lr <= lr, lr > 0; got {self.lr}/{self.min_lr}")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainSpec:
+    """Steps, batch shape and failure handling."""
+
+    steps: int = 50
+    """Optimizer steps to run (in total, counting resumed ones)."""
+    seq_len: int = 32
+    """Tokens per sequence."""
+    micro_batch: int = 2
+    """Sequences per micro-batch per data-parallel rank."""
+    num_microbatches: int = 2
+    """Micro-batches per step (gradient accumulation; >= pp keeps the pipeline busy)."""
+    seed: int = 1
+    """Model init / dropout seed."""
+    log_every: int = 1
+    """Console progress every N steps (metrics.jsonl gets every step)."""
+    max_nan_steps: int = 3
+    """Abort after this many skipped non-finite steps."""
+    collective_timeout_s: float = 600.0
+    """A collective that waits longer raises (naming the group) instead of hanging."""
+    moe_metrics: bool = True
+    """Track per-layer MoE load metrics (megatron's tracker; reduced over the pipeline group)."""
+    moe_aux_loss_coeff: float = 0.0
+    """DeepSeek-V3 sequence-wise balance loss coefficient (0: aux-loss-free balancing only, via expert bias)."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars (needs the tensorboard package)."""
+
+    def __post_init__(self):
+        for name in ("steps", "seq_len", "micro_batch", "num_microbatches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointSpec:
+    """When and how checkpoints are kept."""
+
+    every: int = 0
+    """Save every N steps (0: only at the end and on SIGTERM)."""
+    keep_last: int = 2
+    """Keep this many most recent checkpoints."""
+    save_at_end: bool = True
+    """Save after the last step."""
+
+
+@dataclass(kw_only=True, slots=True)
+class JobConfig:
+    """A training job: what, how, where. Saved as YAML beside every checkpoint."""
+
+    out_dir: str = "runs/tiny"
+    """Run directory: metrics.jsonl, checkpoints/, config.yaml."""
+    resume: str = "none"
+    """none, auto (latest checkpoint in out_dir if any) or a checkpoint directory."""
+    model: ModelSpec = field(default_factory=ModelSpec)
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "JobConfig":
+        d = dict(d or {})
+        nested = {"model": ModelSpec, "parallel": ParallelSpec, "data": DataSpec, "optim": OptimSpec,
+                  "train": TrainSpec, "checkpoint": CheckpointSpec}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in d.items():
+            if key not in known:
+                raise ValueError(f"{source}: unknown field {key!r}; expected one of {sorted(known)}")
+            if key in nested:
+                sub_known = {f.name for f in dataclasses.fields(nested[key])}
+                bad = set(value or {}) - sub_known
+                if bad:
+                    raise ValueError(f"{source}: unknown field(s) {sorted(bad)} in {key!r}; expected {sorted(sub_known)}")
+                kwargs[key] = nested[key](**(value or {}))
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "JobConfig":
+        """Read YAML and apply ``key=value`` overrides (dotted keys, YAML-typed values)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: invalid YAML ({exc})") from exc
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"override {item!r}: expected key=value (e.g. train.steps=10)")
+            key, raw = item.split("=", 1)
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"override {item!r}: {p!r} is not a section")
+            node[parts[-1]] = yaml.safe_load(raw)
+        return cls.from_dict(d, source=str(path))

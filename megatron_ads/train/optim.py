@@ -1,0 +1,140 @@
+"""Optimizer and schedule on megatron-core, with the stub MoE optimizer for ranks without experts.
+
+Why a stub (paper §4.1.3): megatron keeps separate optimizers for dense and expert parameters.
+Their gradient statistics (grad-norm, zero counting, found-inf) are all-reduced over groups that
+span pipeline stages (dense: tp x pp; expert: etp x pp). A rank on a dense-only stage that owns no
+expert parameters must still join the expert-side collectives, or every MoE rank blocks in them.
+
+megatron-core 0.16.1 already gathers parameter-group keys across all ranks, so a rank without
+experts gets an expert optimizer with an empty parameter group (its "stub" mode) in both the
+fp32 and the distributed-optimizer paths. ``build_optimizer`` verifies that every rank holds the
+same chain of optimizers and, if a megatron version does not provide one, adds an expert-side stub
+that reduces empty statistics over the expert groups. ``stub=False`` (debug switch
+``--no-stub-moe-optimizer``) removes it, reproducing the hang the paper describes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _has_expert_params(model_chunks) -> bool:
+    return any(not getattr(p, "allreduce", True) for m in model_chunks for p in m.parameters())
+
+
+def _optimizer_has_params(opt) -> bool:
+    return any(len(g["params"]) > 0 for g in opt.param_groups) if not getattr(opt, "is_stub_optimizer", False) \
+        else False
+
+
+class ExpertStubOptimizer:
+    """Expert-side optimizer owning no parameters: joins the grad-norm and zero-count reductions of the
+    expert optimizer with empty tensors (megatron's ``get_grad_norm_fp32`` / ``count_zeros_fp32``)."""
+
+    is_stub_optimizer = True
+
+    def __init__(self, config, grad_stats_group):
+        self.config = config
+        self._group = grad_stats_group
+        self.param_groups = [{"params": [], "is_expert_parallel": True, "default_config": True, "lr": config.lr,
+                              "max_lr": config.lr, "min_lr": config.min_lr, "wd_mult": 1.0, "lr_mult": 1.0,
+                              "is_decoupled_lr": False, "weight_decay": config.weight_decay}]
+        self.model_chunks = []
+
+    def get_grad_stats_parallel_group(self):
+        return self._group
+
+    def get_main_grads_for_grad_norm(self):
+        return []
+
+    def get_grad_norm(self):
+        from megatron.core.optimizer.clip_grads import get_grad_norm_fp32
+
+        return get_grad_norm_fp32([], grad_stats_parallel_group=self._group)
+
+    def count_zeros(self):
+        from megatron.core.optimizer.clip_grads import count_zeros_fp32
+
+        return count_zeros_fp32([], grad_stats_parallel_group=self._group,
+                                use_decoupled_grad=False) if self.config.log_num_zeros_in_grad else 0
+
+    def prepare_grads(self) -> bool:
+        return False
+
+    def step_with_ready_grads(self) -> bool:
+        return True
+
+    def get_parameters(self):
+        return []
+
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def get_loss_scale(self):
+        return torch.tensor([1.0])
+
+    def reload_model_params(self, state_dict=None):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        pass
+
+    def sharded_state_dict(self, *args, **kwargs):
+        return {}
+
+
+def build_optimizer(opt_config, model_chunks, stub: bool = True):
+    """megatron's (Chained)Optimizer for ``model_chunks``; see the module docstring for ``stub``.
+
+    Returns (optimizer, info) where info says whether this rank owns experts and which expert-side
+    optimizer it holds ('real', 'megatron-stub', 'project-stub', or 'none').
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.optimizer import ChainedOptimizer, get_megatron_optimizer
+
+    optimizer = get_megatron_optimizer(opt_config, model_chunks)
+    chain = list(optimizer.chained_optimizers) if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    is_moe = getattr(model_chunks[0].config, "num_moe_experts", None) is not None
+    has_experts = _has_expert_params(model_chunks)
+    info = {"has_expert_params": has_experts, "expert_optimizer": "none"}
+    if not is_moe:
+        return optimizer, info
+    expert_side = [o for o in chain if _is_expert_optimizer(o)]
+    if has_experts:
+        info["expert_optimizer"] = "real"
+    elif expert_side:
+        info["expert_optimizer"] = "megatron-stub"
+    if not has_experts:
+        if not stub:
+            chain = [o for o in chain if not _is_expert_optimizer(o)]
+            info["expert_optimizer"] = "none (stub disabled)"
+        elif not expert_side:
+            chain.append(ExpertStubOptimizer(opt_config, ps.get_expert_tensor_model_pipeline_parallel_group()))
+            info["expert_optimizer"] = "project-stub"
+    optimizer = ChainedOptimizer(chain) if len(chain) > 1 else chain[0]
+    # every rank must hold the same number of optimizers, or the chained reductions diverge
+    n = torch.tensor([len(chain)], dtype=torch.int64)
+    lo, hi = n.clone(), n.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    info["uniform_chain"] = bool(lo.item() == hi.item())
+    return optimizer, info
+
+
+def _is_expert_optimizer(opt) -> bool:
+    groups = getattr(opt, "param_groups", None) or []
+    return bool(groups) and all(g.get("is_expert_parallel", False) for g in groups)
+
+
+def build_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float):
+    """Linear warmup then cosine decay to ``min_lr`` over ``total_steps`` (megatron's scheduler)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=warmup_steps,
+        lr_decay_steps=max(total_steps, warmup_steps + 1), lr_decay_style="cosine", start_wd=weight_decay,
+        end_wd=weight_decay, wd_incr_steps=max(total_steps, 1), wd_incr_style="constant")
