@@ -410,12 +410,12 @@ def _build_with_project_stub(opt_config, model_chunks):
     from megatron.core import parallel_state as ps
     from megatron.core.optimizer import ChainedOptimizer
 
-    from megatron_ads.train.optim import ExpertStubOptimizer, _has_expert_params, _is_expert_optimizer, build_optimizer
+    from megatron_ads.train.optim import ExpertStubOptimizer, build_optimizer
 
     optimizer, info = build_optimizer(opt_config, model_chunks, stub=True)
     if info["expert_optimizer"] != "megatron-stub":
         return optimizer, info
-    chain = [o for o in optimizer.chained_optimizers if not _is_expert_optimizer(o)]
+    chain = list(optimizer.chained_optimizers[:1])
     chain.append(ExpertStubOptimizer(opt_config, ps.get_expert_tensor_model_pipeline_parallel_group()))
     info = dict(info, expert_optimizer="project-stub")
     return ChainedOptimizer(chain), info

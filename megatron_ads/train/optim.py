@@ -23,11 +23,6 @@ def _has_expert_params(model_chunks) -> bool:
     return any(not getattr(p, "allreduce", True) for m in model_chunks for p in m.parameters())
 
 
-def _optimizer_has_params(opt) -> bool:
-    return any(len(g["params"]) > 0 for g in opt.param_groups) if not getattr(opt, "is_stub_optimizer", False) \
-        else False
-
-
 class ExpertStubOptimizer:
     """Expert-side optimizer owning no parameters: joins the grad-norm and zero-count reductions of the
     expert optimizer with empty tensors (megatron's ``get_grad_norm_fp32`` / ``count_zeros_fp32``)."""
@@ -41,6 +36,7 @@ class ExpertStubOptimizer:
                               "max_lr": config.lr, "min_lr": config.min_lr, "wd_mult": 1.0, "lr_mult": 1.0,
                               "is_decoupled_lr": False, "weight_decay": config.weight_decay}]
         self.model_chunks = []
+        self.optimizer = self  # ChainedOptimizer reads ``opt.optimizer.param_groups`` when syncing steps
 
     def get_grad_stats_parallel_group(self):
         return self._group
@@ -103,14 +99,15 @@ def build_optimizer(opt_config, model_chunks, stub: bool = True):
     info = {"has_expert_params": has_experts, "expert_optimizer": "none"}
     if not is_moe:
         return optimizer, info
-    expert_side = [o for o in chain if _is_expert_optimizer(o)]
+    # megatron chains the dense optimizer first and the expert one second
+    expert_side = chain[1:]
     if has_experts:
         info["expert_optimizer"] = "real"
     elif expert_side:
         info["expert_optimizer"] = "megatron-stub"
     if not has_experts:
         if not stub:
-            chain = [o for o in chain if not _is_expert_optimizer(o)]
+            chain = chain[:1]
             info["expert_optimizer"] = "none (stub disabled)"
         elif not expert_side:
             chain.append(ExpertStubOptimizer(opt_config, ps.get_expert_tensor_model_pipeline_parallel_group()))
@@ -123,11 +120,6 @@ def build_optimizer(opt_config, model_chunks, stub: bool = True):
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     info["uniform_chain"] = bool(lo.item() == hi.item())
     return optimizer, info
-
-
-def _is_expert_optimizer(opt) -> bool:
-    groups = getattr(opt, "param_groups", None) or []
-    return bool(groups) and all(g.get("is_expert_parallel", False) for g in groups)
 
 
 def build_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float):

@@ -1,0 +1,120 @@
+"""Trainer on gloo processes: loss goes down, layouts agree, resume is exact, SIGTERM saves, NaN steps skip."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_ads.config.train import JobConfig
+from megatron_ads.runtime.launch import free_port, spawn
+from megatron_ads.train.loop import train_worker
+
+pytestmark = pytest.mark.distributed
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "launch" / "configs" / "tiny_cpu.yaml"
+
+
+def job(tmp, name, *overrides):
+    return JobConfig.load(TINY, [f"out_dir={tmp / name}", *overrides])
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_and_layouts_agree(tiny_ckpts, tmp_path):
+    hf = tiny_ckpts("tiny_deepseek_v3")
+    init = ["model.init=hf", f"model.path={hf}"]
+    a = job(tmp_path, "pp2ep2", *init)  # 4 ranks: pp=2 (dense-only first stage) x ep=2, dp=2
+    spawn(train_worker, 4, a.to_dict())
+    b = job(tmp_path, "pp1ep2", *init, "parallel.pp=1", "parallel.stage_layers=null")  # 2 ranks: dp=2 x ep=2
+    spawn(train_worker, 2, b.to_dict())
+    la, lb = losses(tmp_path / "pp2ep2"), losses(tmp_path / "pp1ep2")
+    assert len(la) == len(lb) == 50
+    assert sum(la[-5:]) / 5 < sum(la[:5]) / 5 - 0.5, la
+    assert max(abs(x - y) for x, y in zip(la, lb)) <= 1e-5
+    rec = json.loads((tmp_path / "pp2ep2" / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("step", "loss", "grad_norm", "lr", "tokens_per_s", "moe_max_imbalance", "moe_expert_load"):
+        assert key in rec
+    assert (tmp_path / "pp2ep2" / "checkpoints" / "latest").is_file()
+
+
+def test_resume_is_bit_exact(tmp_path):
+    common = ["train.steps=6", "optim.warmup_steps=2", "checkpoint.every=3", "checkpoint.keep_last=5"]
+    spawn(train_worker, 4, job(tmp_path, "full", *common).to_dict())
+    step3 = tmp_path / "full" / "checkpoints" / "step_0000003"
+    assert (step3 / "COMPLETE").is_file()
+    spawn(train_worker, 4, job(tmp_path, "resumed", *common, f"resume={step3}").to_dict())
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert len(full) == 6 and resumed == full[3:]  # bit for bit (fp32, CPU)
+
+
+def test_sigterm_finishes_the_step_and_saves(tmp_path):
+    out = tmp_path / "sig"
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "megatron_ads", "train", "lm", "--config", str(TINY), f"out_dir={out}",
+             "parallel.ep=1", "train.steps=100000", "checkpoint.every=0"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=240) for p in procs]
+    assert codes == [0, 0], [p.stderr.read().decode()[-2000:] for p in procs]
+    from megatron_ads.train.ckpt import COMPLETE, find_latest
+
+    latest = find_latest(out / "checkpoints")
+    assert latest is not None and (latest / COMPLETE).is_file()
+    saved_step = int(latest.name.split("_")[1])
+    assert saved_step == len(metrics.read_text().splitlines())
+    payload = torch.load(latest / "rank_00000.pt", weights_only=False)
+    assert payload["trainer"]["step"] == saved_step
+    resumed = job(tmp_path, "sig", "parallel.ep=1", "resume=auto", f"train.steps={saved_step + 1}")
+    r = spawn(train_worker, 2, resumed.to_dict())[0]
+    assert r["steps"] == saved_step + 1
+
+
+def _nan_worker(job_dict, bad_steps):
+    import megatron_ads.train.loop as loop
+
+    orig = loop._masked_loss
+    state = {"calls": 0}
+
+    def poisoned(mask, output):
+        total, n, rep = orig(mask, output)
+        step = state["calls"] // 2  # two micro-batches per step
+        state["calls"] += 1
+        if step in bad_steps:
+            total = total * float("nan")
+            rep = {"lm loss": torch.stack([total.detach(), n.detach().float()])}
+        return total, n, rep
+
+    loop._masked_loss = poisoned
+    try:
+        return train_worker(job_dict)
+    except loop.TrainingAborted as exc:
+        return {"aborted": str(exc)}
+
+
+def test_nan_steps_are_skipped_then_abort(tmp_path):
+    ok = job(tmp_path, "nan1", "parallel.pp=1", "parallel.ep=1", "parallel.stage_layers=null", "train.steps=4")
+    r = spawn(_nan_worker, 1, ok.to_dict(), [1])[0]
+    recs = [json.loads(x) for x in (tmp_path / "nan1" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["skipped"] for x in recs] == [False, True, False, False] and r["steps"] == 4
+    bad = job(tmp_path, "nan2", "parallel.pp=1", "parallel.ep=1", "parallel.stage_layers=null", "train.steps=10",
+              "train.max_nan_steps=2")
+    r = spawn(_nan_worker, 1, bad.to_dict(), [0, 1, 2, 3])[0]
+    assert "non-finite" in r["aborted"] and "max_nan_steps=2" in r["aborted"]
