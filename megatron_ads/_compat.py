@@ -8,6 +8,7 @@ _INSTALL = {
     "transformer_engine": "pip install 'megatron-ads[gpu]'  (transformer-engine[pytorch]; CUDA machines only)",
     "modelopt": "pip install 'megatron-ads[quant]'  (nvidia-modelopt[torch])",
     "triton": "pip install triton",
+    "tensorboard": "pip install tensorboard",
 }
 
 

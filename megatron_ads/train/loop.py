@@ -81,7 +81,7 @@ class Trainer:
         t = job.train
         self.platform, self.env = init_distributed(timeout_s=t.collective_timeout_s)
         self.rank = self.env.rank
-        self.cfg = resolve_model_config(job.model.path if job.model.init != "random" else job.model.name)
+        self.cfg = self._model_config(job)
         p = job.parallel
         self.par = ParallelConfig(tp=p.tp, pp=p.pp, ep=p.ep, stage_layers=p.stage_layers)
         self.dp = init_model_parallel(self.par)
@@ -100,6 +100,14 @@ class Trainer:
         self._stop_requested = False
         self.metrics_path = self.out / "metrics.jsonl"
         self.tb = None
+
+    @staticmethod
+    def _model_config(job: JobConfig):
+        if job.model.init == "mcore":
+            from megatron_ads.checkpoint.megatron_io import read_layout
+
+            return read_layout(job.model.path).cfg
+        return resolve_model_config(job.model.path if job.model.init == "hf" else job.model.name)
 
     # ------------------------------------------------------------------ construction
     def _build_model(self, force_project_stub: bool) -> None:
@@ -352,6 +360,13 @@ class Trainer:
         try:
             if resumed and self.rank == 0:
                 print(f"[train] resumed from {resumed} at step {self.step}", flush=True)
+            if t.tensorboard and self.rank == 0:
+                from megatron_ads._compat import require
+
+                require("tensorboard")
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
             with open(self.metrics_path, "a") if self.rank == 0 else _Null() as metrics:
                 while self.step < t.steps:
                     rec = self.train_step()
@@ -360,6 +375,10 @@ class Trainer:
                     if self.rank == 0:
                         metrics.write(json.dumps(rec) + "\n")
                         metrics.flush()
+                        if self.tb is not None:
+                            for key, value in rec.items():
+                                if isinstance(value, (int, float)) and value is not None and key != "step":
+                                    self.tb.add_scalar(f"train/{key}", value, rec["step"])
                         if rec["step"] % t.log_every == 0 or rec["step"] == t.steps:
                             print(f"[train] step {rec['step']}/{t.steps} loss {rec['loss']:.4f} "
                                   f"grad_norm {rec['grad_norm'] if rec['grad_norm'] is None else round(rec['grad_norm'], 4)} "
@@ -377,6 +396,8 @@ class Trainer:
                         self.save()
         finally:
             signal.signal(signal.SIGTERM, old)
+            if self.tb is not None:
+                self.tb.close()
         return {"steps": self.step, "first_loss": first_loss, "last_loss": last_loss,
                 "stopped_by_signal": stopped_by_signal, "optimizer": self.optim_info,
                 "out_dir": str(self.out), "world_size": dist.get_world_size(), "dp": self.dp}

@@ -141,3 +141,14 @@ def test_dense_model_plan_and_svg(tmp_path):
 
     assert svg(plan).startswith("<svg") and "stage 1" in svg(plan)
     assert "tp=2 pp=2" in table(plan)
+
+
+def test_training_config_for_248_gpus_matches_the_plan():
+    from megatron_ads.config.train import JobConfig
+
+    job = JobConfig.load(REPO / "launch/configs/deepseek_r1_248gpu_h100_train.yaml")
+    recipe = yaml.safe_load((REPO / "launch/configs/deepseek_r1_248gpu_h100_bf16.yaml").read_text())
+    assert (job.parallel.tp, job.parallel.pp, job.parallel.ep) == (recipe["parallel"]["tp"], recipe["parallel"]["pp"],
+                                                                    recipe["parallel"]["ep"])
+    assert job.parallel.stage_layers == recipe["parallel"]["stage_layers"]
+    assert job.train.num_microbatches == recipe["train"]["num_microbatches"]

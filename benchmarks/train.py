@@ -1,0 +1,80 @@
+"""Training throughput of our megatron-core trainer vs a plain HF-transformers loop, same model and data.
+
+    python benchmarks/train.py [--flavor tiny_deepseek_v3] [--steps 12] [--seq-len 128] [--micro-batch 4] [--dtype fp32]
+
+Both run in one process on this machine's device (CPU here; CUDA on a GPU machine), from the same
+random-weight HF checkpoint, on the same synthetic batches, with AdamW. Prints median tokens/s of
+each (first 2 steps excluded) and the ratio ours / HF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HF_LOOP = r"""
+import json, sys, time, torch, transformers
+from megatron_ads.data import lm_stream
+hf, steps, seq, mb, dtype = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).to(dev)
+model.train()
+opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
+times = []
+for step in range(steps):
+    b = lm_stream.batch(step * mb, mb, seq, 1234, 8, 256)
+    t = time.time()
+    logits = model(b["tokens"].to(dev)).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), b["labels"].to(dev).view(-1), reduction="none")
+    m = b["loss_mask"].to(dev).view(-1)
+    loss = (loss * m).sum() / m.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step(); opt.zero_grad(set_to_none=True)
+    if dev == "cuda": torch.cuda.synchronize()
+    times.append(time.time() - t)
+print(json.dumps({"tokens_per_s": [mb * seq / x for x in times]}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flavor", default="tiny_deepseek_v3")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="megatron_ads_trainbench_") as tmp:
+        hf = Path(tmp) / "hf"
+        subprocess.run([sys.executable, "-m", "megatron_ads", "init-model", "--flavor", args.flavor, "--out", str(hf),
+                        "--dtype", "fp32"], check=True, capture_output=True)
+        r = subprocess.run([sys.executable, "-c", HF_LOOP, str(hf), str(args.steps), str(args.seq_len),
+                            str(args.micro_batch), args.dtype], check=True, capture_output=True, text=True)
+        hf_tps = json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"][2:]
+        run = Path(tmp) / "ours"
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "megatron_ads", "train", "lm", "--config",
+                        str(Path(__file__).resolve().parents[1] / "launch/configs/tiny_cpu.yaml"),
+                        f"out_dir={run}", "model.init=hf", f"model.path={hf}", "parallel.pp=1", "parallel.ep=1",
+                        "parallel.stage_layers=null", f"train.steps={args.steps}", f"train.seq_len={args.seq_len}",
+                        f"train.micro_batch={args.micro_batch}", "train.num_microbatches=1", f"optim.dtype={args.dtype}",
+                        "checkpoint.save_at_end=false", "train.moe_metrics=false"], check=True, capture_output=True)
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][2:]
+        ours_tps = [x["tokens_per_s"] for x in recs]
+    ours, base = statistics.median(ours_tps), statistics.median(hf_tps)
+    print(f"model {args.flavor}, {args.dtype}, seq {args.seq_len} x mb {args.micro_batch}, {args.steps} steps (first 2 excluded)")
+    print(f"HF transformers loop: {base:10.1f} tokens/s (median)")
+    print(f"megatron_ads trainer: {ours:10.1f} tokens/s (median)")
+    print(f"ratio ours / HF: {ours / base:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
