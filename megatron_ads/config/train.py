@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from megatron_ads.config.parallel import ParallelConfig
+
 DTYPES = ("fp32", "bf16")
 
 
@@ -28,25 +30,6 @@ class ModelSpec:
             raise ValueError(f"model.init: expected random, hf or mcore, got {self.init!r}")
         if self.init != "random" and not self.path:
             raise ValueError(f"model.path: required for model.init={self.init}")
-
-
-@dataclass(kw_only=True, slots=True)
-class ParallelSpec:
-    """Parallel sizes; data parallel = world / (tp * pp)."""
-
-    tp: int = 1
-    """Tensor parallel size."""
-    pp: int = 1
-    """Pipeline parallel size."""
-    ep: int = 1
-    """Expert parallel size."""
-    stage_layers: list[int] | None = None
-    """Layers per pipeline stage (None: balanced)."""
-
-    def __post_init__(self):
-        for name in ("tp", "pp", "ep"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"parallel.{name}: expected >= 1, got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -153,7 +136,7 @@ class JobConfig:
     resume: str = "none"
     """none, auto (latest checkpoint in out_dir if any) or a checkpoint directory."""
     model: ModelSpec = field(default_factory=ModelSpec)
-    parallel: ParallelSpec = field(default_factory=ParallelSpec)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
@@ -168,7 +151,7 @@ class JobConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "JobConfig":
         d = dict(d or {})
-        nested = {"model": ModelSpec, "parallel": ParallelSpec, "data": DataSpec, "optim": OptimSpec,
+        nested = {"model": ModelSpec, "parallel": ParallelConfig, "data": DataSpec, "optim": OptimSpec,
                   "train": TrainSpec, "checkpoint": CheckpointSpec}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}

@@ -39,7 +39,10 @@ def rng_state() -> dict[str, Any]:
 
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
              "tracker": get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -55,7 +58,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     get_cuda_rng_tracker().set_states(state["tracker"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -102,11 +106,11 @@ def find_latest(root: Path) -> Path | None:
 
 
 def load(ckpt: Path, rank: int) -> dict[str, Any]:
-    """This rank's payload of a complete checkpoint (weights_only: no code execution on load)."""
+    """This rank's payload of a complete checkpoint (``weights_only=True``: loading runs no pickled code)."""
     if not (ckpt / COMPLETE).is_file():
         raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {COMPLETE})")
     world = int((ckpt / COMPLETE).read_text().strip())
     if world != dist.get_world_size():
         raise ValueError(f"{ckpt}: saved by {world} ranks, this run has {dist.get_world_size()}; "
                          f"resume needs the same layout (convert/reshard the weights to change it)")
-    return torch.load(ckpt / f"rank_{rank:05d}.pt", weights_only=False)
+    return torch.load(ckpt / f"rank_{rank:05d}.pt", weights_only=True)

@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from megatron_ads.config.flavors import resolve_model_config
-from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data import lm_stream
 from megatron_ads.layout.groups import init_model_parallel
@@ -82,8 +81,7 @@ class Trainer:
         self.platform, self.env = init_distributed(timeout_s=t.collective_timeout_s)
         self.rank = self.env.rank
         self.cfg = self._model_config(job)
-        p = job.parallel
-        self.par = ParallelConfig(tp=p.tp, pp=p.pp, ep=p.ep, stage_layers=p.stage_layers)
+        self.par = job.parallel
         self.dp = init_model_parallel(self.par)
         _set_group_timeouts(t.collective_timeout_s)
         from megatron.core import parallel_state as ps

@@ -80,7 +80,7 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path):
     assert latest is not None and (latest / COMPLETE).is_file()
     saved_step = int(latest.name.split("_")[1])
     assert saved_step == len(metrics.read_text().splitlines())
-    payload = torch.load(latest / "rank_00000.pt", weights_only=False)
+    payload = torch.load(latest / "rank_00000.pt", weights_only=True)
     assert payload["trainer"]["step"] == saved_step
     resumed = job(tmp_path, "sig", "parallel.ep=1", "resume=auto", f"train.steps={saved_step + 1}")
     r = spawn(train_worker, 2, resumed.to_dict())[0]

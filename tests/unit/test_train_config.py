@@ -22,7 +22,7 @@ def test_tiny_cpu_config_and_overrides(tmp_path):
     ("bogus=1", "unknown field 'bogus'"),
     ("train.bogus=1", "bogus"),
     ("model.init=hf", "model.path"),
-    ("parallel.tp=0", "parallel.tp"),
+    ("parallel.tp=0", "tp"),
     ("nokeyvalue", "key=value"),
 ])
 def test_bad_values_name_the_field(override, needle, tmp_path):
