@@ -18,9 +18,10 @@ class CommandFailed(RuntimeError):
 
 
 def _verbs() -> dict[str, tuple[str, Callable]]:
-    from megatron_ads.cli import convert, demo, init_model, plan, train, verify
+    from megatron_ads.cli import convert, demo, eval as eval_cli, init_model, plan, train, verify
 
     return {
+        "eval": ("score labeling predictions with the paper's metric suite", eval_cli.register),
         "train": ("train on megatron-core: 1F1B pipeline x EP x DP (mode lm)", train.register),
         "convert": ("convert checkpoints: hf-to-mcore, mcore-to-hf, reshard", convert.register),
         "plan": ("choose a PP/EP/DP/TP layout with per-rank memory and traffic", plan.register),

@@ -1,0 +1,227 @@
+"""The paper's metric suite (AdNanny §5.1–5.2) for query–ad and ad–user labeling.
+
+Every setting is a binary problem with a *positive* class (non-defect) and a *negative* class
+(defect): DR = ground-truth defect rate, ModelDR = predicted defect rate, PosAcc / NegAcc = recall
+of each class, PosPrec / NegPrec = precision, PosF1 / NegF1, Acc, and BACC = (PosAcc + NegAcc) / 2,
+the primary metric. Ad–user relevance: negative = score 0 ("Bad"), RR / ModelRR are the negative
+rates, AUC ranks P(positive) = 1 - P(score 0). All values are fractions in [0, 1]; an empty class
+gives 0 for its recall/precision/F1 (scikit-learn's zero_division=0).
+
+Malformed predictions (missing row, missing or unparseable label) are counted and scored as wrong
+answers: the predicted class is the opposite of the gold class, and for AUC the probability is the
+worst one (0 for a positive, 1 for a negative).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+RELEVANCE = ("bad", "fair", "good")
+BINARY = ("good", "bad")
+QUERY_AD_VIEWS = {
+    "bad_view": ("relevance", lambda v: v == "bad"),
+    "fair_view": ("relevance", lambda v: v in ("bad", "fair")),
+    "location": ("location", lambda v: v == "bad"),
+    "quality": ("quality", lambda v: v == "bad"),
+}
+ALLOWED = {"relevance": RELEVANCE, "location": BINARY, "quality": BINARY}
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def binary_metrics(gold_defect: list[bool], pred_defect: list[bool]) -> dict[str, float]:
+    """Defect-view metrics; positive = non-defect, negative = defect."""
+    if len(gold_defect) != len(pred_defect):
+        raise ValueError(f"binary_metrics: {len(gold_defect)} gold vs {len(pred_defect)} predictions")
+    n = len(gold_defect)
+    tp = sum(1 for g, p in zip(gold_defect, pred_defect) if not g and not p)  # positive predicted positive
+    tn = sum(1 for g, p in zip(gold_defect, pred_defect) if g and p)
+    fp = sum(1 for g, p in zip(gold_defect, pred_defect) if g and not p)  # defect predicted non-defect
+    fn = sum(1 for g, p in zip(gold_defect, pred_defect) if not g and p)
+    pos_acc, neg_acc = _div(tp, tp + fn), _div(tn, tn + fp)
+    pos_prec, neg_prec = _div(tp, tp + fp), _div(tn, tn + fn)
+    return {
+        "DR": _div(tn + fp, n), "ModelDR": _div(tn + fn, n),
+        "BACC": (pos_acc + neg_acc) / 2, "Acc": _div(tp + tn, n),
+        "PosAcc": pos_acc, "PosPrec": pos_prec, "NegAcc": neg_acc, "NegPrec": neg_prec,
+        "PosF1": _div(2 * pos_prec * pos_acc, pos_prec + pos_acc),
+        "NegF1": _div(2 * neg_prec * neg_acc, neg_prec + neg_acc),
+        "n": n,
+    }
+
+
+def auc(labels_pos: list[bool], scores: list[float]) -> float:
+    """ROC AUC of ``scores`` for the positive class (Mann–Whitney U with average ranks for ties)."""
+    pairs = sorted(zip(scores, labels_pos))
+    n_pos = sum(labels_pos)
+    n_neg = len(labels_pos) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum, i = 0.0, 0
+    while i < len(pairs):
+        j = i
+        while j + 1 < len(pairs) and pairs[j + 1][0] == pairs[i][0]:
+            j += 1
+        avg_rank = (i + j) / 2 + 1
+        rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+# ------------------------------------------------------------------------------------ JSONL
+@dataclass(slots=True)
+class ParsedJSONL:
+    rows: dict[str, dict]
+    errors: list[dict[str, Any]]
+    """{"line": n, "error": "..."} for lines that could not be used."""
+
+
+def read_jsonl(path: str | Path, strict: bool) -> ParsedJSONL:
+    """Rows keyed by ``id``. ``strict``: any bad line raises ValueError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    rows: dict[str, dict] = {}
+    errors: list[dict[str, Any]] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "id" not in row:
+                raise ValueError("expected a JSON object with an 'id'")
+            key = str(row["id"])
+            if key in rows:
+                raise ValueError(f"duplicate id {key!r}")
+            rows[key] = row
+        except (json.JSONDecodeError, ValueError) as exc:
+            if strict:
+                raise ValueError(f"{path}:{lineno}: {exc}") from exc
+            errors.append({"line": lineno, "error": str(exc)})
+    return ParsedJSONL(rows, errors)
+
+
+def _label(row: dict | None, field: str) -> str | None:
+    if row is None or not isinstance(row.get("labels"), dict):
+        return None
+    v = row["labels"].get(field)
+    v = v.strip().lower() if isinstance(v, str) else None
+    return v if v in ALLOWED[field] else None
+
+
+def evaluate_query_ad(gold: ParsedJSONL, pred: ParsedJSONL) -> dict[str, Any]:
+    """Bad/Fair views and the location/quality attributes (JSON layout of the `eval` command)."""
+    for key, row in gold.rows.items():
+        for field in ALLOWED:
+            if _label(row, field) is None:
+                raise ValueError(f"gold id {key!r}: labels.{field} must be one of {ALLOWED[field]}")
+    ids = sorted(gold.rows)
+    malformed_ids = set()
+    out: dict[str, Any] = {}
+    for view, (field, is_defect) in QUERY_AD_VIEWS.items():
+        g, p = [], []
+        for key in ids:
+            gd = is_defect(_label(gold.rows[key], field))
+            pv = _label(pred.rows.get(key), field)
+            if pv is None:
+                malformed_ids.add(key)
+                pd = not gd
+            else:
+                pd = is_defect(pv)
+            g.append(gd)
+            p.append(pd)
+        out[view] = binary_metrics(g, p)
+    out.update(n=len(ids), malformed=len(malformed_ids), pred_line_errors=pred.errors,
+               unmatched_predictions=sorted(set(pred.rows) - set(gold.rows)))
+    return out
+
+
+def _score(row: dict | None) -> int | None:
+    if row is None:
+        return None
+    v = row.get("score")
+    try:
+        iv = int(v)
+    except (TypeError, ValueError):
+        return None
+    return iv if iv in (0, 1, 2, 3) and float(v) == iv else None
+
+
+def _p_positive(row: dict | None) -> float | None:
+    probs = row.get("probs") if row else None
+    if not isinstance(probs, dict):
+        return None
+    try:
+        p0 = float(probs.get("0", probs.get(0)))
+    except (TypeError, ValueError):
+        return None
+    return 1.0 - p0 if 0.0 <= p0 <= 1.0 else None
+
+
+def evaluate_ad_user(gold: ParsedJSONL, pred: ParsedJSONL) -> dict[str, Any]:
+    """Bad (score 0, negative) vs Others (positive): RR, ModelRR, BACC, Acc, PosAcc, NegAcc, AUC."""
+    ids = sorted(gold.rows)
+    g_neg, p_neg, pos_labels, p_scores = [], [], [], []
+    malformed = 0
+    for key in ids:
+        gs = _score(gold.rows[key])
+        if gs is None:
+            raise ValueError(f"gold id {key!r}: score must be an integer 0..3")
+        row = pred.rows.get(key)
+        ps = _score(row)
+        gneg = gs == 0
+        if ps is None:
+            malformed += 1
+            pneg, prob = not gneg, (1.0 if gneg else 0.0)
+        else:
+            pneg = ps == 0
+            prob = _p_positive(row)
+            if prob is None:
+                prob = 0.0 if pneg else 1.0
+        g_neg.append(gneg)
+        p_neg.append(pneg)
+        pos_labels.append(not gneg)
+        p_scores.append(prob)
+    m = binary_metrics(g_neg, p_neg)
+    return {"RR": m["DR"], "ModelRR": m["ModelDR"], "BACC": m["BACC"], "Acc": m["Acc"], "PosAcc": m["PosAcc"],
+            "NegAcc": m["NegAcc"], "AUC": auc(pos_labels, p_scores), "n": len(ids), "malformed": malformed,
+            "pred_line_errors": pred.errors, "unmatched_predictions": sorted(set(pred.rows) - set(gold.rows))}
+
+
+def evaluate(task: str, pred_path: str | Path, gold_path: str | Path) -> dict[str, Any]:
+    """Score a prediction JSONL against a gold JSONL (rows join on ``id``)."""
+    gold = read_jsonl(gold_path, strict=True)
+    pred = read_jsonl(pred_path, strict=False)
+    if task == "query_ad":
+        return evaluate_query_ad(gold, pred)
+    if task == "ad_user":
+        return evaluate_ad_user(gold, pred)
+    raise ValueError(f"task: expected query_ad or ad_user (query_gen metrics arrive with the SFT issue), got {task!r}")
+
+
+def markdown(task: str, r: dict[str, Any]) -> str:
+    """Tables laid out like the paper's (percentages with two decimals)."""
+    def pct(x):
+        return f"{100 * x:.2f}"
+
+    lines = []
+    if task == "query_ad":
+        cols = ["ModelDR", "BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1"]
+        lines.append("| view | DR | " + " | ".join(cols) + " |")
+        lines.append("|---" * (len(cols) + 2) + "|")
+        for view in QUERY_AD_VIEWS:
+            v = r[view]
+            lines.append(f"| {view} | {pct(v['DR'])} | " + " | ".join(pct(v[c]) for c in cols) + " |")
+    else:
+        cols = ["ModelRR", "BACC", "Acc", "PosAcc", "NegAcc", "AUC"]
+        lines.append("| RR | " + " | ".join(cols) + " |")
+        lines.append("|---" * (len(cols) + 1) + "|")
+        lines.append(f"| {pct(r['RR'])} | " + " | ".join(pct(r[c]) for c in cols) + " |")
+    lines.append(f"\nn={r['n']}, malformed predictions={r['malformed']}, unreadable prediction lines="
+                 f"{[e['line'] for e in r['pred_line_errors']]}")
+    return "\n".join(lines)
