@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_loss
+
+
+def test_eq3_perplexity_and_eq5_weights_by_hand():
+    nll = torch.tensor([[1.0, 3.0, 9.0], [2.0, 2.0, 2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    ppl = InstanceReweighter.perplexity(nll, mask)
+    assert torch.allclose(ppl, torch.tensor([math.exp(2.0), math.exp(2.0)]))
+    r = InstanceReweighter(beta=0.5, w_min=0.2, w_max=5.0, previous={"a": 10.0, "b": 3.0, "c": 1.0})
+    assert r.weight("a", 7.0) == pytest.approx(math.exp(-0.5 * 3.0))      # learned: down-weighted
+    assert r.weight("b", 3.0) == pytest.approx(1.0)                       # no progress
+    assert r.weight("c", 3.0) == pytest.approx(math.exp(0.5 * 2.0))       # got worse: up-weighted
+    assert r.weight("a", -100.0) == 0.2 and r.weight("c", 100.0) == 5.0   # clipped
+    assert r.weight("new", 4.0) == 1.0
+
+
+def test_batch_weights_roll_and_state_round_trip():
+    r = InstanceReweighter(beta=1.0)
+    nll, mask = torch.full((2, 4), 1.0), torch.ones(2, 4)
+    w = r.weights(["x", "y"], nll, mask)
+    assert torch.equal(w, torch.ones(2))
+    r.roll_checkpoint()
+    w2 = r.weights(["x", "y"], torch.full((2, 4), 0.5), mask)
+    delta = math.exp(1.0) - math.exp(0.5)
+    assert torch.allclose(w2, torch.full((2,), max(math.exp(-delta), r.w_min)))
+    again = InstanceReweighter()
+    again.load_state_dict(r.state_dict())
+    assert again.state_dict() == r.state_dict()
+
+
+def test_eq7_task_weights_by_hand_and_general_task():
+    t = TaskReweighter(tasks=["query_ad", "ad_user"], alpha=2.0)
+    lam = t.update({"query_ad": 0.9, "ad_user": 0.6})
+    d1, d2 = 0.1 ** 2, 0.4 ** 2
+    assert lam["query_ad"] == pytest.approx(d1 / (d1 + d2)) and lam["ad_user"] == pytest.approx(d2 / (d1 + d2))
+    g = TaskReweighter(tasks=["a", "b"], general_task="general", general_weight=0.2)
+    lam = g.update({"a": 0.5, "b": 0.5})
+    assert lam == {"a": pytest.approx(0.4), "b": pytest.approx(0.4), "general": 0.2}
+    with pytest.raises(ValueError, match="missing"):
+        g.update({"a": 0.5})
+
+
+def test_harder_task_weight_rises_across_intervals():
+    t = TaskReweighter(tasks=["easy", "hard"], alpha=1.0)
+    # the easy task keeps improving while the hard one stalls: its share must rise interval after interval
+    for m_easy in (0.6, 0.75, 0.9):
+        t.update({"easy": m_easy, "hard": 0.55})
+    shares = [h["hard"] for h in t.history]
+    assert shares == sorted(shares) and shares[-1] > shares[0]
+    again = TaskReweighter(tasks=["easy", "hard"])
+    again.load_state_dict(t.state_dict())
+    assert again.lambdas == t.lambdas and again.history == t.history
+
+
+def test_eq2_weighted_loss():
+    loss = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    w = torch.tensor([1.0, 0.5, 2.0, 1.0])
+    out = weighted_loss(loss, ["a", "a", "b", "b"], w, {"a": 0.25, "b": 0.75})
+    assert out.item() == pytest.approx(0.25 * (1.0 + 1.0) / 2 + 0.75 * (6.0 + 4.0) / 2)
