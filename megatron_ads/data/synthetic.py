@@ -1,0 +1,193 @@
+"""Rule-labeled synthetic ads corpora a tiny model can learn — labeled by construction, honestly.
+
+A small catalogue (categories with brands and products, cities, price levels) generates queries,
+ads, user histories and keywords. Labels come from explicit rules, and the reasoning text is
+generated from the same rules, so it is faithful to the label:
+
+- query–ad relevance: different category -> bad; same category but a price-intent or brand
+  conflict -> fair; otherwise good. Location: the query names a city and the ad serves another ->
+  bad. Quality: an all-caps title, a broken URL or an empty description -> bad.
+- ad–user: 3 if the ad's category is the user's most frequent one, 2 if it appears in the history,
+  1 if it shares the category's group, else 0.
+- keyword query generation: narrower queries in the same category (brand, price, "near me" refinements).
+
+Size, seed, class balance (``match_rate``) and defect rate are configurable per dataset, so the
+defect rate varies like the paper's datasets A–F. ``split`` gives deterministic train/val/test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+CATALOGUE = {
+    "running shoes": {"group": "sports", "brands": ["Nike", "Asics", "Brooks"], "items": ["trail runners", "racing flats"]},
+    "hiking boots": {"group": "sports", "brands": ["Merrell", "Salomon", "Keen"], "items": ["waterproof boots", "mid boots"]},
+    "tents": {"group": "sports", "brands": ["REI", "Coleman", "MSR"], "items": ["2 person tent", "family tent"]},
+    "coffee beans": {"group": "food", "brands": ["Lavazza", "Illy", "Peets"], "items": ["espresso roast", "dark roast"]},
+    "green tea": {"group": "food", "brands": ["Ito En", "Yamamotoyama", "Harney"], "items": ["matcha", "sencha"]},
+    "laptops": {"group": "electronics", "brands": ["Dell", "Lenovo", "Apple"], "items": ["ultrabook", "gaming laptop"]},
+    "headphones": {"group": "electronics", "brands": ["Sony", "Bose", "Sennheiser"], "items": ["noise cancelling headphones", "earbuds"]},
+    "sofas": {"group": "home", "brands": ["Ikea", "Ashley", "Wayfair"], "items": ["sectional sofa", "sleeper sofa"]},
+}
+CITIES = ["seattle", "austin", "boston", "denver", "chicago"]
+PRICE = {"cheap": "budget", "luxury": "premium"}
+
+
+@dataclass(kw_only=True, slots=True)
+class SyntheticConfig:
+    """Size and difficulty of one synthetic dataset."""
+
+    size: int = 1000
+    """Rows per task."""
+    seed: int = 0
+    """Generator seed."""
+    match_rate: float = 0.5
+    """Probability that an ad is drawn from the query's (or user's) category: the class balance."""
+    conflict_rate: float = 0.3
+    """Probability of a price/brand conflict when categories match (-> fair)."""
+    city_rate: float = 0.4
+    """Probability that a query names a city (location can only be bad then)."""
+    defect_rate: float = 0.15
+    """Probability of an ad-quality defect."""
+
+    def __post_init__(self):
+        for name in ("match_rate", "conflict_rate", "city_rate", "defect_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
+        if self.size < 1:
+            raise ValueError(f"size: expected >= 1, got {self.size}")
+
+
+def _make_ad(rng: random.Random, category: str, price: str, city: str, defect: str | None,
+             brand: str | None = None) -> dict:
+    c = CATALOGUE[category]
+    brand, item = brand or rng.choice(c["brands"]), rng.choice(c["items"])
+    title = f"{brand} {item} - {PRICE.get(price, 'great')} {category}"
+    desc = f"Shop {brand} {category} in {city}. {PRICE.get(price, 'fair').capitalize()} prices, fast shipping."
+    slug = category.replace(" ", "-")
+    url = f"https://www.{brand.lower().replace(' ', '')}.example.com/{slug}"
+    if defect == "caps":
+        title = title.upper()
+    elif defect == "url":
+        url = url.replace("https://", "htps//")
+    elif defect == "empty":
+        desc = ""
+    return {"title": title, "description": desc, "url": url, "_brand": brand, "_category": category,
+            "_price": price, "_city": city, "_defect": defect}
+
+
+def query_ad_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    qcat = rng.choice(sorted(CATALOGUE))
+    qbrand = rng.choice(CATALOGUE[qcat]["brands"]) if rng.random() < 0.3 else None
+    qprice = rng.choice(["cheap", "luxury"]) if rng.random() < 0.4 else None
+    qcity = rng.choice(CITIES) if rng.random() < cfg.city_rate else None
+    parts = [qprice, qbrand, qcat, f"in {qcity}" if qcity else None]
+    query = " ".join(p for p in parts if p)
+    same = rng.random() < cfg.match_rate
+    acat = qcat if same else rng.choice([c for c in sorted(CATALOGUE) if c != qcat])
+    conflict = same and rng.random() < cfg.conflict_rate
+    aprice = ({"cheap": "luxury", "luxury": "cheap"}[qprice] if conflict and qprice else
+              (qprice or rng.choice(["cheap", "luxury", "mid"])))
+    abrand = None
+    if same and qbrand:
+        abrand = rng.choice([b for b in CATALOGUE[acat]["brands"] if b != qbrand]) if conflict else qbrand
+    acity = qcity if (qcity and rng.random() < 0.6) else rng.choice(CITIES)
+    defect = rng.choice(["caps", "url", "empty"]) if rng.random() < cfg.defect_rate else None
+    ad = _make_ad(rng, acat, aprice, acity, defect, brand=abrand)
+    reasons = []
+    if acat != qcat:
+        relevance = "bad"
+        reasons.append(f"The query asks for {qcat} but the ad sells {acat}, a different category.")
+    else:
+        reasons.append(f"The query and the ad are both about {qcat}.")
+        price_conflict = qprice is not None and aprice in PRICE and aprice != qprice
+        brand_conflict = qbrand is not None and ad["_brand"] != qbrand
+        if price_conflict:
+            reasons.append(f"The query wants {qprice} items but the ad is {PRICE[aprice]}, a price-intent conflict.")
+        if brand_conflict:
+            reasons.append(f"The query names {qbrand} but the ad is for {ad['_brand']}.")
+        relevance = "fair" if (price_conflict or brand_conflict) else "good"
+        if relevance == "good":
+            reasons.append("Nothing in the ad conflicts with the query's intent.")
+    if qcity and acity != qcity:
+        location = "bad"
+        reasons.append(f"The query is for {qcity} but the ad serves {acity}.")
+    else:
+        location = "good"
+        reasons.append("The location is compatible." if qcity else "The query names no location.")
+    quality = "bad" if defect else "good"
+    reasons.append({"caps": "The title is written in all caps.", "url": "The URL is broken.",
+                    "empty": "The description is empty.", None: "The ad text and URL are well formed."}[defect])
+    public_ad = {k: v for k, v in ad.items() if not k.startswith("_")}
+    return {"id": f"qa{cfg.seed}-{idx}", "query": query, "ad": public_ad,
+            "labels": {"relevance": relevance, "location": location, "quality": quality},
+            "reasoning": " ".join(reasons)}
+
+
+def ad_user_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    fav = rng.choice(sorted(CATALOGUE))
+    others = [c for c in sorted(CATALOGUE) if c != fav]
+    history_cats = [fav] * rng.randint(2, 4) + rng.sample(others, rng.randint(0, 2))
+    rng.shuffle(history_cats)
+    events = [f"{rng.choice(['searched', 'clicked', 'viewed'])} {rng.choice(CATALOGUE[c]['items'])} ({c})"
+              for c in history_cats]
+    if rng.random() < cfg.match_rate:
+        acat = fav if rng.random() < 0.6 else rng.choice(history_cats)
+    else:
+        acat = rng.choice(others)
+    ad = {k: v for k, v in _make_ad(rng, acat, rng.choice(["cheap", "luxury", "mid"]), rng.choice(CITIES),
+                                    None).items() if not k.startswith("_")}
+    if acat == fav:
+        score, why = 3, f"The ad is for {acat}, the user's most frequent interest."
+    elif acat in history_cats:
+        score, why = 2, f"The user has shown some interest in {acat}."
+    elif CATALOGUE[acat]["group"] == CATALOGUE[fav]["group"]:
+        score, why = 1, f"{acat} is related to the user's interest in {fav} ({CATALOGUE[fav]['group']})."
+    else:
+        score, why = 0, f"The user shows no interest in {acat} or anything like it."
+    return {"id": f"au{cfg.seed}-{idx}", "history": events, "ad": ad, "score": score, "reasoning": why}
+
+
+def query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    cat = rng.choice(sorted(CATALOGUE))
+    c = CATALOGUE[cat]
+    brand = rng.choice(c["brands"])
+    ad = {k: v for k, v in _make_ad(rng, cat, "mid", rng.choice(CITIES), None).items() if not k.startswith("_")}
+    queries = [f"{brand} {cat}", f"cheap {cat}", f"{rng.choice(c['items'])} {cat}", f"{cat} near me"]
+    rng.shuffle(queries)
+    return {"id": f"qg{cfg.seed}-{idx}", "keyword": cat, "ad": ad, "queries": queries[:3],
+            "reasoning": f"Narrower queries stay in {cat} and add a brand, a price or a location refinement."}
+
+
+GENERATORS = {"query_ad": query_ad_row, "ad_user": ad_user_row, "query_gen": query_gen_row}
+
+
+def generate(task_name: str, cfg: SyntheticConfig) -> list[dict]:
+    """``cfg.size`` rows of a task, deterministic in ``cfg.seed``."""
+    if task_name not in GENERATORS:
+        raise ValueError(f"task: synthetic data exists for {sorted(GENERATORS)}, got {task_name!r}")
+    rng = random.Random(f"{task_name}:{cfg.seed}")
+    return [GENERATORS[task_name](rng, cfg, i) for i in range(cfg.size)]
+
+
+def split(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:
+    """Deterministic train/val/test split."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = int(len(rows) * val), int(len(rows) * test)
+    return {"val": [rows[i] for i in order[:n_val]], "test": [rows[i] for i in order[n_val:n_val + n_test]],
+            "train": [rows[i] for i in order[n_val + n_test:]]}
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    """Write rows atomically (temp name, then rename)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
