@@ -29,10 +29,13 @@ def is_fp8_weight(name: str) -> bool:
 
 
 def build_random_hf_model(hf_config: dict[str, Any], seed: int, dtype: torch.dtype):
-    """A transformers model of ``hf_config`` with seeded random weights (expert bias randomized too)."""
+    """A transformers model of ``hf_config`` with seeded random weights (expert bias randomized too).
+    MTP layers are not part of it (transformers does not model them; see ``add_mtp_layers``)."""
     import transformers
 
     torch.manual_seed(seed)
+    if hf_config.get("model_type") == "deepseek_v3":
+        hf_config = dict(hf_config, num_nextn_predict_layers=0)
     config = transformers.AutoConfig.for_model(**hf_config)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed + 1)
@@ -41,6 +44,54 @@ def build_random_hf_model(hf_config: dict[str, Any], seed: int, dtype: torch.dty
             if name.endswith("e_score_correction_bias"):
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.05)
     return model.to(dtype)
+
+
+def add_mtp_layers(directory: Path, hf_config: dict[str, Any], seed: int, dtype: torch.dtype) -> int:
+    """Append DeepSeek MTP layers (HF layer index num_hidden_layers + m) to a checkpoint transformers wrote.
+
+    transformers does not model MTP, so the layer body comes from a model built with the extra
+    layers (same architecture), and the MTP-only tensors are added as DeepSeek names them:
+    enorm, hnorm, eh_proj, shared_head.norm, plus copies of the shared embedding and head.
+    Returns the number of tensors added.
+    """
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    n_mtp = int(hf_config.get("num_nextn_predict_layers") or hf_config.get("num_mtp_layers") or 0)
+    if n_mtp == 0:
+        return 0
+    n_layers, h = hf_config["num_hidden_layers"], hf_config["hidden_size"]
+    bigger = dict(hf_config, num_hidden_layers=n_layers + n_mtp, num_nextn_predict_layers=0)
+    with tempfile.TemporaryDirectory(prefix="megatron_ads_mtp_") as tmp:
+        build_random_hf_model(bigger, seed + 7, dtype).save_pretrained(tmp)
+        extra = {}
+        for f in Path(tmp).glob("*.safetensors"):
+            for k, v in load_file(str(f)).items():
+                if k.startswith("model.layers.") and int(k.split(".")[2]) >= n_layers:
+                    extra[k] = v
+    path = directory / "model.safetensors"
+    if not path.is_file():
+        raise ValueError(f"{directory}: MTP synthesis expects a single-file checkpoint")
+    tensors = load_file(str(path))
+    g = torch.Generator().manual_seed(seed + 11)
+    for m in range(n_mtp):
+        p = f"model.layers.{n_layers + m}."
+        extra[p + "enorm.weight"] = torch.ones(h, dtype=dtype)
+        extra[p + "hnorm.weight"] = torch.ones(h, dtype=dtype)
+        extra[p + "eh_proj.weight"] = (torch.randn(h, 2 * h, generator=g) * 0.02).to(dtype)
+        extra[p + "shared_head.norm.weight"] = torch.ones(h, dtype=dtype)
+        extra[p + "embed_tokens.weight"] = tensors["model.embed_tokens.weight"].clone()
+        extra[p + "shared_head.head.weight"] = tensors["lm_head.weight"].clone()
+    tensors.update(extra)
+    tmp_path = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp_path), metadata={"format": "pt"})
+    os.replace(tmp_path, path)
+    cfg_path = directory / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_nextn_predict_layers"] = n_mtp
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return len(extra)
 
 
 def quantize_checkpoint_fp8(directory: Path) -> int:
@@ -99,6 +150,7 @@ def write_random_checkpoint(hf_config: dict[str, Any], out: str | Path, seed: in
     model.save_pretrained(str(tmp))
     n_params = sum(p.numel() for p in model.parameters())
     del model
+    add_mtp_layers(tmp, hf_config, seed, torch_dtype)
     n_fp8 = quantize_checkpoint_fp8(tmp) if fp8 else 0
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))

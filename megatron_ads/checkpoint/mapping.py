@@ -120,8 +120,8 @@ def rank_tasks(cfg: ModelConfig, par: ParallelConfig, coord: RankCoord) -> Itera
         return TensorTask(rule.mcore.format(**fmt), tuple(h.format(**fmt) for h in rule.hf), rule.transform)
 
     for rule in rules:
-        if rule.scope == "first" and first:
-            yield emit(rule)
+        if rule.scope == "first" and (first or (last and cfg.num_mtp_layers)):
+            yield emit(rule)  # MTP on the last stage embeds its input tokens with its own copy
         elif rule.scope == "last" and last:
             if rule.mcore.startswith("output_layer") and cfg.tie_word_embeddings:
                 if not first:

@@ -73,7 +73,13 @@ def _pipeline_forward(model, ids_BS, cfg: ModelConfig, dtype: torch.dtype, devic
         recv = torch.empty(s, b, cfg.hidden_size, dtype=dtype, device=device)
         dist.recv(recv, src=ps.get_pipeline_model_parallel_prev_rank())
         model.set_input_tensor(recv)
-    out = model(ids, pos, None)
+    # MTP heads need labels and return losses; parity compares the main model's logits only
+    saved = model.mtp_process, model.config.mtp_num_layers
+    model.mtp_process, model.config.mtp_num_layers = False, None
+    try:
+        out = model(ids, pos, None)
+    finally:
+        model.mtp_process, model.config.mtp_num_layers = saved
     if not ps.is_pipeline_last_stage():
         dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank())
         return None

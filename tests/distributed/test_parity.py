@@ -89,3 +89,8 @@ def test_converted_checkpoint_loads_for_its_plan_and_passes_parity(tiny_ckpts, t
     assert same["max_abs_diff"] <= ATOL and same["mcore"] == str(tmp_path / "m")
     other, _ = parity(hf, pp=1, ep=2, mcore_dir=str(tmp_path / "m"))  # another layout: reassembled on load
     assert other["max_abs_diff"] <= ATOL
+
+
+def test_mtp_model_main_logits_match_hf(tiny_ckpts):
+    rep, _ = parity(tiny_ckpts("tiny_deepseek_v3_mtp"), pp=2, ep=2)
+    assert rep["max_abs_diff"] <= ATOL

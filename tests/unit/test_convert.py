@@ -21,6 +21,7 @@ Q = dict(progress=False)
     ("tiny_deepseek_v3", ParallelConfig(pp=2, ep=2)),
     ("tiny_deepseek_v3", ParallelConfig(pp=3, ep=2, stage_layers=[1, 1, 2])),
     ("tiny_deepseek_v2_lite", ParallelConfig(pp=2, ep=4)),
+    ("tiny_deepseek_v3_mtp", ParallelConfig(pp=2, ep=2)),  # DeepSeek MTP layer, incl. its embed/head copies
     ("tiny_llama", ParallelConfig(tp=2, pp=2)),
     ("tiny_qwen2", ParallelConfig(tp=2, pp=2)),
 ])
