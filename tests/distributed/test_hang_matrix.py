@@ -4,7 +4,9 @@ Layout: tiny DeepSeek, pp=2 with stage 0 = embedding + the dense layer only, ep=
 Findings (megatron-core 0.16.1), asserted below:
 - fp32 optimizer, distributed optimizer, MTP: megatron's builder already gives expert-less ranks an
   expert optimizer with an empty parameter group, so the step completes; removing that expert-side
-  optimizer (the situation the paper hit) hangs the MoE ranks in the expert grad-norm reduction.
+  optimizer (the situation the paper hit) hangs the MoE ranks in the expert grad-norm reduction —
+  except with the distributed optimizer, whose dense and expert optimizers share one grad-stats
+  reduction (so the removal changes no collective).
 - MoE aux-loss tracking: calling megatron's tracker the way Megatron-LM does (names from each
   rank's own tracker) hangs in the pipeline-group all-reduce, because dense-only ranks track nothing
   (issue 1444). The project's stub makes every rank reduce the same names.
@@ -50,13 +52,20 @@ def test_the_projects_own_stub_optimizer_also_completes(tmp_path):
     assert r[0]["optimizer"]["expert_optimizer"] == "project-stub" and r[0]["steps"] == 2
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", ["fp32", "moe_metrics", "mtp"])
 def test_without_the_stub_the_hang_is_a_named_timeout(name, tmp_path):
     with pytest.raises(WorkerError) as exc:
         run(tmp_path, "nostub", CONFIGS[name], stub_parts=[], expect_hang=True)
     text = str(exc.value)
     # the MoE ranks (stage 1) wait in the expert-side grad-norm reduction the dense-only ranks skipped
     assert "CollectiveTimeout" in text and "phase 'optimizer'" in text and "expert group" in text
+
+
+def test_distributed_optimizer_shares_one_grad_stats_reduction(tmp_path):
+    """With the distributed optimizer, dense and expert optimizers reduce their grad statistics over the
+    same group in one call, so even without the expert-side optimizer the collectives stay aligned."""
+    r = run(tmp_path, "nostub_distopt", CONFIGS["distributed_optimizer"], stub_parts=[], expect_hang=True)
+    assert r[0]["steps"] == 2 and r[0]["optimizer"]["expert_optimizer"] == "none (stub disabled)"
 
 
 def test_megatron_native_tracker_reduction_hangs_with_aux_losses(tmp_path):

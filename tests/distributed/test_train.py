@@ -118,3 +118,15 @@ def test_nan_steps_are_skipped_then_abort(tmp_path):
               "train.max_nan_steps=2")
     r = spawn(_nan_worker, 1, bad.to_dict(), [0, 1, 2, 3])[0]
     assert "non-finite" in r["aborted"] and "max_nan_steps=2" in r["aborted"]
+
+
+def test_training_starts_from_converted_shards(tiny_ckpts, tmp_path):
+    from megatron_ads.checkpoint.convert import hf_to_mcore
+    from megatron_ads.config.parallel import ParallelConfig
+
+    hf = tiny_ckpts("tiny_deepseek_v3")
+    hf_to_mcore(hf, tmp_path / "m", ParallelConfig(pp=2, ep=2, stage_layers=[1, 3]), progress=False)
+    base = ["train.steps=2", "checkpoint.save_at_end=false"]
+    spawn(train_worker, 4, job(tmp_path, "from_mcore", *base, "model.init=mcore", f"model.path={tmp_path / 'm'}").to_dict())
+    spawn(train_worker, 4, job(tmp_path, "from_hf", *base, "model.init=hf", f"model.path={hf}").to_dict())
+    assert losses(tmp_path / "from_mcore") == losses(tmp_path / "from_hf")
