@@ -1,14 +1,15 @@
 """``megatron-ads train lm --config FILE.yaml [key=value ...] [--nproc N]``
 
 Runs under torchrun/srun (each process is one rank) or alone; with ``--nproc N`` on CPU it starts
-N gloo workers itself. ``sft`` and ``grpo`` modes build on ``lm`` and arrive with their issues.
+N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``grpo`` arrives with its issue.
 """
 
 from __future__ import annotations
 
 
 def register(p) -> None:
-    p.add_argument("mode", choices=("lm",), help="training mode (lm: next-token prediction)")
+    p.add_argument("mode", choices=("lm", "sft"),
+                   help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting")
     p.add_argument("--config", required=True, help="job YAML (see launch/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10 out_dir=runs/x resume=auto")
     p.add_argument("--nproc", type=int, default=None, help="start N local gloo workers (CPU)")
@@ -23,14 +24,16 @@ def run(args) -> int:
     from megatron_ads.config.train import JobConfig
     from megatron_ads.runtime.dist import read_env
     from megatron_ads.train.loop import train_worker
+    from megatron_ads.train.sft_loop import sft_worker
 
     overrides = list(args.overrides)
     if args.no_stub_moe_optimizer:
         overrides.append("optim.stub_moe_optimizer=false")
     job = JobConfig.load(args.config, overrides)
+    worker = sft_worker if args.mode == "sft" else train_worker
     world_needed = job.parallel.tp * job.parallel.pp
     if read_env().launcher != "single" or (args.nproc or 1) == 1:
-        result = train_worker(job.to_dict())
+        result = worker(job.to_dict())
         if result is None:
             return 0
     else:
@@ -38,7 +41,7 @@ def run(args) -> int:
 
         if args.nproc % world_needed:
             raise ValueError(f"--nproc {args.nproc}: must be a multiple of tp*pp = {world_needed}")
-        result = spawn(train_worker, args.nproc, job.to_dict())[0]
+        result = spawn(worker, args.nproc, job.to_dict())[0]
     if read_env().rank != 0:
         return 0
     emit(result, args.json, lambda r: (f"trained {r['steps']} steps on {r['world_size']} ranks (dp={r['dp']}): loss "

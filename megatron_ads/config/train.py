@@ -128,6 +128,48 @@ class CheckpointSpec:
 
 
 @dataclass(kw_only=True, slots=True)
+class SFTSpec:
+    """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""
+
+    tasks: list[str] = field(default_factory=lambda: ["query_ad", "ad_user"])
+    """Tasks to train (query_ad, ad_user, query_gen)."""
+    train_size: int = 2000
+    """Synthetic rows per task (before the val/test split)."""
+    data_seed: int = 0
+    """Seed of the synthetic corpora."""
+    label_only_fraction: float = 0.5
+    """Share of training examples in label-only form (empty <think>), which validation scores."""
+    val_rows: int = 64
+    """Validation rows per classification task scored at each interval."""
+    eval_every: int = 20
+    """Steps between validations (and task-weight / perplexity-checkpoint updates)."""
+    beta: float = 1.0
+    """Instance reweighting sensitivity β (Eq. 5)."""
+    w_min: float = 0.2
+    """Instance weight lower clip."""
+    w_max: float = 5.0
+    """Instance weight upper clip."""
+    alpha: float = 1.0
+    """Task reweighting exponent α (Eq. 7)."""
+    reweight_instances: bool = True
+    """Apply Eq. 5 instance weights."""
+    reweight_tasks: bool = True
+    """Apply Eq. 7 task weights (in the loss, Eq. 2)."""
+
+    def __post_init__(self):
+        from megatron_ads.data.synthetic import GENERATORS
+
+        bad = [t for t in self.tasks if t not in GENERATORS]
+        if bad or not self.tasks:
+            raise ValueError(f"sft.tasks: expected a non-empty subset of {sorted(GENERATORS)}, got {self.tasks}")
+        if not 0.0 <= self.label_only_fraction <= 1.0:
+            raise ValueError(f"sft.label_only_fraction: expected [0, 1], got {self.label_only_fraction}")
+        for name in ("train_size", "val_rows", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True, slots=True)
 class JobConfig:
     """A training job: what, how, where. Saved as YAML beside every checkpoint."""
 
@@ -141,6 +183,7 @@ class JobConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    sft: SFTSpec = field(default_factory=SFTSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,7 +195,7 @@ class JobConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "JobConfig":
         d = dict(d or {})
         nested = {"model": ModelSpec, "parallel": ParallelConfig, "data": DataSpec, "optim": OptimSpec,
-                  "train": TrainSpec, "checkpoint": CheckpointSpec}
+                  "train": TrainSpec, "checkpoint": CheckpointSpec, "sft": SFTSpec}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in d.items():

@@ -316,7 +316,8 @@ class Trainer:
         return self._phase("checkpoint", ckpt.save, self.ckpt_root, self.step, self.rank, self.state_payload(),
                            self.job.to_yaml(), self.job.checkpoint.keep_last)
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore every state of this rank from a checkpoint; returns the raw payload (for subclasses)."""
         payload = ckpt.load(path, self.rank)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -324,6 +325,7 @@ class Trainer:
         ckpt.set_rng_state(payload["rng"])
         self.step = payload["trainer"]["step"]
         self.nan_steps = payload["trainer"]["nan_steps"]
+        return payload
 
     def maybe_resume(self) -> Path | None:
         r = self.job.resume

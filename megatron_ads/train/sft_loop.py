@@ -1,0 +1,253 @@
+"""Multi-task SFT on the Trainer: task data, the Eq. 2 reweighted loss, and validation by label scoring.
+
+Data: synthetic rule-labeled corpora per task (``data/synthetic.py``) split train/val/test; each
+training example is the task prompt + "label + reasoning" target (or its label-only form with an
+empty <think>), tokenized to a fixed length with loss on target tokens only.
+
+Loss (Eq. 2): per-sample mean NLL ℓ_{t,i}, instance weights w_{t,i} from perplexity progress between
+validation intervals (Eq. 3–5), task weights λ_t from validation difficulty (Eq. 6–7).
+
+Validation: label-candidate scoring — the summed log-probability of each allowed label continuation,
+all candidates of a batch in one forward-only pass through the pipeline; query–ad fields are scored in
+order (relevance, location, quality), each given the fields predicted before it. The normalized metric
+per task (query_ad: Bad-view BACC; ad_user: AUC) drives λ_t.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_ads.data import synthetic
+from megatron_ads.data.packing import Example, collate, encode
+from megatron_ads.data.tasks import task
+from megatron_ads.eval.metrics import auc, binary_metrics
+from megatron_ads.train.loop import Trainer
+from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_loss
+
+CLASSIFICATION = ("query_ad", "ad_user")
+
+
+class SFTTrainer(Trainer):
+    """Trainer whose data and loss are multi-task SFT (``job.sft``)."""
+
+    def __init__(self, job, **kwargs):
+        super().__init__(job, **kwargs)
+        s = job.sft
+        self.tokenizer = self._tokenizer()
+        self.data: dict[str, dict[str, list[dict]]] = {}
+        for name in s.tasks:
+            rows = synthetic.generate(name, synthetic.SyntheticConfig(size=s.train_size, seed=s.data_seed))
+            self.data[name] = synthetic.split(rows, seed=s.data_seed)
+        self.instance = InstanceReweighter(beta=s.beta, w_min=s.w_min, w_max=s.w_max)
+        self.tasks = TaskReweighter(tasks=list(s.tasks), alpha=s.alpha)
+        self.val_path = self.out / "val_metrics.jsonl"
+
+    def _tokenizer(self):
+        from megatron_ads.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+        m = self.job.model
+        tok_dir = Path(m.path) / ("tokenizer" if m.init == "mcore" else "") if m.init != "random" else None
+        if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
+            return load_tokenizer(tok_dir)
+        s = self.job.sft
+        texts = []
+        for name in s.tasks:
+            spec = task(name)
+            for row in synthetic.generate(name, synthetic.SyntheticConfig(size=min(300, s.train_size),
+                                                                          seed=s.data_seed)):
+                texts.append(spec.prompt(row) + spec.target(row))
+        tok = train_bpe_tokenizer(self.cfg.vocab_size, texts)
+        if self.rank == 0:
+            tok.save_pretrained(str(self.out / "tokenizer"))
+        return tok
+
+    # ------------------------------------------------------------------ data
+    def _examples(self, step: int) -> list[Example]:
+        """This DP rank's examples for ``step`` (deterministic in the data seed and the step)."""
+        t, s = self.job.train, self.job.sft
+        rng = random.Random(f"{s.data_seed}:{step}")
+        picks = []
+        for _ in range(self.global_batch):
+            name = rng.choice(s.tasks)
+            row = rng.choice(self.data[name]["train"])
+            picks.append((name, row, rng.random() < s.label_only_fraction))
+        dp_rank = self.ps.get_data_parallel_rank()
+        per_rank = t.num_microbatches * t.micro_batch
+        mine = picks[dp_rank * per_rank:(dp_rank + 1) * per_rank]
+        out = []
+        for name, row, label_only in mine:
+            ex = encode(self.tokenizer, task(name), row, t.seq_len, label_only=label_only)
+            out.append(Example(f"{ex.sample_id}:{'L' if label_only else 'R'}", ex.task, ex.tokens, ex.mask,
+                               ex.n_target))
+        return out
+
+    def _microbatches(self, step: int):
+        ex = self._examples(step)
+        b = self.job.train.micro_batch
+        for i in range(0, len(ex), b):
+            yield collate(ex[i:i + b])
+
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        tokens = batch["tokens"].to(self.device)
+        pos = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
+        out = model(tokens, pos, None, labels=batch["labels"].to(self.device))
+        return out, partial(self._sft_loss, batch)
+
+    def _sft_loss(self, batch: dict, token_nll_BS: torch.Tensor):
+        mask = batch["loss_mask"].to(token_nll_BS.device)
+        nll = token_nll_BS.float()
+        per_sample = (nll * mask).sum(1) / mask.sum(1).clamp_min(1)
+        s = self.job.sft
+        w = (self.instance.weights(batch["sample_ids"], nll, mask) if s.reweight_instances
+             else torch.ones(len(batch["sample_ids"])))
+        lam = self.tasks.lambdas if s.reweight_tasks else {t: 1.0 / len(s.tasks) for t in s.tasks}
+        # λ sums to 1 over tasks; scale by the number of tasks present so the loss stays a mean
+        loss = weighted_loss(per_sample, batch["tasks"], w, lam) * len(s.tasks)
+        report = torch.stack([per_sample.detach().sum(), torch.tensor(float(len(per_sample)))])
+        return loss, torch.tensor(1, dtype=torch.int), {"lm loss": report}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def score(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """Summed log-probability of each target given its prompt (forward-only pipeline; all ranks get it)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        t = self.job.train
+        spec_len = t.seq_len
+        rows = []
+        for i, (p, tgt) in enumerate(zip(prompts, targets)):
+            pid = self.tokenizer(p, add_special_tokens=False)["input_ids"]
+            tid = self.tokenizer(tgt, add_special_tokens=False)["input_ids"]
+            pid = pid[-(spec_len + 1 - len(tid)):]
+            ids = pid + tid
+            ids = ids + [self.tokenizer.pad_token_id] * (spec_len + 1 - len(ids))
+            mask = [0.0] * spec_len
+            for j in range(len(pid) - 1, len(pid) + len(tid) - 1):
+                mask[j] = 1.0
+            rows.append(Example(str(i), "score", ids, mask, len(tid)))
+        b = t.micro_batch
+        while len(rows) % b:
+            rows.append(rows[-1])
+        batches = [collate(rows[i:i + b]) for i in range(0, len(rows), b)]
+        self.model.eval()
+        try:
+            store = get_forward_backward_func()(
+                forward_step_func=self._score_step, data_iterator=iter(batches), model=[self.model],
+                num_microbatches=len(batches), seq_length=spec_len, micro_batch_size=b, forward_only=True)
+        finally:
+            self.model.train()
+        out = torch.zeros(len(rows), dtype=torch.float64)
+        if self.ps.is_pipeline_last_stage():
+            out = torch.cat([d["logp"].double().cpu() for d in store])
+        dist.broadcast(out, src=dist.get_world_size() - 1)
+        return out[: len(prompts)].tolist()
+
+    def _score_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        tokens = batch["tokens"].to(self.device)
+        pos = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
+        out = model(tokens, pos, None, labels=batch["labels"].to(self.device))
+
+        def loss_func(mask, nll):
+            logp = -(nll.float() * mask.to(nll.device)).sum(1)
+            return torch.zeros((), device=nll.device), torch.tensor(1, dtype=torch.int), {"logp": logp.detach()}
+
+        return out, partial(loss_func, batch["loss_mask"])
+
+    def validate(self) -> dict[str, Any]:
+        """Score the validation rows of each classification task; returns metrics and normalized M_t."""
+        s = self.job.sft
+        rec: dict[str, Any] = {"step": self.step}
+        norm: dict[str, float] = {}
+        for name in s.tasks:
+            rows = self.data[name]["val"][: s.val_rows]
+            spec = task(name)
+            if name == "query_ad":
+                chosen = [dict() for _ in rows]
+                for fld, tag, cands in (("relevance", "Label", ("bad", "fair", "good")),
+                                        ("location", "LocationLabel", ("good", "bad")),
+                                        ("quality", "AdQuality", ("good", "bad"))):
+                    prompts, targets = [], []
+                    for r, ch in zip(rows, chosen):
+                        prefix = "<think></think>\n" + "".join(
+                            f"<{tg}>{ch[f]}</{tg}>\n" for f, tg in (("relevance", "Label"), ("location", "LocationLabel"))
+                            if f in ch)
+                        for c in cands:
+                            prompts.append(spec.prompt(r) + prefix)
+                            targets.append(f"<{tag}>{c}</{tag}>")
+                    scores = self.score(prompts, targets)
+                    for i, ch in enumerate(chosen):
+                        sl = scores[i * len(cands):(i + 1) * len(cands)]
+                        ch[fld] = cands[max(range(len(cands)), key=lambda k: sl[k])]
+                m = binary_metrics([r["labels"]["relevance"] == "bad" for r in rows],
+                                   [c["relevance"] == "bad" for c in chosen])
+                rec[f"{name}/bad_view_BACC"] = m["BACC"]
+                for fld in ("location", "quality"):
+                    mf = binary_metrics([r["labels"][fld] == "bad" for r in rows], [c[fld] == "bad" for c in chosen])
+                    rec[f"{name}/{fld}_BACC"] = mf["BACC"]
+                norm[name] = m["BACC"]
+            elif name == "ad_user":
+                prompts = [spec.prompt(r) + "<think></think>\n" for r in rows for _ in range(4)]
+                targets = [f"<Score>{c}</Score>" for _ in rows for c in range(4)]
+                scores = self.score(prompts, targets)
+                probs0, preds = [], []
+                for i in range(len(rows)):
+                    sl = torch.tensor(scores[i * 4:(i + 1) * 4])
+                    p = torch.softmax(sl, 0)
+                    probs0.append(float(p[0]))
+                    preds.append(int(sl.argmax()))
+                gold_pos = [r["score"] > 0 for r in rows]
+                a = auc(gold_pos, [1 - p for p in probs0])
+                m = binary_metrics([r["score"] == 0 for r in rows], [p == 0 for p in preds])
+                rec[f"{name}/AUC"], rec[f"{name}/BACC"] = a, m["BACC"]
+                norm[name] = 0.5 if a != a else a  # NaN (one class only) -> uninformative
+            else:
+                norm[name] = 0.5  # generation tasks: scored by the query-generation metrics (not yet here)
+        if s.reweight_tasks:
+            lam = self.tasks.update(norm)
+            rec.update({f"lambda/{k}": v for k, v in lam.items()})
+        ws = list(self.instance.current.values())
+        self.instance.roll_checkpoint()
+        rec["instance_ppl_tracked"] = len(self.instance.previous)
+        rec["train_ppl_mean"] = sum(ws) / len(ws) if ws else None
+        return rec
+
+    # ------------------------------------------------------------------ hooks into the loop
+    def train_step(self) -> dict[str, Any]:
+        rec = super().train_step()
+        if self.step % self.job.sft.eval_every == 0 or self.step == self.job.train.steps:
+            val = self.validate()
+            if self.rank == 0:
+                with open(self.val_path, "a") as f:
+                    f.write(json.dumps(val) + "\n")
+                print("[sft] val " + " ".join(f"{k}={v:.4f}" for k, v in val.items()
+                                              if isinstance(v, float)), flush=True)
+            rec.update({k: v for k, v in val.items() if k != "step"})
+        return rec
+
+    def state_payload(self) -> dict[str, Any]:
+        payload = super().state_payload()
+        payload["sft"] = {"instance": self.instance.state_dict(), "tasks": self.tasks.state_dict()}
+        return payload
+
+    def load(self, path: Path) -> dict[str, Any]:
+        payload = super().load(path)
+        if "sft" in payload:
+            self.instance.load_state_dict(payload["sft"]["instance"])
+            self.tasks.load_state_dict(payload["sft"]["tasks"])
+        return payload
+
+
+def sft_worker(job_dict: dict) -> dict[str, Any]:
+    """Entry point of one SFT rank."""
+    from megatron_ads.config.train import JobConfig
+
+    return SFTTrainer(JobConfig.from_dict(job_dict)).run()
