@@ -7,7 +7,8 @@ rank shard, the embedding, the head, ...) and every tensor names its sources and
 mapping registry. An executor writes the files with W worker processes, each holding one group at
 a time, so the working set is bounded by ``workers x largest group``; the budget flag caps it.
 Every file is written to a temp name and renamed when complete; a journal records finished files,
-so ``resume`` after a kill skips them. Key accounting (every source tensor used, every target
+so ``resume`` after a kill skips them. Workers are spawned (not forked), so a parent that already
+runs torch threads or process groups cannot deadlock them. Key accounting (every source tensor used, every target
 written once) is checked before any byte is written and again at the end; the completion marker
 (``latest_checkpointed_iteration.txt`` / ``model.safetensors.index.json``) is written last.
 
@@ -270,7 +271,7 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
             for job in pending:
                 record(_run_job(kind, spec, cfg_dict, str(out), job))
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = [pool.submit(_run_job, kind, spec, cfg_dict, str(out), job) for job in pending]
                 for fut in futures:
                     record(fut.result())

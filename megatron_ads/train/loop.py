@@ -165,7 +165,7 @@ class Trainer:
 
                 def hook(_m, _inp, out, g=g):
                     routing_map = out[1]
-                    counts = routing_map.sum(dim=0).float().cpu()
+                    counts = routing_map.sum(dim=0).float().detach()  # stays on device: no sync per layer
                     self._router_counts[g] = self._router_counts.get(g, 0) + counts
 
                 module.register_forward_hook(hook)
@@ -285,7 +285,7 @@ class Trainer:
         tp_first = self.ps.get_tensor_model_parallel_rank() == 0
         for g, c in self._router_counts.items():
             if tp_first:
-                counts[g] += c
+                counts[g] += c.cpu()
         dist.all_reduce(counts)
         out: dict[str, Any] = {}
         moe_layers = [i for i in range(self.cfg.num_layers) if self.cfg.is_moe_layer(i)]

@@ -178,3 +178,4 @@ def test_verify_checkpoints_reports_both_ways(tiny_ckpts, tmp_path, capsys):
     assert main(["verify", "checkpoints", str(tmp_path / "a"), str(tmp_path / "c"), "--json"]) == 1
     r = json.loads(capsys.readouterr().out)
     assert r["only_in_a"] and r["only_in_b"] and not r["equal"]
+
