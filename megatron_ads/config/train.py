@@ -127,6 +127,11 @@ class CheckpointSpec:
     """Save after the last step."""
 
 
+TASK_METRICS = {"query_ad": ("bad_view_BACC", "fair_view_BACC", "location_BACC", "quality_BACC", "mean_BACC"),
+                "ad_user": ("AUC", "BACC")}
+"""Normalized validation metrics a task's λ_t can follow (first = default)."""
+
+
 @dataclass(kw_only=True, slots=True)
 class SFTSpec:
     """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""
@@ -154,7 +159,20 @@ class SFTSpec:
     reweight_instances: bool = True
     """Apply Eq. 5 instance weights."""
     reweight_tasks: bool = True
-    """Apply Eq. 7 task weights (in the loss, Eq. 2)."""
+    """Apply Eq. 7 task weights."""
+    task_weighting: str = "loss"
+    """Where λ_t acts: "loss" (Eq. 2, default) or "sampling" (task-mixer probabilities; the loss then averages tasks)."""
+    task_metric: dict = field(default_factory=dict)
+    """Normalized validation metric M_t per task (Eq. 6); defaults: query_ad bad_view_BACC, ad_user AUC.
+    query_ad also accepts fair_view_BACC, location_BACC, quality_BACC, mean_BACC; ad_user also BACC."""
+    synthetic: dict = field(default_factory=dict)
+    """Per-task synthetic corpus settings (data/synthetic.py SyntheticConfig fields, e.g.
+    {ad_user: {label_noise: 0.5}}); size and seed come from train_size / data_seed."""
+    general_path: str | None = None
+    """Optional JSONL of public instruction data ({"id", "prompt", "response"}) mixed in as a fixed-weight
+    "general" task (paper Table 8)."""
+    general_weight: float = 0.1
+    """λ of the general task (the adaptive tasks share the rest); also its sampling share."""
 
     def __post_init__(self):
         from megatron_ads.data.synthetic import GENERATORS
@@ -167,6 +185,23 @@ class SFTSpec:
         for name in ("train_size", "val_rows", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
+        if self.task_weighting not in ("loss", "sampling"):
+            raise ValueError(f"sft.task_weighting: expected 'loss' or 'sampling', got {self.task_weighting!r}")
+        for t, m in self.task_metric.items():
+            if t not in TASK_METRICS or m not in TASK_METRICS[t]:
+                raise ValueError(f"sft.task_metric.{t}: expected one of {TASK_METRICS.get(t, ())} "
+                                 f"(tasks with a metric: {sorted(TASK_METRICS)}), got {m!r}")
+        bad = set(self.synthetic) - set(self.tasks)
+        if bad:
+            raise ValueError(f"sft.synthetic: settings for task(s) {sorted(bad)} not in sft.tasks {self.tasks}")
+        for t, kw in self.synthetic.items():
+            if not isinstance(kw, dict):
+                raise ValueError(f"sft.synthetic.{t}: expected a mapping of SyntheticConfig fields, got {kw!r}")
+        if self.general_path is not None and not 0.0 < self.general_weight < 1.0:
+            raise ValueError(f"sft.general_weight: expected 0 < w < 1, got {self.general_weight}")
+
+    def metric_of(self, task: str) -> str:
+        return self.task_metric.get(task, TASK_METRICS[task][0]) if task in TASK_METRICS else ""
 
 
 @dataclass(kw_only=True, slots=True)

@@ -52,9 +52,12 @@ class SyntheticConfig:
     """Probability that a query names a city (location can only be bad then)."""
     defect_rate: float = 0.15
     """Probability of an ad-quality defect."""
+    label_noise: float = 0.0
+    """Probability that a row's labels are replaced by random ones (annotator noise; the reasoning then
+    no longer matches the input — use it to make a task deliberately harder, never for real data)."""
 
     def __post_init__(self):
-        for name in ("match_rate", "conflict_rate", "city_rate", "defect_rate"):
+        for name in ("match_rate", "conflict_rate", "city_rate", "defect_rate", "label_noise"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
@@ -66,9 +69,10 @@ def _make_ad(rng: random.Random, category: str, price: str, city: str, defect: s
              brand: str | None = None) -> dict:
     c = CATALOGUE[category]
     brand, item = brand or rng.choice(c["brands"]), rng.choice(c["items"])
+    # the category is named once (in the title); description and URL speak of the brand and item
     title = f"{brand} {item} - {PRICE.get(price, 'great')} {category}"
-    desc = f"Shop {brand} {category} in {city}. {PRICE.get(price, 'fair').capitalize()} prices, fast shipping."
-    slug = category.replace(" ", "-")
+    desc = f"Shop {brand} {item} in {city}. {PRICE.get(price, 'fair').capitalize()} prices, fast shipping."
+    slug = item.replace(" ", "-")
     url = f"https://www.{brand.lower().replace(' ', '')}.example.com/{slug}"
     if defect == "caps":
         title = title.upper()
@@ -171,7 +175,22 @@ def generate(task_name: str, cfg: SyntheticConfig) -> list[dict]:
     if task_name not in GENERATORS:
         raise ValueError(f"task: synthetic data exists for {sorted(GENERATORS)}, got {task_name!r}")
     rng = random.Random(f"{task_name}:{cfg.seed}")
-    return [GENERATORS[task_name](rng, cfg, i) for i in range(cfg.size)]
+    rows = [GENERATORS[task_name](rng, cfg, i) for i in range(cfg.size)]
+    if cfg.label_noise > 0:
+        noise = random.Random(f"{task_name}:{cfg.seed}:noise")
+        for row in rows:
+            if noise.random() < cfg.label_noise:
+                _randomize_labels(noise, task_name, row)
+    return rows
+
+
+def _randomize_labels(rng: random.Random, task_name: str, row: dict) -> None:
+    if task_name == "query_ad":
+        row["labels"] = {"relevance": rng.choice(["bad", "fair", "good"]), "location": rng.choice(["good", "bad"]),
+                         "quality": rng.choice(["good", "bad"])}
+    elif task_name == "ad_user":
+        row["score"] = rng.randint(0, 3)
+    row["noisy_label"] = True
 
 
 def split(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:

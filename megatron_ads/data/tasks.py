@@ -39,9 +39,13 @@ class TaskSpec:
     """Input keys a row must have (dotted for nested)."""
     outputs: tuple[OutputField, ...]
     prompt: Callable[[dict], str]
+    plain_target: Callable[[dict], str] | None = None
+    """Target without the label+reasoning format (general instruction data: the response as is)."""
 
     def target(self, row: dict) -> str:
         """The training target: reasoning in <think>, then the tagged fields."""
+        if self.plain_target is not None:
+            return self.plain_target(row)
         lines = [f"<think>{row.get('reasoning', '').strip()}</think>"]
         for f in self.outputs:
             value = _get(row, f.key)
@@ -93,7 +97,11 @@ TASKS: dict[str, TaskSpec] = {
         name="ad_rewrite", kind="generation", required=("ad.title", "ad.description"),
         outputs=(OutputField("Title", "rewrite.title"), OutputField("Description", "rewrite.description")),
         prompt=lambda r: f"Task: rewrite the ad clearly and without defects.\n{_ad_text(r['ad'])}\nAnswer:\n"),
+    "general": TaskSpec(
+        name="general", kind="general", required=("prompt", "response"), outputs=(),
+        prompt=lambda r: f"{str(r['prompt']).strip()}\n", plain_target=lambda r: str(r["response"]).strip()),
 }
+"""``general``: public instruction data ({"id", "prompt", "response"}) mixed into SFT at a fixed weight."""
 
 
 def task(name: str) -> TaskSpec:

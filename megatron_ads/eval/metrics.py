@@ -193,15 +193,26 @@ def evaluate_ad_user(gold: ParsedJSONL, pred: ParsedJSONL) -> dict[str, Any]:
             "pred_line_errors": pred.errors, "unmatched_predictions": sorted(set(pred.rows) - set(gold.rows))}
 
 
-def evaluate(task: str, pred_path: str | Path, gold_path: str | Path) -> dict[str, Any]:
-    """Score a prediction JSONL against a gold JSONL (rows join on ``id``)."""
+EVAL_TASKS = ("query_ad", "ad_user", "query_gen")
+
+
+def evaluate(task: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None) -> dict[str, Any]:
+    """Score a prediction JSONL against a gold JSONL (rows join on ``id``).
+
+    ``embedder``: query_gen only — a local Hugging Face model directory for the relevance/diversity
+    embeddings (default: the built-in hashed character-trigram embedder).
+    """
+    if task not in EVAL_TASKS:
+        raise ValueError(f"task: expected one of {list(EVAL_TASKS)}, got {task!r}")
     gold = read_jsonl(gold_path, strict=True)
     pred = read_jsonl(pred_path, strict=False)
     if task == "query_ad":
         return evaluate_query_ad(gold, pred)
     if task == "ad_user":
         return evaluate_ad_user(gold, pred)
-    raise ValueError(f"task: expected query_ad or ad_user (query_gen metrics arrive with the SFT issue), got {task!r}")
+    from megatron_ads.eval.querygen import HFEmbedder, evaluate_query_gen
+
+    return evaluate_query_gen(gold, pred, HFEmbedder(embedder) if embedder else None)
 
 
 def markdown(task: str, r: dict[str, Any]) -> str:
@@ -217,6 +228,11 @@ def markdown(task: str, r: dict[str, Any]) -> str:
         for view in QUERY_AD_VIEWS:
             v = r[view]
             lines.append(f"| {view} | {pct(v['DR'])} | " + " | ".join(pct(v[c]) for c in cols) + " |")
+    elif task == "query_gen":
+        cols = ["Relevance", "Diversity", "Difficulty", "Distinct1", "Distinct2"]
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|---" * len(cols) + "|")
+        lines.append("| " + " | ".join(pct(r[c]) for c in cols) + " |")
     else:
         cols = ["ModelRR", "BACC", "Acc", "PosAcc", "NegAcc", "AUC"]
         lines.append("| RR | " + " | ".join(cols) + " |")

@@ -16,6 +16,7 @@ per task (query_ad: Bad-view BACC; ad_user: AUC) drives λ_t.
 from __future__ import annotations
 
 import json
+import math
 import random
 from functools import partial
 from pathlib import Path
@@ -26,12 +27,14 @@ import torch.distributed as dist
 
 from megatron_ads.data import synthetic
 from megatron_ads.data.packing import Example, collate, encode
-from megatron_ads.data.tasks import task
-from megatron_ads.eval.metrics import auc, binary_metrics
+from megatron_ads.data.tasks import load_jsonl, task
+from megatron_ads.eval.metrics import QUERY_AD_VIEWS, auc, binary_metrics
+from megatron_ads.eval.report import plot_sft_run
 from megatron_ads.train.loop import Trainer
 from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_loss
 
 CLASSIFICATION = ("query_ad", "ad_user")
+WEIGHT_BINS = 16
 
 
 class SFTTrainer(Trainer):
@@ -43,11 +46,28 @@ class SFTTrainer(Trainer):
         self.tokenizer = self._tokenizer()
         self.data: dict[str, dict[str, list[dict]]] = {}
         for name in s.tasks:
-            rows = synthetic.generate(name, synthetic.SyntheticConfig(size=s.train_size, seed=s.data_seed))
+            rows = synthetic.generate(name, self._synthetic_config(name))
             self.data[name] = synthetic.split(rows, seed=s.data_seed)
+        self.train_tasks = list(s.tasks)
+        if s.general_path:
+            general = load_jsonl(s.general_path, task("general"))
+            self.data["general"] = {"train": general, "val": [], "test": []}
+            self.train_tasks.append("general")
         self.instance = InstanceReweighter(beta=s.beta, w_min=s.w_min, w_max=s.w_max)
-        self.tasks = TaskReweighter(tasks=list(s.tasks), alpha=s.alpha)
+        self.tasks = TaskReweighter(tasks=list(s.tasks), alpha=s.alpha,
+                                    general_task="general" if s.general_path else None,
+                                    general_weight=s.general_weight if s.general_path else 0.0)
         self.val_path = self.out / "val_metrics.jsonl"
+        self._interval_w: list[tuple[str, float]] = []
+        """(task, instance weight) of every sample trained on since the last validation (last stage)."""
+
+    def _synthetic_config(self, name: str) -> synthetic.SyntheticConfig:
+        s = self.job.sft
+        extra = dict(s.synthetic.get(name, {}))
+        try:
+            return synthetic.SyntheticConfig(**{**extra, "size": s.train_size, "seed": s.data_seed})
+        except TypeError as exc:
+            raise ValueError(f"sft.synthetic.{name}: {exc}") from exc
 
     def _tokenizer(self):
         from megatron_ads.data.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -74,8 +94,9 @@ class SFTTrainer(Trainer):
         t, s = self.job.train, self.job.sft
         rng = random.Random(f"{s.data_seed}:{step}")
         picks = []
+        probs = self._task_probabilities()
         for _ in range(self.global_batch):
-            name = rng.choice(s.tasks)
+            name = rng.choices(self.train_tasks, weights=[probs[t] for t in self.train_tasks])[0]
             row = rng.choice(self.data[name]["train"])
             picks.append((name, row, rng.random() < s.label_only_fraction))
         dp_rank = self.ps.get_data_parallel_rank()
@@ -83,10 +104,27 @@ class SFTTrainer(Trainer):
         mine = picks[dp_rank * per_rank:(dp_rank + 1) * per_rank]
         out = []
         for name, row, label_only in mine:
+            label_only = label_only and name != "general"
             ex = encode(self.tokenizer, task(name), row, t.seq_len, label_only=label_only)
             out.append(Example(f"{ex.sample_id}:{'L' if label_only else 'R'}", ex.task, ex.tokens, ex.mask,
                                ex.n_target))
         return out
+
+    def _task_probabilities(self) -> dict[str, float]:
+        """Task-mixer probabilities: λ_t in "sampling" mode, else uniform over the adaptive tasks
+        (the general task always gets its fixed share)."""
+        s = self.job.sft
+        if s.task_weighting == "sampling" and s.reweight_tasks:
+            return dict(self.tasks.lambdas)
+        return self._uniform_lambdas()
+
+    def _uniform_lambdas(self) -> dict[str, float]:
+        s = self.job.sft
+        share = 1.0 - (s.general_weight if s.general_path else 0.0)
+        lam = {t: share / len(s.tasks) for t in s.tasks}
+        if s.general_path:
+            lam["general"] = s.general_weight
+        return lam
 
     def _microbatches(self, step: int):
         ex = self._examples(step)
@@ -108,9 +146,13 @@ class SFTTrainer(Trainer):
         s = self.job.sft
         w = (self.instance.weights(batch["sample_ids"], nll, mask) if s.reweight_instances
              else torch.ones(len(batch["sample_ids"])))
-        lam = self.tasks.lambdas if s.reweight_tasks else {t: 1.0 / len(s.tasks) for t in s.tasks}
-        # λ sums to 1 over tasks; scale by the number of tasks present so the loss stays a mean
-        loss = weighted_loss(per_sample, batch["tasks"], w, lam) * len(s.tasks)
+        self._interval_w.extend(zip(batch["tasks"], w.tolist()))
+        if s.task_weighting == "sampling":  # the mixer already drew tasks by λ_t: a plain weighted mean
+            loss = (w.to(per_sample) * per_sample).mean()
+        else:
+            lam = self.tasks.lambdas if s.reweight_tasks else self._uniform_lambdas()
+            # λ sums to 1 over tasks; scale by the number of tasks so the loss stays on the per-sample scale
+            loss = weighted_loss(per_sample, batch["tasks"], w, lam) * len(self.train_tasks)
         report = torch.stack([per_sample.detach().sum(), torch.tensor(float(len(per_sample)))])
         return loss, torch.tensor(1, dtype=torch.int), {"lm loss": report}
 
@@ -187,13 +229,12 @@ class SFTTrainer(Trainer):
                     for i, ch in enumerate(chosen):
                         sl = scores[i * len(cands):(i + 1) * len(cands)]
                         ch[fld] = cands[max(range(len(cands)), key=lambda k: sl[k])]
-                m = binary_metrics([r["labels"]["relevance"] == "bad" for r in rows],
-                                   [c["relevance"] == "bad" for c in chosen])
-                rec[f"{name}/bad_view_BACC"] = m["BACC"]
-                for fld in ("location", "quality"):
-                    mf = binary_metrics([r["labels"][fld] == "bad" for r in rows], [c[fld] == "bad" for c in chosen])
-                    rec[f"{name}/{fld}_BACC"] = mf["BACC"]
-                norm[name] = m["BACC"]
+                for view, (fld, is_defect) in QUERY_AD_VIEWS.items():
+                    mv = binary_metrics([is_defect(r["labels"][fld]) for r in rows], [is_defect(c[fld]) for c in chosen])
+                    rec[f"{name}/{view if view.endswith('view') else fld}_BACC"] = mv["BACC"]
+                rec[f"{name}/mean_BACC"] = sum(rec[f"{name}/{k}_BACC"] for k in
+                                               ("bad_view", "location", "quality")) / 3
+                norm[name] = rec[f"{name}/{s.metric_of(name)}"]
             elif name == "ad_user":
                 prompts = [spec.prompt(r) + "<think></think>\n" for r in rows for _ in range(4)]
                 targets = [f"<Score>{c}</Score>" for _ in rows for c in range(4)]
@@ -208,7 +249,8 @@ class SFTTrainer(Trainer):
                 a = auc(gold_pos, [1 - p for p in probs0])
                 m = binary_metrics([r["score"] == 0 for r in rows], [p == 0 for p in preds])
                 rec[f"{name}/AUC"], rec[f"{name}/BACC"] = a, m["BACC"]
-                norm[name] = 0.5 if a != a else a  # NaN (one class only) -> uninformative
+                v = rec[f"{name}/{s.metric_of(name)}"]
+                norm[name] = 0.5 if v != v else v  # NaN (one class only) -> uninformative
             else:
                 norm[name] = 0.5  # generation tasks: scored by the query-generation metrics (not yet here)
         if s.reweight_tasks:
@@ -218,7 +260,34 @@ class SFTTrainer(Trainer):
         self.instance.roll_checkpoint()
         rec["instance_ppl_tracked"] = len(self.instance.previous)
         rec["train_ppl_mean"] = sum(ws) / len(ws) if ws else None
+        rec["weights"] = self._weight_summary()
         return rec
+
+    def _weight_summary(self) -> dict[str, Any]:
+        """Histogram (log-spaced bins over [w_min, w_max]) and per-task mean of the interval's instance weights.
+
+        Weights live on the last pipeline stage of every DP replica; one world all-reduce sums them.
+        """
+        s = self.job.sft
+        lo, hi = math.log10(s.w_min), math.log10(max(s.w_max, s.w_min * 1.001))
+        edges = torch.logspace(lo, hi, WEIGHT_BINS + 1, dtype=torch.float64)
+        counts = torch.zeros(WEIGHT_BINS, dtype=torch.float64)
+        tasks = self.train_tasks
+        per_task = torch.zeros(2 * len(tasks), dtype=torch.float64)
+        for name, w in self._interval_w:
+            k = int(torch.searchsorted(edges, torch.tensor(w, dtype=torch.float64), right=True)) - 1
+            counts[min(max(k, 0), WEIGHT_BINS - 1)] += 1
+            i = tasks.index(name)
+            per_task[2 * i] += w
+            per_task[2 * i + 1] += 1
+        self._interval_w = []
+        both = torch.cat([counts, per_task])
+        dist.all_reduce(both)
+        counts, per_task = both[:WEIGHT_BINS], both[WEIGHT_BINS:]
+        return {"edges": [round(float(e), 6) for e in edges], "counts": [int(c) for c in counts],
+                "mean_by_task": {t: (float(per_task[2 * i] / per_task[2 * i + 1]) if per_task[2 * i + 1] else None)
+                                 for i, t in enumerate(tasks)},
+                "samples_by_task": {t: int(per_task[2 * i + 1]) for i, t in enumerate(tasks)}}
 
     # ------------------------------------------------------------------ hooks into the loop
     def train_step(self) -> dict[str, Any]:
@@ -230,7 +299,8 @@ class SFTTrainer(Trainer):
                     f.write(json.dumps(val) + "\n")
                 print("[sft] val " + " ".join(f"{k}={v:.4f}" for k, v in val.items()
                                               if isinstance(v, float)), flush=True)
-            rec.update({k: v for k, v in val.items() if k != "step"})
+                plot_sft_run(self.out)
+            rec.update({k: v for k, v in val.items() if k not in ("step", "weights")})
         return rec
 
     def state_payload(self) -> dict[str, Any]:

@@ -40,3 +40,39 @@ def test_sft_validation_through_a_pipeline(tmp_path):
     assert r["steps"] == 3
     val = _lines(tmp_path / "pp" / "val_metrics.jsonl")
     assert 0.0 <= val[-1]["query_ad/bad_view_BACC"] <= 1.0
+
+
+def test_sft_general_task_sampling_mode_and_plots(tmp_path):
+    general = tmp_path / "general.jsonl"
+    general.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"Spell the number {i}.", "response": str(i)}) + "\n"
+                               for i in range(50)))
+    job = JobConfig.load(CFG, [f"out_dir={tmp_path / 'g'}", *SMALL, "train.steps=4", "sft.eval_every=2",
+                               "train.micro_batch=8", f"sft.general_path={general}", "sft.general_weight=0.5",
+                               "sft.task_weighting=sampling", "checkpoint.save_at_end=false"])
+    spawn(sft_worker, 1, job.to_dict())
+    val = _lines(tmp_path / "g" / "val_metrics.jsonl")
+    assert len(val) == 2
+    for v in val:
+        assert v["lambda/general"] == 0.5
+        assert abs(v["lambda/query_ad"] + v["lambda/ad_user"] - 0.5) < 1e-9
+        mix = v["weights"]["samples_by_task"]
+        assert sum(mix.values()) == 16 and 3 <= mix["general"] <= 13, mix
+        assert sum(v["weights"]["counts"]) == 16
+    plots = {p.name for p in (tmp_path / "g" / "plots").iterdir()}
+    assert {"loss.png", "lambda.png", "val_metrics.png", "weights_step2.png", "weights_step4.png"} <= plots
+
+
+def test_harder_task_gets_rising_lambda(tmp_path):
+    """query_ad's quality attribute (a local cue) is learned within a few hundred steps; ad_user's labels are pure
+    noise (label_noise=1), so its AUC stays near 0.5 and Eq. 7 moves weight to it at every interval."""
+    job = JobConfig.load(CFG, [f"out_dir={tmp_path / 'h'}", "train.seq_len=128", "train.micro_batch=16",
+                               "sft.train_size=2000", "sft.val_rows=64", "sft.label_only_fraction=1.0",
+                               "train.steps=450", "sft.eval_every=150", "optim.warmup_steps=5",
+                               "sft.task_metric.query_ad=quality_BACC", "sft.synthetic.query_ad.defect_rate=0.5",
+                               "sft.synthetic.ad_user.label_noise=1.0", "checkpoint.save_at_end=false"])
+    spawn(sft_worker, 1, job.to_dict())
+    val = _lines(tmp_path / "h" / "val_metrics.jsonl")
+    lam = [v["lambda/ad_user"] for v in val]
+    assert len(lam) == 3
+    assert val[-1]["query_ad/quality_BACC"] > 0.75, [v["query_ad/quality_BACC"] for v in val]
+    assert lam[-1] > lam[0] + 0.05 and lam[-1] > 0.6, lam

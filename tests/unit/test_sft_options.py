@@ -1,0 +1,108 @@
+"""SFT options: config validation, label noise, the general task, and the PNG report of a run."""
+
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from megatron_ads.config.train import JobConfig
+from megatron_ads.data.packing import encode
+from megatron_ads.data.synthetic import SyntheticConfig, generate
+from megatron_ads.data.tasks import load_jsonl, task
+from megatron_ads.data.tokenizer import train_bpe_tokenizer
+from megatron_ads.eval.png import write_png
+from megatron_ads.eval.report import plot_sft_run
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("sft.task_weighting=mixer", "sft.task_weighting"),
+    ("sft.task_metric.query_ad=AUC", "sft.task_metric.query_ad"),
+    ("sft.task_metric.query_gen=Relevance", "sft.task_metric.query_gen"),
+    ("sft.synthetic.query_gen.label_noise=0.5", "sft.synthetic"),
+    ("sft.general_weight=1.0", "sft.general_weight"),
+])
+def test_sft_options_name_the_field(override, needle, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out_dir: x\nsft: {general_path: g.jsonl}\n")
+    with pytest.raises(ValueError, match=needle):
+        JobConfig.load(path, [override])
+
+
+def test_sft_task_metric_defaults_and_override(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out_dir: x\n")
+    s = JobConfig.load(path).sft
+    assert (s.metric_of("query_ad"), s.metric_of("ad_user")) == ("bad_view_BACC", "AUC")
+    s = JobConfig.load(path, ["sft.task_metric.query_ad=quality_BACC", "sft.task_weighting=sampling"]).sft
+    assert s.metric_of("query_ad") == "quality_BACC" and s.task_weighting == "sampling"
+
+
+def test_label_noise_rate_and_determinism():
+    clean = generate("ad_user", SyntheticConfig(size=1000, seed=4))
+    noisy = generate("ad_user", SyntheticConfig(size=1000, seed=4, label_noise=0.4))
+    flagged = [r for r in noisy if r.get("noisy_label")]
+    assert 0.34 < len(flagged) / 1000 < 0.46
+    # inputs are unchanged; only flagged rows may differ, and about 3/4 of them do (random of 4 scores)
+    assert all(a["history"] == b["history"] and a["ad"] == b["ad"] for a, b in zip(clean, noisy))
+    assert all(a == b for a, b in zip(clean, noisy) if not b.get("noisy_label"))
+    changed = sum(a["score"] != b["score"] for a, b in zip(clean, noisy))
+    assert 0.6 * len(flagged) < changed < 0.9 * len(flagged)
+    assert generate("ad_user", SyntheticConfig(size=1000, seed=4, label_noise=0.4)) == noisy
+    with pytest.raises(ValueError, match="label_noise"):
+        SyntheticConfig(label_noise=1.5)
+
+
+def test_general_task_rows_and_plain_target(tmp_path):
+    spec = task("general")
+    p = tmp_path / "general.jsonl"
+    p.write_text(json.dumps({"id": 1, "prompt": "Name a color.", "response": "Blue."}) + "\n"
+                 + json.dumps({"id": 2, "prompt": "Say hi."}) + "\n")
+    with pytest.raises(ValueError, match=r"general.jsonl:2: field 'response': missing"):
+        load_jsonl(p, spec)
+    row = {"id": 1, "prompt": "Name a color.", "response": "Blue."}
+    assert spec.prompt(row) == "Name a color.\n" and spec.target(row) == "Blue."
+    tok = train_bpe_tokenizer(1024)
+    ex = encode(tok, spec, row, 32)
+    target_ids = [t for t, m in zip(ex.tokens[1:], ex.mask) if m]
+    assert tok.decode(target_ids[:-1]) == "Blue." and target_ids[-1] == tok.eos_token_id
+
+
+def _read_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks.setdefault(kind, b"")
+        chunks[kind] += body
+        pos += 12 + n
+    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    raw = zlib.decompress(chunks[b"IDAT"])
+    rows = [raw[y * (3 * w + 1):(y + 1) * (3 * w + 1)] for y in range(h)]
+    assert all(r[0] == 0 for r in rows) and (depth, color) == (8, 2)
+    return np.frombuffer(b"".join(r[1:] for r in rows), dtype=np.uint8).reshape(h, w, 3)
+
+
+def test_png_round_trip(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
+    assert np.array_equal(_read_png(write_png(tmp_path / "x.png", img)), img)
+    assert not (tmp_path / "x.png.tmp").exists()
+
+
+def test_plot_sft_run_writes_every_plot(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 3.0 / i}) + "\n" for i in range(1, 21)))
+    val = []
+    for k, step in enumerate((10, 20)):
+        val.append({"step": step, "query_ad/bad_view_BACC": 0.5 + 0.1 * k, "ad_user/AUC": 0.6,
+                    "lambda/query_ad": 0.55 - 0.1 * k, "lambda/ad_user": 0.45 + 0.1 * k,
+                    "weights": {"edges": list(np.logspace(-0.7, 0.7, 17)), "counts": [k + 1] * 16}})
+    (tmp_path / "val_metrics.jsonl").write_text("".join(json.dumps(v) + "\n" for v in val) + '{"step": 3')  # torn tail
+    files = {p.name for p in plot_sft_run(tmp_path)}
+    assert files == {"loss.png", "val_metrics.png", "lambda.png", "weights_step10.png", "weights_step20.png"}
+    img = _read_png(tmp_path / "plots" / "lambda.png")
+    assert img.shape == (400, 640, 3) and (img != 255).any()
