@@ -128,7 +128,7 @@ class CheckpointSpec:
 
 
 TASK_METRICS = {"query_ad": ("bad_view_BACC", "fair_view_BACC", "location_BACC", "quality_BACC", "mean_BACC"),
-                "ad_user": ("AUC", "BACC")}
+                "ad_user": ("AUC", "BACC"), "query_gen": ("Relevance", "Diversity", "Difficulty")}
 """Normalized validation metrics a task's λ_t can follow (first = default)."""
 
 
@@ -144,6 +144,9 @@ class SFTSpec:
     """Seed of the synthetic corpora."""
     label_only_fraction: float = 0.5
     """Share of training examples in label-only form (empty <think>), which validation scores."""
+    prompt_loss_weight: float = 0.0
+    """ρ: weight of the prompt tokens' mean NLL added to each sample's loss (0 = Eq. 1, target tokens only).
+    A small model learns copy/compare circuits from the prompt text much sooner with ρ > 0."""
     val_rows: int = 64
     """Validation rows per classification task scored at each interval."""
     eval_every: int = 20
@@ -163,8 +166,9 @@ class SFTSpec:
     task_weighting: str = "loss"
     """Where λ_t acts: "loss" (Eq. 2, default) or "sampling" (task-mixer probabilities; the loss then averages tasks)."""
     task_metric: dict = field(default_factory=dict)
-    """Normalized validation metric M_t per task (Eq. 6); defaults: query_ad bad_view_BACC, ad_user AUC.
-    query_ad also accepts fair_view_BACC, location_BACC, quality_BACC, mean_BACC; ad_user also BACC."""
+    """Normalized validation metric M_t per task (Eq. 6); defaults: query_ad bad_view_BACC, ad_user AUC,
+    query_gen Relevance (greedy decoding). query_ad also accepts fair_view_BACC, location_BACC, quality_BACC,
+    mean_BACC; ad_user BACC; query_gen Diversity, Difficulty."""
     synthetic: dict = field(default_factory=dict)
     """Per-task synthetic corpus settings (data/synthetic.py SyntheticConfig fields, e.g.
     {ad_user: {label_noise: 0.5}}); size and seed come from train_size / data_seed."""
@@ -185,6 +189,8 @@ class SFTSpec:
         for name in ("train_size", "val_rows", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.prompt_loss_weight <= 1.0:
+            raise ValueError(f"sft.prompt_loss_weight: expected [0, 1], got {self.prompt_loss_weight}")
         if self.task_weighting not in ("loss", "sampling"):
             raise ValueError(f"sft.task_weighting: expected 'loss' or 'sampling', got {self.task_weighting!r}")
         for t, m in self.task_metric.items():

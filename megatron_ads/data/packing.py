@@ -29,6 +29,8 @@ class Example:
     mask: list[float]
     """Length S: 1 where labels[j] = tokens[j + 1] is a target token."""
     n_target: int
+    n_prompt: int = 0
+    """Prompt tokens kept (they come first); labels[j] is a prompt token for j < n_prompt - 1."""
 
 
 def label_only_target(spec: TaskSpec, row: dict) -> str:
@@ -54,12 +56,17 @@ def encode(tokenizer, spec: TaskSpec, row: dict, seq_len: int, label_only: bool 
     for j in range(len(prompt_ids) - 1, n - 1):  # label position j predicts token j + 1
         if j >= 0:
             mask[j] = 1.0
-    return Example(str(row["id"]), spec.name, ids, mask, len(target_ids))
+    return Example(str(row["id"]), spec.name, ids, mask, len(target_ids), len(prompt_ids))
 
 
 def collate(examples: list[Example]) -> dict:
-    """A micro-batch: tokens/labels/loss_mask [B, S], sample ids and task names."""
+    """A micro-batch: tokens/labels/loss_mask/prompt_mask [B, S], sample ids and task names."""
     t = torch.tensor([e.tokens for e in examples], dtype=torch.long)
+    seq = t.shape[1] - 1
+    prompt = torch.zeros(len(examples), seq)
+    for i, e in enumerate(examples):
+        prompt[i, :max(e.n_prompt - 1, 0)] = 1.0
     return {"tokens": t[:, :-1].contiguous(), "labels": t[:, 1:].contiguous(),
             "loss_mask": torch.tensor([e.mask for e in examples], dtype=torch.float32),
+            "prompt_mask": prompt,
             "sample_ids": [e.sample_id for e in examples], "tasks": [e.task for e in examples]}

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from megatron_ads.data import synthetic
 from megatron_ads.data.packing import Example, collate, encode
-from megatron_ads.data.tasks import load_jsonl, task
+from megatron_ads.data.tasks import load_jsonl, parse_output, task
 from megatron_ads.eval.metrics import QUERY_AD_VIEWS, auc, binary_metrics
 from megatron_ads.eval.report import plot_sft_run
 from megatron_ads.train.loop import Trainer
@@ -35,6 +35,9 @@ from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_
 
 CLASSIFICATION = ("query_ad", "ad_user")
 WEIGHT_BINS = 16
+GEN_VAL_ROWS = 32
+"""Validation rows of generation tasks (greedy decoding costs one forward per token)."""
+GEN_MAX_NEW_TOKENS = 48
 
 
 class SFTTrainer(Trainer):
@@ -144,6 +147,9 @@ class SFTTrainer(Trainer):
         nll = token_nll_BS.float()
         per_sample = (nll * mask).sum(1) / mask.sum(1).clamp_min(1)
         s = self.job.sft
+        if s.prompt_loss_weight > 0:  # ℓ_{t,i} + ρ · (mean NLL of the prompt tokens)
+            pm = batch["prompt_mask"].to(nll.device)
+            per_sample = per_sample + s.prompt_loss_weight * (nll * pm).sum(1) / pm.sum(1).clamp_min(1)
         w = (self.instance.weights(batch["sample_ids"], nll, mask) if s.reweight_instances
              else torch.ones(len(batch["sample_ids"])))
         self._interval_w.extend(zip(batch["tasks"], w.tolist()))
@@ -204,6 +210,83 @@ class SFTTrainer(Trainer):
 
         return out, partial(loss_func, batch["loss_mask"])
 
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy decoding (see ``generate_ids``); texts without the EOS."""
+        eos = self.tokenizer.eos_token_id
+        return [self.tokenizer.decode([x for x in g if x != eos]) for g in self.generate_ids(prompts, max_new_tokens)]
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding through the pipeline: one forward-only pass per new token (no KV cache; meant for
+        validation-sized batches). Every rank returns the same new token ids, up to and including EOS."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        t = self.job.train
+        seq, b = t.seq_len, t.micro_batch
+        if max_new_tokens >= seq:
+            raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be below train.seq_len={seq}")
+        pad = self.tokenizer.pad_token_id
+        eos = self.tokenizer.eos_token_id
+        ctx = [self.tokenizer(p, add_special_tokens=False)["input_ids"][-(seq - max_new_tokens):] for p in prompts]
+        n = len(ctx)
+        ctx += [ctx[-1]] * ((-n) % b)
+        new: list[list[int]] = [[] for _ in ctx]
+        finished = [False] * len(ctx)
+        self.model.eval()
+        try:
+            for _ in range(max_new_tokens):
+                rows = [c + g for c, g in zip(ctx, new)]
+                batches = []
+                for i in range(0, len(rows), b):
+                    chunk = rows[i:i + b]
+                    tok = torch.tensor([r + [pad] * (seq - len(r)) for r in chunk], dtype=torch.long)
+                    batches.append({"tokens": tok, "last": torch.tensor([len(r) - 1 for r in chunk])})
+                store = get_forward_backward_func()(
+                    forward_step_func=self._next_token_step, data_iterator=iter(batches), model=[self.model],
+                    num_microbatches=len(batches), seq_length=seq, micro_batch_size=b, forward_only=True)
+                nxt = torch.zeros(len(rows), dtype=torch.long)
+                if self.ps.is_pipeline_last_stage():
+                    nxt = torch.cat([d["next"].cpu() for d in store])
+                dist.broadcast(nxt, src=dist.get_world_size() - 1)
+                for i, tk in enumerate(nxt.tolist()):
+                    if not finished[i]:
+                        new[i].append(tk)
+                        finished[i] = tk == eos
+                if all(finished):
+                    break
+        finally:
+            self.model.train()
+        return new[:n]
+
+    def _next_token_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        tokens = batch["tokens"].to(self.device)
+        pos = torch.arange(tokens.shape[1], device=self.device).unsqueeze(0).expand_as(tokens)
+        out = model(tokens, pos, None)
+
+        def loss_func(last, logits_BSV):
+            nxt = logits_BSV[torch.arange(logits_BSV.shape[0]), last.to(logits_BSV.device)].argmax(-1)
+            return torch.zeros((), device=logits_BSV.device), torch.tensor(1, dtype=torch.int), {"next": nxt}
+
+        return out, partial(loss_func, batch["last"])
+
+    def _validate_query_gen(self, rows: list[dict], rec: dict[str, Any]) -> None:
+        from megatron_ads.eval.metrics import ParsedJSONL
+        from megatron_ads.eval.querygen import evaluate_query_gen
+
+        spec = task("query_gen")
+        texts = self.generate([spec.prompt(r) + "<think></think>\n" for r in rows], GEN_MAX_NEW_TOKENS)
+        preds = {}
+        for r, text in zip(rows, texts):
+            parsed = parse_output(spec, "<think></think>\n" + text)
+            preds[str(r["id"])] = {"id": r["id"], "queries": parsed.fields.get("queries")}
+        gold = ParsedJSONL({str(r["id"]): r for r in rows}, [])
+        m = evaluate_query_gen(gold, ParsedJSONL(preds, []))
+        for k in ("Relevance", "Diversity", "Difficulty", "Distinct2"):
+            rec[f"query_gen/{k}"] = m[k]
+        rec["query_gen/malformed"] = m["malformed"] / max(1, m["n"])
+        rec["query_gen/example"] = texts[0] if texts else ""
+
     def validate(self) -> dict[str, Any]:
         """Score the validation rows of each classification task; returns metrics and normalized M_t."""
         s = self.job.sft
@@ -251,8 +334,11 @@ class SFTTrainer(Trainer):
                 rec[f"{name}/AUC"], rec[f"{name}/BACC"] = a, m["BACC"]
                 v = rec[f"{name}/{s.metric_of(name)}"]
                 norm[name] = 0.5 if v != v else v  # NaN (one class only) -> uninformative
-            else:
-                norm[name] = 0.5  # generation tasks: scored by the query-generation metrics (not yet here)
+            elif name == "query_gen":
+                self._validate_query_gen(rows[:GEN_VAL_ROWS], rec)
+                norm[name] = rec[f"{name}/{s.metric_of(name)}"]
+            else:  # pragma: no cover - SFTSpec only admits tasks with a synthetic generator
+                raise ValueError(f"sft: no validation for task {name!r}")
         if s.reweight_tasks:
             lam = self.tasks.update(norm)
             rec.update({f"lambda/{k}": v for k, v in lam.items()})

@@ -23,6 +23,11 @@ def test_loss_mask_covers_exactly_the_target(tok):
     target_ids = tok(spec.target(row), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert masked == target_ids and ex.n_target == len(target_ids)
     assert tok.decode(masked[:-1]) == spec.target(row)
+    # the prompt mask covers exactly the labels that are prompt tokens (for sft.prompt_loss_weight)
+    prompt_labels = b["labels"][0][b["prompt_mask"][0].bool()].tolist()
+    prompt_ids = tok(spec.prompt(row), add_special_tokens=False)["input_ids"]
+    assert prompt_labels == prompt_ids[1:]
+    assert not (b["prompt_mask"] * b["loss_mask"]).any()
 
 
 def test_prompt_is_left_truncated_and_long_targets_are_refused(tok):
@@ -31,6 +36,7 @@ def test_prompt_is_left_truncated_and_long_targets_are_refused(tok):
     n_target = len(tok(spec.target(row), add_special_tokens=False)["input_ids"]) + 1
     ex = encode(tok, spec, row, seq_len=n_target + 5)
     assert sum(ex.mask) == n_target and len(ex.tokens) == n_target + 6
+    assert ex.n_prompt == 6 and collate([ex])["prompt_mask"].sum() == 5
     with pytest.raises(ValueError, match="seq_len"):
         encode(tok, spec, row, seq_len=n_target - 2)
 

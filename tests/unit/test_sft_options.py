@@ -19,7 +19,7 @@ from megatron_ads.eval.report import plot_sft_run
 @pytest.mark.parametrize("override, needle", [
     ("sft.task_weighting=mixer", "sft.task_weighting"),
     ("sft.task_metric.query_ad=AUC", "sft.task_metric.query_ad"),
-    ("sft.task_metric.query_gen=Relevance", "sft.task_metric.query_gen"),
+    ("sft.task_metric.query_gen=AUC", "sft.task_metric.query_gen"),
     ("sft.synthetic.query_gen.label_noise=0.5", "sft.synthetic"),
     ("sft.general_weight=1.0", "sft.general_weight"),
 ])
