@@ -1,8 +1,10 @@
 """``megatron-ads demo [--out DIR]``: the end-to-end pipeline on the CPU default.
 
 At this stage: init a tiny DeepSeek-V3 FP8 checkpoint (random weights, real architecture), plan the
-paper's 248-GPU layout, convert HF -> Megatron shards -> HF FP8 (exact), and check forward parity
-against transformers on 1 process and on the converted PP=2 x EP=2 shards (4 gloo processes).
+paper's 248-GPU layout, convert HF -> Megatron shards -> HF FP8 (exact), check forward parity
+against transformers on 1 process and on the converted PP=2 x EP=2 shards (4 gloo processes), then
+run a short multi-task SFT from those shards on the same layout (AdNanny reweighting, validation by
+label scoring through the pipeline, plots in <out>/sft/plots).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+
+SFT_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml"
 
 
 def register(p) -> None:
@@ -39,6 +43,12 @@ def run(args) -> int:
         ("parity: converted shards on 4 gloo ranks vs transformers",
          ["verify", "parity", "--hf", str(hf), "--mcore", str(mcore), "--pp", "2", "--ep", "2", "--stage-layers", "1,3"]),
         ("parity 1 process, straight from the HF checkpoint", ["verify", "parity", "--hf", str(hf)]),
+        ("train sft: multi-task SFT from the converted shards, 4 gloo ranks (pp=2 x ep=2, dp=2)",
+         ["train", "sft", "--config", str(SFT_CONFIG), "--nproc", "4", f"out_dir={out / 'sft'}", "model.init=mcore",
+          f"model.path={mcore}", "parallel.pp=2", "parallel.ep=2", "parallel.stage_layers=[1,3]", "train.steps=12",
+          "train.seq_len=256", "train.micro_batch=2", "train.num_microbatches=2", "train.log_every=4",
+          "optim.warmup_steps=2", "sft.train_size=400", "sft.val_rows=8", "sft.eval_every=6",
+          "checkpoint.every=0"]),
     ]
     if hf.exists() or mcore.exists() or back.exists():
         raise FileExistsError(f"{out}: holds an earlier demo's outputs; pass a new --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,15 @@ TASK_METRICS = {"query_ad": ("bad_view_BACC", "fair_view_BACC", "location_BACC",
 """Normalized validation metrics a task's λ_t can follow (first = default)."""
 
 
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_value(raw: str) -> Any:
+    """A YAML-typed override value; ``1e-5`` is a float (YAML 1.1 would read it as a string)."""
+    v = yaml.safe_load(raw)
+    return float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v
+
+
 @dataclass(kw_only=True, slots=True)
 class SFTSpec:
     """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""
@@ -172,6 +182,11 @@ class SFTSpec:
     synthetic: dict = field(default_factory=dict)
     """Per-task synthetic corpus settings (data/synthetic.py SyntheticConfig fields, e.g.
     {ad_user: {label_noise: 0.5}}); size and seed come from train_size / data_seed."""
+    files: dict = field(default_factory=dict)
+    """Your own labeled JSONL per task instead of the synthetic corpus: {query_ad: {train: F, val: F, test: F}}
+    (val/test optional: 10% of train each). Rows as `megatron-ads eval` gold rows plus the task's inputs."""
+    test_rows: int = 256
+    """Held-out test rows per task predicted after training into eval/ (0: no test report)."""
     general_path: str | None = None
     """Optional JSONL of public instruction data ({"id", "prompt", "response"}) mixed in as a fixed-weight
     "general" task (paper Table 8)."""
@@ -189,6 +204,13 @@ class SFTSpec:
         for name in ("train_size", "val_rows", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
+        for t, f in self.files.items():
+            if t not in self.tasks:
+                raise ValueError(f"sft.files.{t}: task not in sft.tasks {self.tasks}")
+            if not isinstance(f, dict) or not f.get("train") or set(f) - {"train", "val", "test"}:
+                raise ValueError(f"sft.files.{t}: expected {{train: FILE[, val: FILE][, test: FILE]}}, got {f!r}")
+        if self.test_rows < 0:
+            raise ValueError(f"sft.test_rows: expected >= 0, got {self.test_rows}")
         if not 0.0 <= self.prompt_loss_weight <= 1.0:
             raise ValueError(f"sft.prompt_loss_weight: expected [0, 1], got {self.prompt_loss_weight}")
         if self.task_weighting not in ("loss", "sampling"):
@@ -272,5 +294,5 @@ class JobConfig:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = _yaml_value(raw)
         return cls.from_dict(d, source=str(path))

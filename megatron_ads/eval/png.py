@@ -172,6 +172,7 @@ def line_chart(path: str | Path, series: dict[str, tuple[Sequence[float], Sequen
             c.rect(int(ax.px(pts[0][0])) - 2, int(ax.py(pts[0][1])) - 2, int(ax.px(pts[0][0])) + 3,
                    int(ax.py(pts[0][1])) + 3, color)
         lx, ly = c.w - _Axes.R - 6 * len(name) - 24, _Axes.T + 6 + 12 * i
+        c.rect(lx - 3, ly - 2, c.w - _Axes.R, ly + 10, (255, 255, 255))  # legend stays readable over lines
         c.rect(lx, ly + 2, lx + 14, ly + 5, color)
         c.text(lx + 18, ly, name, color=color)
     return write_png(path, c.img)

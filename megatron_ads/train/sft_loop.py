@@ -15,6 +15,7 @@ per task (query_ad: Bad-view BACC; ad_user: AUC) drives λ_t.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -35,6 +36,8 @@ from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_
 
 CLASSIFICATION = ("query_ad", "ad_user")
 WEIGHT_BINS = 16
+QUERY_AD_FIELDS = (("relevance", "Label", ("bad", "fair", "good")), ("location", "LocationLabel", ("good", "bad")),
+                   ("quality", "AdQuality", ("good", "bad")))
 GEN_VAL_ROWS = 32
 """Validation rows of generation tasks (greedy decoding costs one forward per token)."""
 GEN_MAX_NEW_TOKENS = 48
@@ -46,16 +49,19 @@ class SFTTrainer(Trainer):
     def __init__(self, job, **kwargs):
         super().__init__(job, **kwargs)
         s = job.sft
-        self.tokenizer = self._tokenizer()
         self.data: dict[str, dict[str, list[dict]]] = {}
         for name in s.tasks:
-            rows = synthetic.generate(name, self._synthetic_config(name))
-            self.data[name] = synthetic.split(rows, seed=s.data_seed)
+            if name in s.files:
+                self.data[name] = self._user_data(name, s.files[name])
+            else:
+                rows = synthetic.generate(name, self._synthetic_config(name))
+                self.data[name] = synthetic.split(rows, seed=s.data_seed)
         self.train_tasks = list(s.tasks)
         if s.general_path:
             general = load_jsonl(s.general_path, task("general"))
             self.data["general"] = {"train": general, "val": [], "test": []}
             self.train_tasks.append("general")
+        self.tokenizer = self._tokenizer()
         self.instance = InstanceReweighter(beta=s.beta, w_min=s.w_min, w_max=s.w_max)
         self.tasks = TaskReweighter(tasks=list(s.tasks), alpha=s.alpha,
                                     general_task="general" if s.general_path else None,
@@ -63,6 +69,22 @@ class SFTTrainer(Trainer):
         self.val_path = self.out / "val_metrics.jsonl"
         self._interval_w: list[tuple[str, float]] = []
         """(task, instance weight) of every sample trained on since the last validation (last stage)."""
+
+    def _user_data(self, name: str, files: dict) -> dict[str, list[dict]]:
+        """A task's own labeled JSONL (validated; errors name file, line, field). Without a val (test) file,
+        10% of train becomes val (test)."""
+        spec = task(name)
+        train = load_jsonl(files["train"], spec)
+        out = {k: load_jsonl(files[k], spec) for k in ("val", "test") if files.get(k)}
+        if len(out) < 2:
+            parts = synthetic.split(train, val=0.0 if "val" in out else 0.1, test=0.0 if "test" in out else 0.1,
+                                    seed=self.job.sft.data_seed)
+            train = parts["train"]
+            for k in ("val", "test"):
+                out.setdefault(k, parts[k])
+        if not out["val"]:
+            raise ValueError(f"sft.files.{name}: no validation rows (give a 'val' file or more train rows)")
+        return {"train": train, **out}
 
     def _synthetic_config(self, name: str) -> synthetic.SyntheticConfig:
         s = self.job.sft
@@ -79,13 +101,10 @@ class SFTTrainer(Trainer):
         tok_dir = Path(m.path) / ("tokenizer" if m.init == "mcore" else "") if m.init != "random" else None
         if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
             return load_tokenizer(tok_dir)
-        s = self.job.sft
-        texts = []
-        for name in s.tasks:
+        texts = []  # random init: a byte-level BPE from (up to) 300 training rows of every task
+        for name in self.train_tasks:
             spec = task(name)
-            for row in synthetic.generate(name, synthetic.SyntheticConfig(size=min(300, s.train_size),
-                                                                          seed=s.data_seed)):
-                texts.append(spec.prompt(row) + spec.target(row))
+            texts += [spec.prompt(row) + spec.target(row) for row in self.data[name]["train"][:300]]
         tok = train_bpe_tokenizer(self.cfg.vocab_size, texts)
         if self.rank == 0:
             tok.save_pretrained(str(self.out / "tokenizer"))
@@ -109,8 +128,7 @@ class SFTTrainer(Trainer):
         for name, row, label_only in mine:
             label_only = label_only and name != "general"
             ex = encode(self.tokenizer, task(name), row, t.seq_len, label_only=label_only)
-            out.append(Example(f"{ex.sample_id}:{'L' if label_only else 'R'}", ex.task, ex.tokens, ex.mask,
-                               ex.n_target))
+            out.append(dataclasses.replace(ex, sample_id=f"{ex.sample_id}:{'L' if label_only else 'R'}"))
         return out
 
     def _task_probabilities(self) -> dict[str, float]:
@@ -287,50 +305,63 @@ class SFTTrainer(Trainer):
         rec["query_gen/malformed"] = m["malformed"] / max(1, m["n"])
         rec["query_gen/example"] = texts[0] if texts else ""
 
+    def predict_query_ad(self, rows: list[dict]) -> list[dict]:
+        """Prediction rows (``eval`` format: labels + per-field probs) by label-candidate scoring.
+
+        Fields are scored in order (relevance, location, quality), each given the fields chosen before it,
+        in label-only form (empty <think>); probs are the softmax of the candidates' summed log-probs.
+        """
+        spec = task("query_ad")
+        preds = [{"id": r["id"], "labels": {}, "probs": {}} for r in rows]
+        for fld, tag, cands in QUERY_AD_FIELDS:
+            prompts, targets = [], []
+            for r, pr in zip(rows, preds):
+                prefix = "<think></think>\n" + "".join(f"<{tg}>{pr['labels'][f]}</{tg}>\n" for f, tg, _ in QUERY_AD_FIELDS
+                                                     if f in pr["labels"])
+                for c in cands:
+                    prompts.append(spec.prompt(r) + prefix)
+                    targets.append(f"<{tag}>{c}</{tag}>")
+            scores = self.score(prompts, targets)
+            for i, pr in enumerate(preds):
+                sl = torch.tensor(scores[i * len(cands):(i + 1) * len(cands)])
+                p = torch.softmax(sl, 0)
+                pr["labels"][fld] = cands[int(sl.argmax())]
+                pr["probs"][fld] = {c: float(p[k]) for k, c in enumerate(cands)}
+        return preds
+
+    def predict_ad_user(self, rows: list[dict]) -> list[dict]:
+        """Prediction rows (``eval`` format: score + probs over 0..3) by label-candidate scoring."""
+        spec = task("ad_user")
+        prompts = [spec.prompt(r) + "<think></think>\n" for r in rows for _ in range(4)]
+        targets = [f"<Score>{c}</Score>" for _ in rows for c in range(4)]
+        scores = self.score(prompts, targets)
+        preds = []
+        for i, r in enumerate(rows):
+            sl = torch.tensor(scores[i * 4:(i + 1) * 4])
+            p = torch.softmax(sl, 0)
+            preds.append({"id": r["id"], "score": int(sl.argmax()), "probs": {str(c): float(p[c]) for c in range(4)}})
+        return preds
+
     def validate(self) -> dict[str, Any]:
-        """Score the validation rows of each classification task; returns metrics and normalized M_t."""
+        """Score the validation rows of each task; returns metrics, λ_t and the interval's weight summary."""
         s = self.job.sft
         rec: dict[str, Any] = {"step": self.step}
         norm: dict[str, float] = {}
         for name in s.tasks:
             rows = self.data[name]["val"][: s.val_rows]
-            spec = task(name)
             if name == "query_ad":
-                chosen = [dict() for _ in rows]
-                for fld, tag, cands in (("relevance", "Label", ("bad", "fair", "good")),
-                                        ("location", "LocationLabel", ("good", "bad")),
-                                        ("quality", "AdQuality", ("good", "bad"))):
-                    prompts, targets = [], []
-                    for r, ch in zip(rows, chosen):
-                        prefix = "<think></think>\n" + "".join(
-                            f"<{tg}>{ch[f]}</{tg}>\n" for f, tg in (("relevance", "Label"), ("location", "LocationLabel"))
-                            if f in ch)
-                        for c in cands:
-                            prompts.append(spec.prompt(r) + prefix)
-                            targets.append(f"<{tag}>{c}</{tag}>")
-                    scores = self.score(prompts, targets)
-                    for i, ch in enumerate(chosen):
-                        sl = scores[i * len(cands):(i + 1) * len(cands)]
-                        ch[fld] = cands[max(range(len(cands)), key=lambda k: sl[k])]
+                preds = self.predict_query_ad(rows)
                 for view, (fld, is_defect) in QUERY_AD_VIEWS.items():
-                    mv = binary_metrics([is_defect(r["labels"][fld]) for r in rows], [is_defect(c[fld]) for c in chosen])
+                    mv = binary_metrics([is_defect(r["labels"][fld]) for r in rows],
+                                        [is_defect(pr["labels"][fld]) for pr in preds])
                     rec[f"{name}/{view if view.endswith('view') else fld}_BACC"] = mv["BACC"]
                 rec[f"{name}/mean_BACC"] = sum(rec[f"{name}/{k}_BACC"] for k in
                                                ("bad_view", "location", "quality")) / 3
                 norm[name] = rec[f"{name}/{s.metric_of(name)}"]
             elif name == "ad_user":
-                prompts = [spec.prompt(r) + "<think></think>\n" for r in rows for _ in range(4)]
-                targets = [f"<Score>{c}</Score>" for _ in rows for c in range(4)]
-                scores = self.score(prompts, targets)
-                probs0, preds = [], []
-                for i in range(len(rows)):
-                    sl = torch.tensor(scores[i * 4:(i + 1) * 4])
-                    p = torch.softmax(sl, 0)
-                    probs0.append(float(p[0]))
-                    preds.append(int(sl.argmax()))
-                gold_pos = [r["score"] > 0 for r in rows]
-                a = auc(gold_pos, [1 - p for p in probs0])
-                m = binary_metrics([r["score"] == 0 for r in rows], [p == 0 for p in preds])
+                preds = self.predict_ad_user(rows)
+                a = auc([r["score"] > 0 for r in rows], [1 - pr["probs"]["0"] for pr in preds])
+                m = binary_metrics([r["score"] == 0 for r in rows], [pr["score"] == 0 for pr in preds])
                 rec[f"{name}/AUC"], rec[f"{name}/BACC"] = a, m["BACC"]
                 v = rec[f"{name}/{s.metric_of(name)}"]
                 norm[name] = 0.5 if v != v else v  # NaN (one class only) -> uninformative
@@ -374,6 +405,55 @@ class SFTTrainer(Trainer):
                 "mean_by_task": {t: (float(per_task[2 * i] / per_task[2 * i + 1]) if per_task[2 * i + 1] else None)
                                  for i, t in enumerate(tasks)},
                 "samples_by_task": {t: int(per_task[2 * i + 1]) for i, t in enumerate(tasks)}}
+
+    # ------------------------------------------------------------------ held-out test report
+    def test_report(self) -> dict[str, Any]:
+        """Predict the test split of every task, write ``eval/<task>.{pred,gold}.jsonl`` and score them with
+        the ``megatron-ads eval`` code path; ``eval/report.md`` holds the paper-style tables (rank 0)."""
+        from megatron_ads.eval.metrics import evaluate, markdown
+
+        s = self.job.sft
+        out_dir = self.out / "eval"
+        results: dict[str, Any] = {}
+        sections = []
+        for name in s.tasks:
+            rows = self.data[name]["test"][: s.test_rows]
+            if not rows:
+                continue
+            if name == "query_ad":
+                preds = self.predict_query_ad(rows)
+                gold = [{"id": r["id"], "labels": r["labels"]} for r in rows]
+            elif name == "ad_user":
+                preds = self.predict_ad_user(rows)
+                gold = [{"id": r["id"], "score": r["score"]} for r in rows]
+            else:
+                spec = task(name)
+                texts = self.generate([spec.prompt(r) + "<think></think>\n" for r in rows], GEN_MAX_NEW_TOKENS)
+                preds = [{"id": r["id"], "queries": parse_output(spec, "<think></think>\n" + t).fields.get("queries"),
+                          "raw": t} for r, t in zip(rows, texts)]
+                gold = [{"id": r["id"], "keyword": r["keyword"], "ad": r["ad"]} for r in rows]
+            if self.rank != 0:
+                continue
+            out_dir.mkdir(parents=True, exist_ok=True)
+            pred_path, gold_path = out_dir / f"{name}.pred.jsonl", out_dir / f"{name}.gold.jsonl"
+            synthetic.write_jsonl(preds, pred_path)
+            synthetic.write_jsonl(gold, gold_path)
+            r = evaluate(name, pred_path, gold_path)
+            results[name] = {k: v for k, v in r.items() if k not in ("pred_line_errors", "unmatched_predictions")}
+            sections.append(f"## {name} (step {self.step}, {len(rows)} test rows)\n\n{markdown(name, r)}\n")
+        if self.rank == 0 and sections:
+            tmp = out_dir / "report.md.tmp"
+            tmp.write_text(f"# Held-out test report: {self.out}\n\n" + "\n".join(sections))
+            tmp.replace(out_dir / "report.md")
+            (out_dir / "report.json").write_text(json.dumps(results, indent=1))
+            print(f"[sft] test report: {out_dir / 'report.md'}", flush=True)
+        return results
+
+    def run(self) -> dict[str, Any]:
+        summary = super().run()
+        if self.job.sft.test_rows > 0 and not summary["stopped_by_signal"]:
+            summary["test"] = self.test_report()
+        return summary
 
     # ------------------------------------------------------------------ hooks into the loop
     def train_step(self) -> dict[str, Any]:

@@ -40,13 +40,28 @@ def test_sft_validation_through_a_pipeline(tmp_path):
     assert r["steps"] == 3
     val = _lines(tmp_path / "pp" / "val_metrics.jsonl")
     assert 0.0 <= val[-1]["query_ad/bad_view_BACC"] <= 1.0
+    # held-out test report: predictions in the eval format, scored by the `eval` command's code path
+    ev = tmp_path / "pp" / "eval"
+    report = json.loads((ev / "report.json").read_text())
+    assert report["query_ad"]["n"] == 20 and report["ad_user"]["n"] == 20 and report["query_ad"]["malformed"] == 0
+    from megatron_ads.eval.metrics import evaluate
+
+    again = evaluate("ad_user", ev / "ad_user.pred.jsonl", ev / "ad_user.gold.jsonl")
+    assert again["AUC"] == report["ad_user"]["AUC"] and "| view | DR |" in (ev / "report.md").read_text()
+    pred = _lines(ev / "query_ad.pred.jsonl")[0]
+    assert abs(sum(pred["probs"]["relevance"].values()) - 1) < 1e-6 and pred["labels"]["relevance"] in ("bad", "fair", "good")
 
 
 def test_sft_general_task_sampling_mode_and_plots(tmp_path):
     general = tmp_path / "general.jsonl"
     general.write_text("".join(json.dumps({"id": f"g{i}", "prompt": f"Spell the number {i}.", "response": str(i)}) + "\n"
                                for i in range(50)))
+    from megatron_ads.data.synthetic import SyntheticConfig, generate, write_jsonl
+
+    own = tmp_path / "own_query_ad.jsonl"  # a user's own labeled query-ad file replaces the synthetic corpus
+    write_jsonl(generate("query_ad", SyntheticConfig(size=100, seed=9)), own)
     job = JobConfig.load(CFG, [f"out_dir={tmp_path / 'g'}", *SMALL, "train.steps=4", "sft.eval_every=2",
+                               f"sft.files.query_ad.train={own}",
                                "train.micro_batch=8", f"sft.general_path={general}", "sft.general_weight=0.5",
                                "sft.task_weighting=sampling", "checkpoint.save_at_end=false"])
     spawn(sft_worker, 1, job.to_dict())
@@ -58,6 +73,8 @@ def test_sft_general_task_sampling_mode_and_plots(tmp_path):
         mix = v["weights"]["samples_by_task"]
         assert sum(mix.values()) == 16 and 3 <= mix["general"] <= 13, mix
         assert sum(v["weights"]["counts"]) == 16
+    assert json.loads((tmp_path / "g" / "eval" / "report.json").read_text())["query_ad"]["n"] == 10  # 10% of 100
+    assert {r["id"] for r in _lines(tmp_path / "g" / "eval" / "query_ad.gold.jsonl")} <= {f"qa9-{i}" for i in range(100)}
     plots = {p.name for p in (tmp_path / "g" / "plots").iterdir()}
     assert {"loss.png", "lambda.png", "val_metrics.png", "weights_step2.png", "weights_step4.png"} <= plots
 
@@ -69,7 +86,7 @@ def test_harder_task_gets_rising_lambda(tmp_path):
                                "sft.train_size=2000", "sft.val_rows=64", "sft.label_only_fraction=1.0",
                                "train.steps=450", "sft.eval_every=150", "optim.warmup_steps=5",
                                "sft.task_metric.query_ad=quality_BACC", "sft.synthetic.query_ad.defect_rate=0.5",
-                               "sft.synthetic.ad_user.label_noise=1.0", "sft.prompt_loss_weight=0.0",
+                               "sft.synthetic.ad_user.label_noise=1.0", "sft.prompt_loss_weight=0.0", "sft.test_rows=0",
                                "optim.lr=0.003", "optim.min_lr=0.0003", "checkpoint.save_at_end=false"])
     spawn(sft_worker, 1, job.to_dict())
     val = _lines(tmp_path / "h" / "val_metrics.jsonl")
@@ -121,3 +138,14 @@ def test_greedy_generation_and_query_gen_validation(tiny_ckpts, tmp_path):
     for key in ("query_gen/Relevance", "query_gen/Diversity", "query_gen/Difficulty", "query_gen/malformed"):
         assert 0.0 <= val[key] <= 1.0
     assert val["lambda/query_gen"] == 1.0
+
+
+def test_prompt_loss_weight_reaches_the_trained_loss(tmp_path):
+    common = [*SMALL, "train.steps=1", "sft.eval_every=1", "sft.test_rows=0", "checkpoint.save_at_end=false"]
+    losses = []
+    for rho in (0.0, 0.5):
+        spawn(sft_worker, 1, JobConfig.load(CFG, [f"out_dir={tmp_path / str(rho)}", *common,
+                                                  f"sft.prompt_loss_weight={rho}"]).to_dict())
+        losses.append(_lines(tmp_path / str(rho) / "metrics.jsonl")[0]["loss"])
+    # same init and batch: the difference is ρ × the prompt tokens' mean NLL (≈ ln(vocab) ≈ 6.9 at init)
+    assert 2.0 < losses[1] - losses[0] < 5.0, losses

@@ -22,6 +22,10 @@ from megatron_ads.eval.report import plot_sft_run
     ("sft.task_metric.query_gen=AUC", "sft.task_metric.query_gen"),
     ("sft.synthetic.query_gen.label_noise=0.5", "sft.synthetic"),
     ("sft.general_weight=1.0", "sft.general_weight"),
+    ("sft.files.query_gen.train=x.jsonl", "sft.files.query_gen"),
+    ("sft.files.query_ad.val=x.jsonl", "sft.files.query_ad"),
+    ("sft.test_rows=-1", "sft.test_rows"),
+    ("sft.prompt_loss_weight=2", "sft.prompt_loss_weight"),
 ])
 def test_sft_options_name_the_field(override, needle, tmp_path):
     path = tmp_path / "c.yaml"
@@ -106,3 +110,10 @@ def test_plot_sft_run_writes_every_plot(tmp_path):
     assert files == {"loss.png", "val_metrics.png", "lambda.png", "weights_step10.png", "weights_step20.png"}
     img = _read_png(tmp_path / "plots" / "lambda.png")
     assert img.shape == (400, 640, 3) and (img != 255).any()
+
+
+def test_exponent_overrides_are_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out_dir: x\n")
+    job = JobConfig.load(path, ["optim.lr=1e-5", "optim.min_lr=0", "sft.tasks=[query_ad]"])
+    assert job.optim.lr == 1e-5 and isinstance(job.optim.lr, float) and job.sft.tasks == ["query_ad"]
