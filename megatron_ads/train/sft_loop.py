@@ -292,18 +292,13 @@ class SFTTrainer(Trainer):
         from megatron_ads.eval.metrics import ParsedJSONL
         from megatron_ads.eval.querygen import evaluate_query_gen
 
-        spec = task("query_gen")
-        texts = self.generate([spec.prompt(r) + "<think></think>\n" for r in rows], GEN_MAX_NEW_TOKENS)
-        preds = {}
-        for r, text in zip(rows, texts):
-            parsed = parse_output(spec, "<think></think>\n" + text)
-            preds[str(r["id"])] = {"id": r["id"], "queries": parsed.fields.get("queries")}
+        preds = {str(p["id"]): p for p in self.predict_query_gen(rows)}
         gold = ParsedJSONL({str(r["id"]): r for r in rows}, [])
         m = evaluate_query_gen(gold, ParsedJSONL(preds, []))
         for k in ("Relevance", "Diversity", "Difficulty", "Distinct2"):
             rec[f"query_gen/{k}"] = m[k]
         rec["query_gen/malformed"] = m["malformed"] / max(1, m["n"])
-        rec["query_gen/example"] = texts[0] if texts else ""
+        rec["query_gen/example"] = next(iter(preds.values()))["raw"] if preds else ""
 
     def predict_query_ad(self, rows: list[dict]) -> list[dict]:
         """Prediction rows (``eval`` format: labels + per-field probs) by label-candidate scoring.
@@ -341,6 +336,13 @@ class SFTTrainer(Trainer):
             p = torch.softmax(sl, 0)
             preds.append({"id": r["id"], "score": int(sl.argmax()), "probs": {str(c): float(p[c]) for c in range(4)}})
         return preds
+
+    def predict_query_gen(self, rows: list[dict]) -> list[dict]:
+        """Prediction rows (``eval`` format: queries + the raw text) by greedy decoding in label-only form."""
+        spec = task("query_gen")
+        texts = self.generate([spec.prompt(r) + "<think></think>\n" for r in rows], GEN_MAX_NEW_TOKENS)
+        return [{"id": r["id"], "queries": parse_output(spec, "<think></think>\n" + t).fields.get("queries"), "raw": t}
+                for r, t in zip(rows, texts)]
 
     def validate(self) -> dict[str, Any]:
         """Score the validation rows of each task; returns metrics, λ_t and the interval's weight summary."""
@@ -427,10 +429,7 @@ class SFTTrainer(Trainer):
                 preds = self.predict_ad_user(rows)
                 gold = [{"id": r["id"], "score": r["score"]} for r in rows]
             else:
-                spec = task(name)
-                texts = self.generate([spec.prompt(r) + "<think></think>\n" for r in rows], GEN_MAX_NEW_TOKENS)
-                preds = [{"id": r["id"], "queries": parse_output(spec, "<think></think>\n" + t).fields.get("queries"),
-                          "raw": t} for r, t in zip(rows, texts)]
+                preds = self.predict_query_gen(rows)
                 gold = [{"id": r["id"], "keyword": r["keyword"], "ad": r["ad"]} for r in rows]
             if self.rank != 0:
                 continue

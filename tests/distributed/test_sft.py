@@ -138,6 +138,8 @@ def test_greedy_generation_and_query_gen_validation(tiny_ckpts, tmp_path):
     for key in ("query_gen/Relevance", "query_gen/Diversity", "query_gen/Difficulty", "query_gen/malformed"):
         assert 0.0 <= val[key] <= 1.0
     assert val["lambda/query_gen"] == 1.0
+    report = json.loads((tmp_path / "a" / "eval" / "report.json").read_text())["query_gen"]
+    assert report["n"] == 20 and 0.0 <= report["Relevance"] <= 1.0  # held-out test split, greedy predictions
 
 
 def test_prompt_loss_weight_reaches_the_trained_loss(tmp_path):
