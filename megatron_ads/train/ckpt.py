@@ -1,21 +1,31 @@
-"""Training checkpoints: per-rank model + optimizer + scheduler + RNG + data position + trainer state.
+"""Training checkpoints on megatron-core ``dist_checkpointing`` (torch_dist): reshardable on resume.
 
 Layout::
 
     OUT/checkpoints/
-        latest                       "step_0000020"  (pointer, written last)
-        step_0000020/
+        latest                       "step_0000020"  (pointer, moved last)
+        step_0000020/                a torch_dist checkpoint Megatron-LM / Megatron-Bridge can read
+            .metadata  __R_N.distcp  model + optimizer tensors as *global* tensors (any layout loads them)
+            common.pt                scheduler, trainer state (step, data position, NaN count), SFT task weights
+            metadata.json            megatron's backend record, written last by dist_checkpointing.save
+            rank_state/rank_R.pt     per-rank state: RNG, SFT per-sample perplexities
+            hf_config.json           the model's config.json (what `convert mcore-to-hf` builds the export from)
+            layout.json              the layout that saved it (tp/pp/ep, stages, world size, format)
             config.yaml              resolved job config
-            rank_00000.pt            this rank's states (torch.save; loaded with weights_only=True)
-            COMPLETE                 written by rank 0 after every rank's file is in place
+            tokenizer/               the initial checkpoint's tokenizer, when it had one
 
-A save writes ``step_N.tmp/`` on every rank, barriers, then rank 0 renames it to ``step_N/``, writes
-``COMPLETE``, moves ``latest`` and prunes old checkpoints (keep-last-N). A directory without
-``COMPLETE`` is never loaded.
+A save writes ``step_N.tmp/`` on every rank and rank 0 renames it to ``step_N/`` once every rank is
+done and the extra files are in place, then moves ``latest`` and prunes (keep-last-N): a directory
+named ``step_N`` is complete. Optimizer state is saved in the canonical per-parameter form (Adam
+moments keyed by the parameter's global name; the distributed optimizer in its ``fully_reshardable``
+format), so a run saved at one (pp, ep, dp) resumes at another; RNG states are restored only when
+the layout is the same (otherwise every rank is re-seeded and a note says so).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,8 +34,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_ads.checkpoint.dist_io import HF_CONFIG, is_torch_dist
+from megatron_ads.checkpoint.hf_io import CheckpointError
+
 LATEST = "latest"
-COMPLETE = "COMPLETE"
+LAYOUT = "layout.json"
+RANK_STATE = "rank_state"
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+"""How optimizer state is laid out on disk: per parameter, by global name (reshardable)."""
+
+log = logging.getLogger("megatron_ads.train")
 
 
 def step_dirname(step: int) -> str:
@@ -65,33 +83,77 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(root: Path, step: int, rank: int, payload: dict[str, Any], config_yaml: str, keep_last: int) -> Path:
-    """Collective: every rank writes its payload; rank 0 publishes the checkpoint atomically."""
+def sharded_state(model_chunk, optimizer, is_loading: bool = False) -> dict[str, Any]:
+    """The model + optimizer sharded state dict of this rank, in the reshardable on-disk form.
+
+    megatron keeps the Adam step count as ``common_step`` in each chained optimizer's common state,
+    which only rank 0 saves; a dense-only first stage's expert optimizer owns no parameters and so
+    has none, and ranks with experts would then load no step. Every chained optimizer on every rank
+    gets the same count (they step together)."""
+    model_sd = model_chunk.sharded_state_dict()
+    optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=dict(OPTIM_METADATA))
+    parts = list(optim_sd.values()) if _is_chained(optim_sd) else [optim_sd]
+    steps = [p["state"]["common_step"] for p in parts if "common_step" in p.get("state", {})]
+    if steps and not is_loading:
+        for p in parts:
+            if "state" in p:
+                p["state"]["common_step"] = steps[0]
+    return {"model": model_sd, "optimizer": optim_sd}
+
+
+def _is_chained(optim_sd: dict) -> bool:
+    return bool(optim_sd) and all(isinstance(k, int) for k in optim_sd)
+
+
+def drop_unowned_steps(optim_state: dict) -> None:
+    """After loading: an optimizer that owns no parameters takes no step count (torch's Adam refuses a
+    state entry without parameters)."""
+    for p in optim_state.values() if _is_chained(optim_state) else [optim_state]:
+        if "state" in p and not any(g.get("params") for g in p.get("param_groups", [])):
+            p["state"].pop("common_step", None)
+
+
+def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any], rank_state: dict[str, Any],
+         files: dict[str, str], tokenizer_files: list[Path], keep_last: int) -> Path:
+    """Collective: write a torch_dist checkpoint of ``sharded`` + ``common`` (rank 0's copy is kept),
+    each rank's ``rank_state``, and rank 0's text ``files`` and tokenizer; publish it atomically."""
+    from megatron.core import dist_checkpointing
+
+    rank = dist.get_rank()
     final = root / step_dirname(step)
     tmp = root / (step_dirname(step) + ".tmp")
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        (tmp / RANK_STATE).mkdir(parents=True)
     dist.barrier()
-    part = tmp / f"rank_{rank:05d}.pt"
-    torch.save(payload, str(part) + ".part")
+    dist_checkpointing.save({**sharded, **common}, str(tmp), validate_access_integrity=True)
+    part = tmp / RANK_STATE / f"rank_{rank:05d}.pt"
+    torch.save(rank_state, str(part) + ".part")
     os.replace(str(part) + ".part", part)
     dist.barrier()
     if rank == 0:
-        (tmp / "config.yaml").write_text(config_yaml)
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        if tokenizer_files:
+            (tmp / "tokenizer").mkdir()
+            for f in tokenizer_files:
+                shutil.copy2(f, tmp / "tokenizer" / f.name)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        (final / COMPLETE).write_text(f"{dist.get_world_size()}\n")
         pointer = root / (LATEST + ".tmp")
         pointer.write_text(step_dirname(step) + "\n")
         os.replace(pointer, root / LATEST)
-        complete = sorted(p for p in root.glob("step_*") if (p / COMPLETE).exists())
-        for old in complete[:-keep_last] if keep_last > 0 else []:
+        for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    return sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp") and is_torch_dist(p))
 
 
 def find_latest(root: Path) -> Path | None:
@@ -99,18 +161,65 @@ def find_latest(root: Path) -> Path | None:
     pointer = root / LATEST
     if pointer.is_file():
         cand = root / pointer.read_text().strip()
-        if (cand / COMPLETE).is_file():
+        if is_torch_dist(cand):
             return cand
-    complete = sorted(p for p in root.glob("step_*") if (p / COMPLETE).is_file())
+    complete = complete_checkpoints(root)
     return complete[-1] if complete else None
 
 
-def load(ckpt: Path, rank: int) -> dict[str, Any]:
-    """This rank's payload of a complete checkpoint (``weights_only=True``: loading runs no pickled code)."""
-    if not (ckpt / COMPLETE).is_file():
-        raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {COMPLETE})")
-    world = int((ckpt / COMPLETE).read_text().strip())
-    if world != dist.get_world_size():
-        raise ValueError(f"{ckpt}: saved by {world} ranks, this run has {dist.get_world_size()}; "
-                         f"resume needs the same layout (convert/reshard the weights to change it)")
-    return torch.load(ckpt / f"rank_{rank:05d}.pt", weights_only=True)
+def resolve(path: str | Path) -> Path:
+    """A checkpoint directory from ``RUN/checkpoints/step_N``, ``RUN/checkpoints/latest`` (the pointer
+    file), ``RUN/checkpoints`` or ``RUN`` itself; a clear error otherwise."""
+    p = Path(path)
+    if p.is_file() and p.name == LATEST:
+        p = p.parent / p.read_text().strip()
+    elif p.is_dir() and not is_torch_dist(p):
+        latest = find_latest(p) or find_latest(p / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"{path}: no complete training checkpoint (a step_N directory with "
+                                    f"metadata.json) here or under checkpoints/")
+        p = latest
+    if not is_torch_dist(p):
+        raise FileNotFoundError(f"{path}: not a complete checkpoint (no metadata.json from dist_checkpointing; "
+                                f"interrupted save?)")
+    return p
+
+
+def read_layout(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / LAYOUT).read_text())
+
+
+def load(ckpt: Path, template: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint into this rank's ``template`` (its sharded state dict): megatron reshards the
+    global tensors to this rank's layout. Returns the loaded sharded + common state."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load(template, str(ckpt))
+
+
+def load_rank_states(ckpt: Path) -> list[dict[str, Any]]:
+    """Every saved rank's per-rank state (``weights_only=True``), in rank order."""
+    files = sorted((ckpt / RANK_STATE).glob("rank_*.pt"))
+    return [torch.load(f, weights_only=True) for f in files]
+
+
+def hf_config_of(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / HF_CONFIG).read_text())
+
+
+@torch.no_grad()
+def load_model_weights(model_chunk, ckpt: Path) -> int:
+    """Collective: load only the model weights of a torch_dist checkpoint (a training checkpoint or a
+    converted one) into ``model_chunk``, resharded to this rank's layout. Returns the tensor count."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    template = {k: v for k, v in model_chunk.sharded_state_dict().items()
+                if isinstance(v, ShardedTensor) and "_extra_state" not in k}
+    loaded = dist_checkpointing.load({"model": template}, str(ckpt))["model"]
+    result = model_chunk.load_state_dict(loaded, strict=False)
+    missing = [k for k in result.missing_keys if "_extra_state" not in k]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{ckpt}: model tensors do not match: missing {missing[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}")
+    return len(loaded)

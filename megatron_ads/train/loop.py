@@ -9,6 +9,7 @@ Shapes: B micro-batch, S sequence, V vocab, L layers, E experts.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sys
@@ -20,10 +21,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_ads.checkpoint.convert import TOKENIZER_FILES
+from megatron_ads.checkpoint.hf_io import HFCheckpoint
+from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
+from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
+from megatron_ads.checkpoint.megatron_io import read_layout
+from megatron_ads.checkpoint.mtp import resolve_mtp, without_mtp
 from megatron_ads.config.flavors import resolve_model_config
+from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data import lm_stream
 from megatron_ads.layout.groups import init_model_parallel
+from megatron_ads.layout.pipeline import stage_layers
 from megatron_ads.model.build import build_model_chunk, transformer_config
 from megatron_ads.model.flops import mfu, train_flops_per_token
 from megatron_ads.model.specs import use_te_default
@@ -32,6 +41,7 @@ from megatron_ads.train import ckpt
 from megatron_ads.train.optim import build_optimizer, build_scheduler
 
 MOE_TRACK_NAMES = ["seq_load_balancing_loss"]
+log = logging.getLogger("megatron_ads.train")
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -99,13 +109,16 @@ class Trainer:
         self.metrics_path = self.out / "metrics.jsonl"
         self.tb = None
 
-    @staticmethod
-    def _model_config(job: JobConfig):
-        if job.model.init == "mcore":
-            from megatron_ads.checkpoint.megatron_io import read_layout
-
-            return read_layout(job.model.path).cfg
-        return resolve_model_config(job.model.path if job.model.init == "hf" else job.model.name)
+    def _model_config(self, job: JobConfig):
+        """The model to build: from the init checkpoint's config (MTP policy ``model.mtp`` applied) or a flavor."""
+        m = job.model
+        if m.init == "mcore":
+            return mcore_init_config(m.path)
+        if m.init == "hf":
+            cfg, _reason = resolve_mtp(resolve_model_config(m.path), HFCheckpoint(m.path), m.mtp, warn=self.rank == 0)
+            return cfg
+        cfg = resolve_model_config(m.name)
+        return without_mtp(cfg) if m.mtp == "drop" and cfg.num_mtp_layers else cfg
 
     # ------------------------------------------------------------------ construction
     def _build_model(self, force_project_stub: bool) -> None:
@@ -144,14 +157,15 @@ class Trainer:
         self._install_router_counters()
 
     def _load_initial_weights(self, chunk) -> None:
-        from megatron_ads.checkpoint.hf_io import HFCheckpoint
-        from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
-
         m = self.job.model
         if m.init == "hf":
             load_hf_into_chunk(chunk, HFCheckpoint(m.path), self.cfg, self.par, current_coord())
         elif m.init == "mcore":
-            load_mcore_into_chunk(chunk, m.path, self.par, current_coord())
+            src = Path(m.path)
+            if (src / LEGACY_LATEST).is_file():
+                load_mcore_into_chunk(chunk, src, self.par, current_coord())
+            else:
+                ckpt.load_model_weights(chunk, ckpt.resolve(src))
 
     def _install_router_counters(self) -> None:
         """Count tokens routed to each expert of this stage's MoE layers (for load metrics)."""
@@ -171,8 +185,6 @@ class Trainer:
                 module.register_forward_hook(hook)
 
     def _stage_layers(self) -> list[int]:
-        from megatron_ads.layout.pipeline import stage_layers
-
         return stage_layers(self.cfg.num_layers, self.par)[self.ps.get_pipeline_model_parallel_rank()]
 
     # ------------------------------------------------------------------ data
@@ -307,25 +319,70 @@ class Trainer:
     def ckpt_root(self) -> Path:
         return self.out / "checkpoints"
 
-    def state_payload(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                "trainer": {"step": self.step, "nan_steps": self.nan_steps, "data_position": self.step * self.global_batch}}
+    def layout_info(self) -> dict[str, Any]:
+        """What ``layout.json`` of a training checkpoint records (the layout that saved it)."""
+        return {"format": "torch_dist", "tp": self.par.tp, "pp": self.par.pp, "ep": self.par.ep,
+                "stage_layers": [len(s) for s in stage_layers(self.cfg.num_layers, self.par)],
+                "world_size": dist.get_world_size(), "mtp_layers": self.cfg.num_mtp_layers,
+                "model_type": self.cfg.model_type, "step": self.step}
+
+    def checkpoint_common(self) -> dict[str, Any]:
+        """Non-tensor state every rank shares (rank 0's copy is saved). Subclasses extend it."""
+        return {"scheduler": self.scheduler.state_dict(),
+                "trainer": {"step": self.step, "nan_steps": self.nan_steps,
+                            "data_position": self.step * self.global_batch}}
+
+    def restore_common(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["trainer"]["step"]
+        self.nan_steps = state["trainer"]["nan_steps"]
+
+    def checkpoint_rank(self) -> dict[str, Any]:
+        """State that differs per rank (saved by every rank). Subclasses extend it."""
+        return {"rng": ckpt.rng_state()}
+
+    def restore_rank(self, mine: dict[str, Any] | None, saved: list[dict[str, Any]]) -> None:
+        """``mine``: this rank's saved state when the layout is unchanged, else None (``saved`` holds
+        every saved rank's state, for subclasses that can merge it)."""
+        if mine is not None:
+            ckpt.set_rng_state(mine["rng"])
+
+    def _tokenizer_files(self) -> list[Path]:
+        """Tokenizer files of the initial checkpoint (copied into every training checkpoint's tokenizer/)."""
+        m = self.job.model
+        if m.init == "random":
+            return []
+        src = Path(m.path)
+        if m.init == "mcore" and not (src / LEGACY_LATEST).is_file():
+            src = ckpt.resolve(src)
+        for d in (src, src / "tokenizer"):
+            found = [d / f for f in TOKENIZER_FILES if (d / f).is_file()]
+            if found:
+                return found
+        return []
 
     def save(self) -> Path:
-        return self._phase("checkpoint", ckpt.save, self.ckpt_root, self.step, self.rank, self.state_payload(),
-                           self.job.to_yaml(), self.job.checkpoint.keep_last)
+        files = {"config.yaml": self.job.to_yaml(), ckpt.HF_CONFIG: json.dumps(self.cfg.to_hf_dict(), indent=2),
+                 ckpt.LAYOUT: json.dumps(self.layout_info(), indent=2, sort_keys=True)}
+        return self._phase("checkpoint", ckpt.save, self.ckpt_root, self.step,
+                           ckpt.sharded_state(self.model.module, self.optimizer), self.checkpoint_common(),
+                           self.checkpoint_rank(), files, self._tokenizer_files() if self.rank == 0 else [],
+                           self.job.checkpoint.keep_last)
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Restore every state of this rank from a checkpoint; returns the raw payload (for subclasses)."""
-        payload = ckpt.load(path, self.rank)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        ckpt.set_rng_state(payload["rng"])
-        self.step = payload["trainer"]["step"]
-        self.nan_steps = payload["trainer"]["nan_steps"]
-        return payload
+    def load(self, path: Path) -> None:
+        """Restore model, optimizer, schedule and trainer state from a checkpoint saved at any layout."""
+        loaded = ckpt.load(path, ckpt.sharded_state(self.model.module, self.optimizer, is_loading=True))
+        self.model.module.load_state_dict(loaded["model"])
+        ckpt.drop_unowned_steps(loaded["optimizer"])
+        self.optimizer.load_state_dict(loaded["optimizer"])
+        self.restore_common(loaded)
+        saved = ckpt.load_rank_states(path)
+        same = {k: v for k, v in ckpt.read_layout(path).items() if k != "step"} == \
+            {k: v for k, v in self.layout_info().items() if k != "step"}
+        if not same and self.rank == 0:
+            log.warning("resuming a checkpoint saved at another layout (%s): weights and optimizer state are "
+                        "resharded; per-rank RNG states are not restored", _layout_text(ckpt.read_layout(path)))
+        self.restore_rank(saved[self.rank] if same and self.rank < len(saved) else None, saved)
 
     def maybe_resume(self) -> Path | None:
         r = self.job.resume
@@ -334,6 +391,7 @@ class Trainer:
         path = ckpt.find_latest(self.ckpt_root) if r == "auto" else Path(r)
         if path is None:
             return None
+        path = ckpt.resolve(path)
         self.load(path)
         return path
 
@@ -401,6 +459,21 @@ class Trainer:
         return {"steps": self.step, "first_loss": first_loss, "last_loss": last_loss,
                 "stopped_by_signal": stopped_by_signal, "optimizer": self.optim_info,
                 "out_dir": str(self.out), "world_size": dist.get_world_size(), "dp": self.dp}
+
+
+def mcore_init_config(path: str | Path) -> ModelConfig:
+    """The model config of a Megatron checkpoint to initialize from: a converted legacy directory
+    (``layout.json`` + ``hf_config.json``) or a torch_dist checkpoint (converted, or a training run's
+    step / ``latest`` / checkpoints directory)."""
+    src = Path(path)
+    if (src / LEGACY_LATEST).is_file():
+        return read_layout(src).cfg
+    d = ckpt.resolve(src)
+    return ModelConfig.from_hf_dict(ckpt.hf_config_of(d), source=str(d / ckpt.HF_CONFIG))
+
+
+def _layout_text(lay: dict[str, Any]) -> str:
+    return f"tp={lay.get('tp')} pp={lay.get('pp')} ep={lay.get('ep')} on {lay.get('world_size')} ranks"
 
 
 class _Null:

@@ -468,17 +468,28 @@ class SFTTrainer(Trainer):
             rec.update({k: v for k, v in val.items() if k not in ("step", "weights")})
         return rec
 
-    def state_payload(self) -> dict[str, Any]:
-        payload = super().state_payload()
-        payload["sft"] = {"instance": self.instance.state_dict(), "tasks": self.tasks.state_dict()}
-        return payload
+    def checkpoint_common(self) -> dict[str, Any]:
+        return {**super().checkpoint_common(), "sft_tasks": self.tasks.state_dict()}
 
-    def load(self, path: Path) -> dict[str, Any]:
-        payload = super().load(path)
-        if "sft" in payload:
-            self.instance.load_state_dict(payload["sft"]["instance"])
-            self.tasks.load_state_dict(payload["sft"]["tasks"])
-        return payload
+    def restore_common(self, state: dict[str, Any]) -> None:
+        super().restore_common(state)
+        if "sft_tasks" in state:
+            self.tasks.load_state_dict(state["sft_tasks"])
+
+    def checkpoint_rank(self) -> dict[str, Any]:
+        # each rank tracks the perplexities of the samples it saw (Eq. 3-6 compare them across checkpoints)
+        return {**super().checkpoint_rank(), "sft_instance": self.instance.state_dict()}
+
+    def restore_rank(self, mine: dict[str, Any] | None, saved: list[dict[str, Any]]) -> None:
+        super().restore_rank(mine, saved)
+        if mine is not None:
+            self.instance.load_state_dict(mine["sft_instance"])
+        elif saved:  # another layout: samples move between ranks, so every rank takes the union (ids are unique)
+            merged = dict(saved[0]["sft_instance"], previous={}, current={})
+            for st in saved:
+                merged["previous"].update(st["sft_instance"]["previous"])
+                merged["current"].update(st["sft_instance"]["current"])
+            self.instance.load_state_dict(merged)
 
 
 def sft_worker(job_dict: dict) -> dict[str, Any]:
