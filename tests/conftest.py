@@ -27,3 +27,84 @@ def tiny_ckpts(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+# Checkpoints written by transformers' own ``save_pretrained`` (not our init-model), at small configs that
+# vary what our flavors fix. DeepSeek: group-limited routing only where megatron agrees with HF
+# (num_experts_per_tok / topk_group == 2, or one group; DESIGN.md §5). Each declares
+# num_nextn_predict_layers=1 (the transformers default) and holds no MTP tensors.
+HF_SAVED = {
+    # q_lora, YaRN, 2 groups keep 1 (topk 2), a dense first layer, one shared expert
+    "ds_qlora": ("DeepseekV3", dict(
+        vocab_size=256, hidden_size=48, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=3,
+        num_attention_heads=4, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2, n_group=2,
+        topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=24, qk_nope_head_dim=16,
+        qk_rope_head_dim=8, v_head_dim=16, routed_scaling_factor=2.5, max_position_embeddings=256,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "mscale": 1.0, "mscale_all_dim": 1.0},
+        initializer_range=0.1)),
+    # no q_lora (a single q_proj, V2-Lite style), one expert group, top-3, two dense layers, 2 shared experts
+    "ds_noqlora": ("DeepseekV3", dict(
+        vocab_size=200, hidden_size=32, intermediate_size=64, moe_intermediate_size=16, num_hidden_layers=4,
+        num_attention_heads=2, n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=3, n_group=1,
+        topk_group=1, first_k_dense_replace=2, kv_lora_rank=24, q_lora_rank=None, qk_nope_head_dim=8,
+        qk_rope_head_dim=16, v_head_dim=12, routed_scaling_factor=1.0, max_position_embeddings=128,
+        initializer_range=0.1)),
+    # 4 groups keep 2 (topk 4), every layer MoE, 16 experts, 8 heads
+    "ds_groups4": ("DeepseekV3", dict(
+        vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=8, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, n_group=4,
+        topk_group=2, first_k_dense_replace=0, kv_lora_rank=32, q_lora_rank=32, qk_nope_head_dim=8,
+        qk_rope_head_dim=8, v_head_dim=8, routed_scaling_factor=1.5, max_position_embeddings=128,
+        initializer_range=0.1)),
+    # GQA 6:2, tied embeddings
+    "llama_tied": ("Llama", dict(
+        vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=128,
+        initializer_range=0.1)),
+    # MHA with head_dim != hidden / heads, llama3 rope scaling, untied
+    "llama_hd": ("Llama", dict(
+        vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=16, tie_word_embeddings=False, max_position_embeddings=16384,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        initializer_range=0.1)),
+    # qkv bias, MQA (one kv head), untied
+    "qwen2": ("Qwen2", dict(
+        vocab_size=256, hidden_size=40, intermediate_size=72, num_hidden_layers=2, num_attention_heads=5,
+        num_key_value_heads=1, tie_word_embeddings=False, rope_theta=1000000.0, max_position_embeddings=128,
+        initializer_range=0.1)),
+}
+
+
+@pytest.fixture(scope="session")
+def hf_saved(tmp_path_factory):
+    """``get(name, dtype="fp32"|"bf16")``: the HF_SAVED checkpoint ``name`` as transformers'
+    ``save_pretrained`` writes it (seeded; norms and expert bias perturbed so the mapping of each shows),
+    written once per session."""
+    root = tmp_path_factory.mktemp("hf_saved")
+    cache = {}
+
+    def get(name: str, dtype: str = "fp32"):
+        key = (name, dtype)
+        if key not in cache:
+            import zlib
+
+            import torch
+            import transformers
+
+            arch, kwargs = HF_SAVED[name]
+            config = getattr(transformers, f"{arch}Config")(**kwargs)
+            torch.manual_seed(zlib.crc32(name.encode()))
+            model = getattr(transformers, f"{arch}ForCausalLM")(config).float()
+            with torch.no_grad():
+                for pname, t in list(model.named_parameters()) + list(model.named_buffers()):
+                    if pname.endswith("norm.weight") or pname.endswith("e_score_correction_bias"):
+                        t.add_(torch.randn(t.shape) * 0.1)
+            out = root / f"{name}_{dtype}"
+            model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]).save_pretrained(str(out))
+            cache[key] = out
+        return cache[key]
+
+    return get

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +37,7 @@ from megatron_ads.checkpoint.mapping import (RankCoord, TensorTask, alias_of, ap
                                              rank_tasks)
 from megatron_ads.checkpoint.megatron_io import (FORMAT_VERSION, LATEST, LAYOUT, MEGATRON_LM_PT, SHARD_INDEX,
                                                  MegatronAsHF, all_coords, group_of, iter_dirname, shard_dirname)
+from megatron_ads.checkpoint.mtp import mtp_tensors_in, resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import stage_layers
@@ -91,8 +92,12 @@ def check_source_shapes(src, cfg: ModelConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------ planning
-def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int = 0) -> list[FileJob]:
-    """Output files of an HF -> Megatron conversion, with key accounting against ``src``."""
+def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int = 0,
+                     skipped: Iterable[str] = ()) -> list[FileJob]:
+    """Output files of an HF -> Megatron conversion, with key accounting against ``src``.
+
+    ``skipped``: source tensors left out on purpose (MTP layers under ``mtp=drop``); any other source
+    tensor without a place in the mapping is an error."""
     stages = stage_layers(cfg.num_layers, par)
     used: set[str] = set()
     jobs: dict[str, FileJob] = {}
@@ -107,7 +112,8 @@ def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int 
             rel = f"{sdir}/{group_of(task.mcore, stages[coord.pp_rank])}.safetensors"
             job = jobs.setdefault(rel, FileJob(rel))
             job.entries.append((task.mcore, (task, par.tp, coord.tp_rank)))
-    unused = [k for k in src.keys() if k not in used and alias_of(cfg, k) is None]
+    skipped = set(skipped)
+    unused = [k for k in src.keys() if k not in used and k not in skipped and alias_of(cfg, k) is None]
     if unused:
         raise CheckpointError(f"{getattr(src, 'dir', '?')}: {len(unused)} source tensors have no place in the "
                               f"{cfg.model_type} mapping (refusing to drop them): {unused[:6]}")
@@ -310,8 +316,12 @@ def _copy_tokenizer(src_dir: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------------ public entry points
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, workers: int = 1, resume: bool = False,
                 max_memory_gb: float | None = None, plan_json: dict | None = None, megatron_lm_pt: bool = False,
-                progress: bool = True, _source_spec=None) -> dict[str, Any]:
-    """Convert an HF checkpoint (BF16 or DeepSeek FP8) into Megatron per-rank shards for ``par``."""
+                progress: bool = True, mtp: str = "auto", _source_spec=None) -> dict[str, Any]:
+    """Convert an HF checkpoint (BF16 or DeepSeek FP8) into Megatron per-rank shards for ``par``.
+
+    ``mtp`` (require | auto | drop) decides about MTP layers config.json declares (checkpoint/mtp.py);
+    layout.json records the MTP layers converted (``mtp_layers``) and, when they were dropped, why
+    (``mtp_reason``)."""
     out = Path(out)
     spec = _source_spec or ("hf", str(hf_dir))
     src = open_source(spec)
@@ -321,9 +331,14 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
     if cfg.is_moe and cfg.num_experts % par.ep:
         raise ValueError(f"ep: n_routed_experts={cfg.num_experts} is not divisible by ep={par.ep}")
     stage_layers(cfg.num_layers, par)  # validates the split against the model
+    declared = cfg
+    cfg, mtp_reason = resolve_mtp(declared, src, mtp)
+    if mtp_reason is None and spec[0] == "mcore":
+        mtp_reason = src.layout.info.get("mtp_reason")  # reshard keeps the record of an earlier drop
+    skipped = mtp_tensors_in(declared, src) if cfg.num_mtp_layers < declared.num_mtp_layers else []
     if spec[0] == "hf":
         check_source_shapes(src, cfg)
-    jobs = plan_hf_to_mcore(src, cfg, par)
+    jobs = plan_hf_to_mcore(src, cfg, par, skipped=skipped)
     _prepare_out(out, resume)
     done = execute("to_mcore", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
     # per-shard indexes, accounting, optional Megatron-LM .pt, then the markers
@@ -344,7 +359,10 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
     layout = {"format_version": FORMAT_VERSION, "tp": par.tp, "pp": par.pp, "ep": par.ep,
               "stage_layers": [len(s) for s in stage_layers(cfg.num_layers, par)], "iteration": 0,
               "source": str(hf_dir), "dtype": "bf16",
-              "shards": len(shards), "tensors": sum(len(w) for w in shards.values())}
+              "shards": len(shards), "tensors": sum(len(w) for w in shards.values()),
+              "mtp_layers": cfg.num_mtp_layers}
+    if mtp_reason is not None:
+        layout["mtp_reason"] = mtp_reason
     if plan_json is not None:
         layout["plan"] = plan_json
     _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
@@ -354,7 +372,8 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
     (out / JOURNAL).unlink(missing_ok=True)
     _write_atomic(out / LATEST, "0\n")
     return {"out": str(out), "shards": len(shards), "files": len(jobs), "tensors": layout["tensors"],
-            "bytes": sum(r["bytes"] for r in done.values()), "tp": par.tp, "pp": par.pp, "ep": par.ep}
+            "bytes": sum(r["bytes"] for r in done.values()), "tp": par.tp, "pp": par.pp, "ep": par.ep,
+            "mtp_layers": cfg.num_mtp_layers}
 
 
 def _write_megatron_lm_pt(sdir: Path, weight_map: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
+from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import stage_layers
@@ -35,9 +36,16 @@ def current_coord() -> RankCoord:
 @torch.no_grad()
 def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfig, par: ParallelConfig,
                        coord: RankCoord) -> int:
-    """Copy every tensor this rank owns from ``hf`` into ``model``. Returns the number of tensors."""
+    """Copy every tensor this rank owns from ``hf`` into ``model``. Returns the number of tensors.
+
+    ``cfg`` is the config ``model`` was built with, after ``resolve_mtp``: when its MTP layers were
+    dropped, the checkpoint's MTP tensors (if any) are not read. A cfg that still has MTP layers the
+    checkpoint lacks is refused up front, naming the missing tensors and the ``mtp`` policy.
+    """
     if cfg.family == "deepseek_v3" and par.tp > 1:
         raise ValueError("tp: MLA models are supported with tp=1 only (the paper's layout uses PP x EP x DP)")
+    if cfg.num_mtp_layers:
+        resolve_mtp(cfg, hf, "require", warn=False)
     targets = model_tensors(model)
     written: set[str] = set()
     for task in rank_tasks(cfg, par, coord):

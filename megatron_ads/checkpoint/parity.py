@@ -18,6 +18,8 @@ import torch.distributed as dist
 
 from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
+from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
+from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.groups import init_model_parallel
@@ -88,28 +90,30 @@ def _pipeline_forward(model, ids_BS, cfg: ModelConfig, dtype: torch.dtype, devic
 
 def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: str = "fp32", mcore_dir: str | None = None,
                     stage_layer_counts: list[int] | None = None, batch: int = 2, seq: int = 16, seed: int = 1234,
-                    dump_logits: str | None = None, timeout_s: float = 300.0) -> dict | None:
-    """Run parity on this rank (inside torchrun or a spawned worker). Rank 0 returns the report."""
+                    dump_logits: str | None = None, timeout_s: float = 300.0, mtp: str = "auto") -> dict | None:
+    """Run parity on this rank (inside torchrun or a spawned worker). Rank 0 returns the report.
+
+    ``mtp`` (require | auto | drop) is applied against the checkpoint our model loads (``mcore_dir``
+    when given, else ``hf_dir``); MTP layers never enter the compared logits."""
     platform, env = init_distributed(timeout_s=timeout_s)
     par = ParallelConfig(tp=tp, pp=pp, ep=ep, stage_layers=stage_layer_counts)
     dp = init_model_parallel(par)
     seed_all(seed)
     device = platform.device
-    cfg = ModelConfig.from_hf(hf_dir)
+    source = HFCheckpoint(hf_dir) if mcore_dir is None else MegatronAsHF(mcore_dir)
+    cfg, mtp_reason = resolve_mtp(ModelConfig.from_hf(hf_dir), source, mtp, warn=env.rank == 0)
     torch_dtype = DTYPES[dtype]
     model = build_model_chunk(cfg, par, dtype=dtype, device=platform.name, use_te=use_te_default(platform.name))
     coord = current_coord()
     if mcore_dir is None:
-        n_loaded = load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, coord)
+        n_loaded = load_hf_into_chunk(model, source, cfg, par, coord)
     else:
-        from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
-
         lay = read_layout(mcore_dir).par
         if (lay.tp, lay.pp, lay.ep, lay.stage_layers) == (par.tp, par.pp, par.ep,
                                                           [len(s) for s in stage_layers(cfg.num_layers, par)]):
             n_loaded = load_mcore_into_chunk(model, mcore_dir, par, coord)
         else:  # another layout: reassemble through the HF view
-            n_loaded = load_hf_into_chunk(model, MegatronAsHF(mcore_dir), cfg, par, coord)
+            n_loaded = load_hf_into_chunk(model, source, cfg, par, coord)
     model.eval()
 
     ids = parity_batch(cfg.vocab_size, batch, seq, seed)
@@ -162,7 +166,7 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
         "hf": str(hf_dir), "mcore": mcore_dir, "model_type": cfg.model_type, "dtype": dtype, "platform": platform.name,
         "tp": tp, "pp": pp, "ep": ep, "dp": dp, "world_size": dist.get_world_size(),
         "stage_layers": stage_layers(cfg.num_layers, par),
-        "batch": batch, "seq": seq,
+        "batch": batch, "seq": seq, "mtp_layers": cfg.num_mtp_layers, "mtp_reason": mtp_reason,
         "max_abs_diff": max(r["max_abs_diff"] for r in gathered if "max_abs_diff" in r),
         "mean_abs_diff": final["mean_abs_diff"], "argmax_agreement": final["argmax_agreement"],
         "max_abs_logit": final["max_abs_logit"],

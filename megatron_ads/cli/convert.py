@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from megatron_ads.config.model import MTP_POLICIES
+
 
 def _parallel_args(q, required: bool = False) -> None:
     q.add_argument("--tp", type=int, default=None if required else 1)
@@ -27,6 +29,9 @@ def register(p) -> None:
     a.add_argument("--plan", default=None, help="plan.json from `megatron-ads plan --out` (overrides --tp/--pp/--ep)")
     a.add_argument("--megatron-lm-pt", action="store_true",
                    help="also write model_optim_rng.pt per shard for Megatron-LM (holds one whole shard in memory)")
+    a.add_argument("--mtp", choices=MTP_POLICIES, default="auto",
+                   help="MTP layers config.json declares: require them, auto (convert without them when the "
+                   "checkpoint holds none, e.g. transformers' save_pretrained; recorded in layout.json), or drop them")
     _common(a)
     a.set_defaults(func=run_hf_to_mcore)
     b = sub.add_parser("mcore-to-hf", help="Megatron shards -> HF safetensors (BF16 or FP8)")
@@ -72,7 +77,7 @@ def run_hf_to_mcore(args) -> int:
     else:
         par = _par(args)
     r = hf_to_mcore(args.hf, args.out, par, workers=args.workers, resume=args.resume, max_memory_gb=args.max_memory_gb,
-                    plan_json=plan_json, megatron_lm_pt=args.megatron_lm_pt, progress=not args.quiet)
+                    plan_json=plan_json, megatron_lm_pt=args.megatron_lm_pt, progress=not args.quiet, mtp=args.mtp)
     emit(r, args.json, _human)
     return 0
 

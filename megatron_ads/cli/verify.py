@@ -1,6 +1,8 @@
-"""``megatron-ads verify parity --hf DIR [--tp T --pp P --ep E] [--nproc N] [--dtype fp32|bf16] [--json]``"""
+"""``megatron-ads verify parity --hf DIR [--tp T --pp P --ep E] [--nproc N] [--dtype fp32|bf16] [--mtp M] [--json]``"""
 
 from __future__ import annotations
+
+from megatron_ads.config.model import MTP_POLICIES
 
 
 def register(p) -> None:
@@ -20,6 +22,9 @@ def register(p) -> None:
     q.add_argument("--batch", type=int, default=2)
     q.add_argument("--seq", type=int, default=32)
     q.add_argument("--seed", type=int, default=1234)
+    q.add_argument("--mtp", choices=MTP_POLICIES, default="auto",
+                   help="MTP layers config.json declares: require them in the checkpoint, auto (build without "
+                   "them when the checkpoint holds none, e.g. transformers' save_pretrained), or drop them")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=run_parity)
     c = sub.add_parser("checkpoints", help="compare two HF or two Megatron checkpoints tensor by tensor")
@@ -59,20 +64,27 @@ def _human(r: dict) -> str:
              "  layer stage   max|diff|   mean|diff|"]
     lines += [f"  {row['layer']:5d} {row['stage']:5d}  {row['max_abs_diff']:.3e}  {row['mean_abs_diff']:.3e}"
               for row in r["per_layer"]]
+    if r.get("mtp_reason"):
+        lines.append(f"  mtp: {r['mtp_reason']}")
     return "\n".join(lines)
 
 
 def run_parity(args) -> int:
     from pathlib import Path
 
+    from megatron_ads.checkpoint.hf_io import HFCheckpoint
+    from megatron_ads.checkpoint.megatron_io import MegatronAsHF
+    from megatron_ads.checkpoint.mtp import resolve_mtp
     from megatron_ads.checkpoint.parity import DEFAULT_ATOL, default_nproc, run_parity_rank
     from megatron_ads.cli import CommandFailed, emit
     from megatron_ads.config.model import ModelConfig
 
-    ModelConfig.from_hf(Path(args.hf))  # fail early, with the file named, on a bad config
+    cfg = ModelConfig.from_hf(Path(args.hf))  # fail early, with the file named, on a bad config
+    # ... and on MTP tensors the policy refuses (the ranks decide again and rank 0 logs the decision)
+    resolve_mtp(cfg, HFCheckpoint(args.hf) if args.mcore is None else MegatronAsHF(args.mcore), args.mtp, warn=False)
     stage_counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
     kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, stage_layer_counts=stage_counts,
-                  batch=args.batch, seq=args.seq, seed=args.seed, mcore_dir=args.mcore)
+                  batch=args.batch, seq=args.seq, seed=args.seed, mcore_dir=args.mcore, mtp=args.mtp)
     from megatron_ads.runtime.dist import read_env
 
     if read_env().launcher != "single":  # under torchrun or srun: this process is one rank

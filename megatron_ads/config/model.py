@@ -27,6 +27,8 @@ FAMILY_OF_MODEL_TYPE = {
 }
 ROPE_TYPES = ("default", "yarn", "linear", "llama3")
 SCORE_FUNCS = ("sigmoid", "softmax")
+MTP_POLICIES = ("require", "auto", "drop")
+"""What to do with MTP layers a config.json declares (checkpoint/mtp.py ``resolve_mtp``)."""
 
 
 @dataclass(kw_only=True, slots=True)

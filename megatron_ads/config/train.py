@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from megatron_ads.config.model import MTP_POLICIES
 from megatron_ads.config.parallel import ParallelConfig
 
 DTYPES = ("fp32", "bf16")
@@ -25,10 +26,16 @@ class ModelSpec:
     """random (megatron init, seeded), hf (load the HF checkpoint at ``path``) or mcore (converted shards)."""
     path: str = ""
     """Checkpoint directory for init=hf|mcore."""
+    mtp: str = "auto"
+    """MTP layers config.json declares (num_nextn_predict_layers): require (the init=hf checkpoint must hold
+    them), auto (build without them when the checkpoint holds none, as transformers' save_pretrained writes
+    it; with a warning) or drop (never build them)."""
 
     def __post_init__(self):
         if self.init not in ("random", "hf", "mcore"):
             raise ValueError(f"model.init: expected random, hf or mcore, got {self.init!r}")
+        if self.mtp not in MTP_POLICIES:
+            raise ValueError(f"model.mtp: expected one of {', '.join(MTP_POLICIES)}, got {self.mtp!r}")
         if self.init != "random" and not self.path:
             raise ValueError(f"model.path: required for model.init={self.init}")
 
