@@ -32,6 +32,8 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import save_file
 
+from megatron_ads.checkpoint.dist_io import (COMMON, DIST_METADATA, MEGATRON_DIST_METADATA, dist_key,
+                                             write_dist_metadata)
 from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX, CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.mapping import (RankCoord, TensorTask, alias_of, apply_transform, expected_hf_shape,
                                              rank_tasks)
@@ -44,6 +46,7 @@ from megatron_ads.layout.pipeline import stage_layers
 from megatron_ads.kernels.fp8 import block_quant
 
 JOURNAL = ".convert_journal.jsonl"
+FORMATS = ("legacy", "torch_dist")
 WORKING_SET_FACTOR = 3
 GB = 1024**3
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -127,6 +130,25 @@ def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int 
     return sorted(jobs.values(), key=lambda j: j.rel)
 
 
+def plan_hf_to_dist(src, cfg: ModelConfig, par: ParallelConfig, skipped: Iterable[str] = ()) -> list[FileJob]:
+    """Data files of an HF -> torch_dist conversion: one per tensor group (a layer, the embedding, the
+    head, an MTP layer), a MoE layer's routed experts split into ``par.ep`` files, so a file holds what
+    one EP rank owns. Entries are (global key, (task, expert index or None)); key accounting as
+    ``plan_hf_to_mcore`` at tp=pp=ep=1 (global names)."""
+    flat = plan_hf_to_mcore(src, cfg, ParallelConfig(), skipped=skipped)
+    per = max(cfg.num_experts // par.ep, 1) if cfg.is_moe else 1
+    jobs: dict[str, FileJob] = {}
+    for base in flat:
+        group = base.rel.rsplit("/", 1)[1].removesuffix(".safetensors")
+        for name, (task, _tp, _rank) in base.entries:
+            key, index = dist_key(name)
+            rel = f"{group}.distcp" if index is None else f"{group}_experts{index // per:03d}.distcp"
+            job = jobs.setdefault(rel, FileJob(rel))
+            job.entries.append((key, (task, index)))
+            job.nbytes += sum(_nbytes(src, h) for h in task.hf)
+    return sorted(jobs.values(), key=lambda j: j.rel)
+
+
 def _nbytes(src, name: str) -> int:
     if hasattr(src, "nbytes"):
         return src.nbytes(name)
@@ -134,7 +156,23 @@ def _nbytes(src, name: str) -> int:
     return t.numel() * t.element_size()
 
 
-def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int) -> list[FileJob]:
+EXPORT_DTYPES = {"source": None, "bf16": torch.bfloat16, "fp32": torch.float32, "fp8": torch.bfloat16}
+"""mcore-to-hf ``--dtype``: the precision of the written tensors (fp8: the FP8 linears' E4M3 codes + scales,
+every other tensor bf16). ``source`` keeps what the checkpoint stores (a bf16 conversion stays bit-identical,
+an fp32 training checkpoint stays exact)."""
+FP32_KEPT = ("e_score_correction_bias",)
+"""Tensors DeepSeek keeps in fp32 in every release (the router's expert bias)."""
+
+
+def export_cast(name: str, dtype: str) -> str | None:
+    """The dtype a tensor is written in under ``--dtype`` (None: as stored)."""
+    target = EXPORT_DTYPES[dtype]
+    if target is None or name.endswith(FP32_KEPT):
+        return None
+    return str(target).removeprefix("torch.")
+
+
+def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int, dtype: str = "source") -> list[FileJob]:
     """Output files of a (Megatron ->) HF write: tensors in name order, ~``shard_bytes`` per file."""
     from megatron_ads.checkpoint.hf_init import is_fp8_weight
 
@@ -154,7 +192,7 @@ def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int) -> list[FileJ
         if current.entries and current.nbytes + nb > shard_bytes:
             jobs.append(current)
             current = FileJob("")
-        current.entries.append((name, (target, fp8 and is_fp8_weight(name))))
+        current.entries.append((name, (target, fp8 and is_fp8_weight(name), export_cast(name, dtype))))
         current.nbytes += nb
     if current.entries:
         jobs.append(current)
@@ -176,14 +214,18 @@ def _run_job(kind: str, spec, cfg_dict: dict, out_dir: str, job: FileJob) -> tup
     src = _source(spec)
     cfg = ModelConfig.from_hf_dict(cfg_dict)
     tensors: dict[str, torch.Tensor] = {}
+    if kind == "to_dist":
+        return _run_dist_job(src, cfg, Path(out_dir), job)
     for key, recipe in job.entries:
         if kind == "to_mcore":
             task, tp, tp_rank = recipe
             value = apply_transform(task, [src.get(h) for h in task.hf], cfg, tp, tp_rank)
             tensors[key] = value.contiguous()
         else:
-            name, quantize = recipe
+            name, quantize, cast = recipe
             value = src.get(name)
+            if cast is not None and value.is_floating_point() and not quantize:
+                value = value.to(getattr(torch, cast))
             if quantize:
                 q, s = block_quant(value)
                 tensors[key], tensors[key + SCALE_SUFFIX] = q, s
@@ -198,6 +240,26 @@ def _run_job(kind: str, spec, cfg_dict: dict, out_dir: str, job: FileJob) -> tup
     size = path.stat().st_size
     del tensors
     return job.rel, size, keys
+
+
+def _run_dist_job(src, cfg: ModelConfig, out_dir: Path, job: FileJob) -> tuple[str, int, list]:
+    """Write one torch_dist data file: each tensor (or one expert's slice of a stacked key) as a
+    ``torch.save`` record at its offset, the way DCP's FileSystemWriter stores a chunk."""
+    path = out_dir / job.rel
+    tmp = path.with_name(path.name + ".tmp")
+    records = []
+    with open(tmp, "wb") as f:
+        for key, (task, index) in job.entries:
+            value = apply_transform(task, [src.get(h) for h in task.hf], cfg, 1, 0)
+            chunk = (value if index is None else value.unsqueeze(0)).contiguous().clone()
+            offset = f.tell()
+            torch.save(chunk, f)
+            records.append([key, index, offset, f.tell() - offset, str(value.dtype).removeprefix("torch."),
+                            list(value.shape)])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return job.rel, path.stat().st_size, records
 
 
 class Progress:
@@ -299,7 +361,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         return
-    for marker in (out / LATEST, out / INDEX):
+    for marker in (out / LATEST, out / INDEX, out / DIST_METADATA):
         if marker.exists():
             raise FileExistsError(f"{out}: already a complete checkpoint ({marker.name} present); nothing to resume")
 
@@ -316,8 +378,11 @@ def _copy_tokenizer(src_dir: Path, dst: Path) -> None:
 # ------------------------------------------------------------------------------------ public entry points
 def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, workers: int = 1, resume: bool = False,
                 max_memory_gb: float | None = None, plan_json: dict | None = None, megatron_lm_pt: bool = False,
-                progress: bool = True, mtp: str = "auto", _source_spec=None) -> dict[str, Any]:
-    """Convert an HF checkpoint (BF16 or DeepSeek FP8) into Megatron per-rank shards for ``par``.
+                progress: bool = True, mtp: str = "auto", format: str = "legacy",
+                _source_spec=None) -> dict[str, Any]:
+    """Convert an HF checkpoint (BF16 or DeepSeek FP8) into a Megatron checkpoint: ``legacy`` per-rank
+    shards for ``par``, or one ``torch_dist`` checkpoint of global tensors that any layout loads (``par``
+    then only decides how the routed experts are split into data files).
 
     ``mtp`` (require | auto | drop) decides about MTP layers config.json declares (checkpoint/mtp.py);
     layout.json records the MTP layers converted (``mtp_layers``) and, when they were dropped, why
@@ -338,6 +403,13 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
     skipped = mtp_tensors_in(declared, src) if cfg.num_mtp_layers < declared.num_mtp_layers else []
     if spec[0] == "hf":
         check_source_shapes(src, cfg)
+    if format not in FORMATS:
+        raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    if format == "torch_dist":
+        return _hf_to_dist(src, spec, cfg, par, out, workers, resume, max_memory_gb, progress, skipped,
+                           {"source": str(hf_dir), "mtp_layers": cfg.num_mtp_layers,
+                            **({"mtp_reason": mtp_reason} if mtp_reason else {}),
+                            **({"plan": plan_json} if plan_json is not None else {})})
     jobs = plan_hf_to_mcore(src, cfg, par, skipped=skipped)
     _prepare_out(out, resume)
     done = execute("to_mcore", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
@@ -367,13 +439,46 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
         layout["plan"] = plan_json
     _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
     _write_atomic(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
-    src_dir = Path(hf_dir) if spec[0] == "hf" else Path(hf_dir) / "tokenizer"
-    _copy_tokenizer(src_dir, out / "tokenizer")
+    _copy_tokenizer(_tokenizer_source(spec, src), out / "tokenizer")
     (out / JOURNAL).unlink(missing_ok=True)
     _write_atomic(out / LATEST, "0\n")
     return {"out": str(out), "shards": len(shards), "files": len(jobs), "tensors": layout["tensors"],
             "bytes": sum(r["bytes"] for r in done.values()), "tp": par.tp, "pp": par.pp, "ep": par.ep,
             "mtp_layers": cfg.num_mtp_layers}
+
+
+def _tokenizer_source(spec, src) -> Path:
+    return Path(spec[1]) if spec[0] == "hf" else src.dir / "tokenizer"
+
+
+def _hf_to_dist(src, spec, cfg: ModelConfig, par: ParallelConfig, out: Path, workers: int, resume: bool,
+                max_memory_gb: float | None, progress: bool, skipped: list[str], info: dict) -> dict[str, Any]:
+    """The torch_dist branch of ``hf_to_mcore``: data files through the executor (journal, resume,
+    bounded memory), then DCP's ``.metadata``, megatron's ``common.pt``, our records, and megatron's
+    ``metadata.json`` last (the completion marker ``dist_checkpointing`` checks)."""
+    jobs = plan_hf_to_dist(src, cfg, par, skipped=skipped)
+    _prepare_out(out, resume)
+    done = execute("to_dist", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
+    records = []
+    for job in jobs:
+        got = sorted((k, -1 if i is None else i) for k, i, *_ in done[job.rel]["keys"])
+        expected = sorted((k, -1 if i is None else i) for k, (_t, i) in job.entries)
+        if got != expected:
+            raise CheckpointError(f"{out / job.rel}: wrote {got[:3]}..., expected {expected[:3]}...")
+        records += [(job.rel, *r) for r in done[job.rel]["keys"]]
+    n_keys = write_dist_metadata(out, records)
+    torch.save({"iteration": 0, "checkpoint_version": 3.0}, out / (COMMON + ".tmp"))
+    os.replace(out / (COMMON + ".tmp"), out / COMMON)
+    layout = {"format": "torch_dist", "format_version": FORMAT_VERSION, "tp": 1, "pp": 1, "ep": 1,
+              "expert_files_per_layer": par.ep if cfg.is_moe else 0, "iteration": 0, "dtype": "bf16",
+              "tensors": len(records), "keys": n_keys, **info}
+    _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
+    _write_atomic(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
+    _copy_tokenizer(_tokenizer_source(spec, src), out / "tokenizer")
+    (out / JOURNAL).unlink(missing_ok=True)
+    _write_atomic(out / DIST_METADATA, json.dumps(MEGATRON_DIST_METADATA))
+    return {"out": str(out), "format": "torch_dist", "files": len(jobs), "tensors": len(records), "keys": n_keys,
+            "bytes": sum(r["bytes"] for r in done.values()), "mtp_layers": cfg.num_mtp_layers}
 
 
 def _write_megatron_lm_pt(sdir: Path, weight_map: dict[str, str]) -> None:
@@ -388,14 +493,15 @@ def _write_megatron_lm_pt(sdir: Path, weight_map: dict[str, str]) -> None:
     os.replace(tmp, sdir / MEGATRON_LM_PT)
 
 
-def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "bf16", workers: int = 1, resume: bool = False,
+def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "source", workers: int = 1, resume: bool = False,
                 shard_size_gb: float = 5.0, max_memory_gb: float | None = None,
                 progress: bool = True) -> dict[str, Any]:
-    """Merge Megatron shards back into an HF checkpoint (BF16, or DeepSeek FP8 with 128x128 block scales)."""
+    """Merge a Megatron checkpoint (converted shards, torch_dist, or a training run's ``checkpoints/<step or
+    latest>``) back into an HF checkpoint: as stored, BF16, FP32, or DeepSeek FP8 with 128x128 block scales."""
     from megatron_ads.checkpoint.hf_init import QUANT_CONFIG
 
-    if dtype not in ("bf16", "fp8"):
-        raise ValueError(f"dtype: expected bf16 or fp8, got {dtype!r}")
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out = Path(out)
     spec = ("mcore", str(mcore_dir))
     src = open_source(spec)
@@ -403,7 +509,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "bf16", wor
     shard_bytes = int(shard_size_gb * GB)
     if max_memory_gb is not None:
         shard_bytes = min(shard_bytes, int(max_memory_gb * GB / WORKING_SET_FACTOR))
-    jobs = plan_to_hf(src, cfg, dtype == "fp8", shard_bytes)
+    jobs = plan_to_hf(src, cfg, dtype == "fp8", shard_bytes, dtype)
     _prepare_out(out, resume)
     done = execute("to_hf", spec, cfg, out, jobs, workers, resume, max_memory_gb, progress)
     weight_map = {}
@@ -417,7 +523,7 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "bf16", wor
     if dtype == "fp8":
         hf_cfg["quantization_config"] = dict(QUANT_CONFIG)
     _write_atomic(out / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
-    _copy_tokenizer(Path(mcore_dir) / "tokenizer", out)
+    _copy_tokenizer(src.dir / "tokenizer", out)
     total = sum(r["bytes"] for r in done.values())
     _write_atomic(out / INDEX, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
                                           sort_keys=True))

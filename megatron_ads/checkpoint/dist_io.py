@@ -28,8 +28,14 @@ import torch
 
 from megatron_ads.checkpoint.hf_io import CheckpointError
 
+LATEST = "latest"
+"""A training run's pointer file (``RUN/checkpoints/latest`` -> ``step_N``)."""
+LEGACY_LATEST = "latest_checkpointed_iteration.txt"
 DIST_METADATA = "metadata.json"
 """megatron's completion marker and backend record ({"sharded_backend": "torch_dist", ...})."""
+MEGATRON_DIST_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch",
+                          "common_backend_version": 1}
+"""What megatron-core 0.16's ``dist_checkpointing.save`` writes to ``metadata.json``."""
 DCP_METADATA = ".metadata"
 COMMON = "common.pt"
 HF_CONFIG = "hf_config.json"
@@ -46,6 +52,40 @@ def is_torch_dist(directory: str | Path) -> bool:
         return json.loads(marker.read_text()).get("sharded_backend") == "torch_dist"
     except json.JSONDecodeError:
         return False
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete training checkpoints (``step_N`` directories) under ``root``, oldest first."""
+    return sorted(p for p in Path(root).glob("step_*") if not p.name.endswith(".tmp") and is_torch_dist(p))
+
+
+def find_latest(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (via its ``latest`` pointer, else by scanning)."""
+    pointer = Path(root) / LATEST
+    if pointer.is_file():
+        cand = Path(root) / pointer.read_text().strip()
+        if is_torch_dist(cand):
+            return cand
+    complete = complete_checkpoints(root)
+    return complete[-1] if complete else None
+
+
+def resolve_dir(path: str | Path) -> Path:
+    """The checkpoint directory ``path`` names: a converted legacy or torch_dist directory as is; for a
+    training run ``RUN/checkpoints/step_N``, ``RUN/checkpoints/latest`` (the pointer file),
+    ``RUN/checkpoints`` or ``RUN``: its newest complete checkpoint. Raises CheckpointError otherwise."""
+    p = Path(path)
+    if p.is_file() and p.name == LATEST:
+        p = p.parent / p.read_text().strip()
+    if (p / LEGACY_LATEST).is_file() or is_torch_dist(p):
+        return p
+    if p.is_dir():
+        latest = find_latest(p) or find_latest(p / "checkpoints")
+        if latest is not None:
+            return latest
+    raise CheckpointError(f"{path}: not a complete Megatron checkpoint: expected {LEGACY_LATEST} (legacy), "
+                            f"{DIST_METADATA} (torch_dist, written last by dist_checkpointing) or a run's "
+                            f"checkpoints/ with a complete step_N (interrupted save or conversion?)")
 
 
 def dist_key(mcore_name: str) -> tuple[str, int | None]:
@@ -156,6 +196,47 @@ class DistShard:
             f.seek(info.offset)
             blob = f.read(info.length)
         return torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")
+
+
+def write_dist_metadata(directory: str | Path, records: list) -> int:
+    """Write DCP's ``.metadata`` for data files written by the converter (atomically) and return the
+    number of keys. ``records``: (file, key, expert index or None, byte offset, byte length, dtype name,
+    shape of the piece) per stored piece; a piece with an expert index is chunk ``[index]`` of a key
+    stacked over ``n_routed_experts``."""
+    import pickle
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
+                                                       TensorProperties, TensorStorageMetadata)
+
+    by_key: dict[str, list] = {}
+    for rec in records:
+        by_key.setdefault(rec[1], []).append(rec)
+    state, storage = {}, {}
+    for key, recs in by_key.items():
+        dtype = getattr(torch, recs[0][5])
+        shape = list(recs[0][6])
+        stacked = recs[0][2] is not None
+        if stacked:
+            indices = sorted(r[2] for r in recs)
+            if indices != list(range(len(indices))):
+                raise CheckpointError(f"{directory}: {key}: expert pieces {indices[:8]}... are not 0..{len(indices) - 1}")
+        size = torch.Size([len(recs), *shape] if stacked else shape)
+        chunks = []
+        for fname, _key, index, offset, length, _dt, piece in recs:
+            if list(piece) != shape:
+                raise CheckpointError(f"{directory}: {key}: pieces of shapes {shape} and {list(piece)}")
+            offsets = torch.Size([index] + [0] * len(shape) if stacked else [0] * len(shape))
+            sizes = torch.Size([1, *shape] if stacked else shape)
+            chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=sizes))
+            storage[MetadataIndex(fqn=key, offset=offsets)] = _StorageInfo(relative_path=fname, offset=offset,
+                                                                             length=length)
+        state[key] = TensorStorageMetadata(properties=TensorProperties(dtype=dtype), size=size, chunks=chunks)
+    tmp = Path(directory) / (DCP_METADATA + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(Metadata(state_dict_metadata=state, storage_data=storage), f)
+    tmp.replace(Path(directory) / DCP_METADATA)
+    return len(state)
 
 
 def read_common(directory: str | Path) -> dict:

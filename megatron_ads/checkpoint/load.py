@@ -6,10 +6,13 @@ must find its target, otherwise a ``CheckpointError`` lists what is missing or e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
+from megatron_ads.checkpoint.megatron_io import MegatronAsHF, MegatronShard, iter_dirname, read_layout, shard_dirname
 from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
@@ -68,19 +71,15 @@ def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfi
 
 @torch.no_grad()
 def load_mcore_into_chunk(model: torch.nn.Module, mcore_dir, par: ParallelConfig, coord: RankCoord) -> int:
-    """Load this rank's shard of a Megatron checkpoint written for the same layout (names match 1:1).
-
-    For a different layout, read it through ``MegatronAsHF`` with ``load_hf_into_chunk`` instead.
-    """
-    from pathlib import Path
-
-    from megatron_ads.checkpoint.megatron_io import MegatronShard, iter_dirname, read_layout, shard_dirname
-
+    """Load this rank's part of a Megatron checkpoint: a legacy shard written for this layout 1:1; a legacy
+    checkpoint of another layout or a torch_dist one (global tensors) through the ``MegatronAsHF`` view.
+    No collectives: every rank reads what it owns."""
     layout = read_layout(mcore_dir)
     wanted = [len(s) for s in stage_layers(layout.cfg.num_layers, par)]
-    if (layout.par.tp, layout.par.pp, layout.par.ep) != (par.tp, par.pp, par.ep) or layout.par.stage_layers != wanted:
-        raise CheckpointError(f"{mcore_dir}: written for tp={layout.par.tp} pp={layout.par.pp} ep={layout.par.ep} "
-                              f"stages={layout.par.stage_layers}, not for this layout; reshard it first")
+    same = (layout.par.tp, layout.par.pp, layout.par.ep) == (par.tp, par.pp, par.ep) and \
+        layout.par.stage_layers == wanted and layout.info.get("format") != "torch_dist"
+    if not same:
+        return load_hf_into_chunk(model, MegatronAsHF(mcore_dir), layout.cfg, par, coord)
     shard = MegatronShard(Path(mcore_dir) / iter_dirname(layout.iteration) / shard_dirname(coord, par))
     targets = model_tensors(model)
     keys = set(shard.keys())

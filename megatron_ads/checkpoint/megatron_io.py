@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from megatron_ads.checkpoint.dist_io import HF_CONFIG, LEGACY_LATEST, DistShard, is_torch_dist, resolve_dir
 from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.checkpoint.mapping import RankCoord, TensorTask, rank_tasks
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 
 FORMAT_VERSION = 1
-LATEST = "latest_checkpointed_iteration.txt"
+LATEST = LEGACY_LATEST
 LAYOUT = "layout.json"
 SHARD_INDEX = "model.safetensors.index.json"
 MEGATRON_LM_PT = "model_optim_rng.pt"
@@ -85,8 +86,20 @@ class Layout:
 
 
 def read_layout(directory: str | Path) -> Layout:
-    """Read a Megatron checkpoint's ``layout.json`` + ``hf_config.json``; refuse incomplete directories."""
-    d = Path(directory)
+    """Read a Megatron checkpoint's ``layout.json`` + ``hf_config.json``; refuse incomplete directories.
+
+    ``directory`` may also name a training run or its ``latest`` pointer (``dist_io.resolve_dir``). A
+    torch_dist checkpoint holds global tensors: its Layout is tp=pp=ep=1 and ``info`` keeps the layout
+    that saved it."""
+    d = resolve_dir(directory)
+    if is_torch_dist(d):
+        try:
+            hf_cfg = json.loads((d / HF_CONFIG).read_text())
+            saved = json.loads((d / LAYOUT).read_text()) if (d / LAYOUT).is_file() else {}
+        except (FileNotFoundError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{d}: unreadable {HF_CONFIG} or {LAYOUT} of a torch_dist checkpoint ({exc})") from exc
+        return Layout(par=ParallelConfig(), cfg=ModelConfig.from_hf_dict(hf_cfg, source=str(d / HF_CONFIG)),
+                      iteration=0, info={**saved, "format": "torch_dist", "saved_layout": saved})
     if not (d / LATEST).is_file():
         raise CheckpointError(f"{d}: no {LATEST}; not a complete Megatron checkpoint (interrupted conversion?)")
     try:
@@ -140,18 +153,22 @@ class MegatronAsHF:
     qkv de-interleave, expert renumbering). Used by mcore-to-hf and by reshard."""
 
     def __init__(self, directory: str | Path):
-        self.dir = Path(directory)
+        self.dir = resolve_dir(directory)
         self.layout = read_layout(self.dir)
         self.cfg, self.par = self.layout.cfg, self.layout.par
         base = self.dir / iter_dirname(self.layout.iteration)
-        self.shards: dict[RankCoord, MegatronShard] = {}
+        self.shards: dict[RankCoord, MegatronShard | DistShard] = {}
         self.sources: dict[str, list[tuple[RankCoord, TensorTask]]] = {}
+        torch_dist = is_torch_dist(self.dir)
         for coord in all_coords(self.par):
             sdir = base / shard_dirname(coord, self.par)
-            if not sdir.is_dir():
+            if torch_dist:  # global tensors: one "shard" of the tp=pp=ep=1 layout
+                self.shards[coord] = DistShard(self.dir)
+            elif not sdir.is_dir():
                 raise CheckpointError(f"{sdir}: shard directory missing for tp={coord.tp_rank} pp={coord.pp_rank} "
                                       f"ep={coord.ep_rank}")
-            self.shards[coord] = MegatronShard(sdir)
+            else:
+                self.shards[coord] = MegatronShard(sdir)
             for task in rank_tasks(self.cfg, self.par, coord):
                 if task.mcore.startswith("output_layer") and task.hf == ("model.embed_tokens.weight",):
                     continue  # a stage-local copy of the tied embedding: not a source of the HF tensor

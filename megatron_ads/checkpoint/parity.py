@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
-from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
+from megatron_ads.checkpoint.megatron_io import MegatronAsHF
 from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
@@ -108,12 +108,7 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
     if mcore_dir is None:
         n_loaded = load_hf_into_chunk(model, source, cfg, par, coord)
     else:
-        lay = read_layout(mcore_dir).par
-        if (lay.tp, lay.pp, lay.ep, lay.stage_layers) == (par.tp, par.pp, par.ep,
-                                                          [len(s) for s in stage_layers(cfg.num_layers, par)]):
-            n_loaded = load_mcore_into_chunk(model, mcore_dir, par, coord)
-        else:  # another layout: reassemble through the HF view
-            n_loaded = load_hf_into_chunk(model, source, cfg, par, coord)
+        n_loaded = load_mcore_into_chunk(model, mcore_dir, par, coord)  # any layout, legacy or torch_dist
     model.eval()
 
     ids = parity_batch(cfg.vocab_size, batch, seq, seed)

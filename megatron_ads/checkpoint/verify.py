@@ -1,4 +1,5 @@
-"""Tensor-by-tensor comparison of two checkpoints (two HF or two Megatron), with key accounting both ways."""
+"""Tensor-by-tensor comparison of two checkpoints (two HF, two legacy Megatron or two torch_dist), with key
+accounting both ways. torch_dist keys are the stored global keys, optimizer state included."""
 
 from __future__ import annotations
 
@@ -7,23 +8,31 @@ from typing import Any
 
 import torch
 
+from megatron_ads.checkpoint.dist_io import DistShard, is_torch_dist
 from megatron_ads.checkpoint.hf_io import INDEX, SINGLE, CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.megatron_io import LATEST, MegatronShard, read_layout
 
 
 def _kind(path: Path) -> str:
+    if is_torch_dist(path):
+        return "torch_dist"
     if (path / LATEST).is_file():
         return "mcore"
     if (path / INDEX).is_file() or (path / SINGLE).is_file():
         return "hf"
-    raise CheckpointError(f"{path}: neither an HF checkpoint ({INDEX}) nor a complete Megatron checkpoint ({LATEST})")
+    raise CheckpointError(f"{path}: neither an HF checkpoint ({INDEX}) nor a complete Megatron checkpoint ({LATEST}, "
+                          f"or metadata.json for torch_dist)")
 
 
 def _tensors(path: Path):
     """{key: loader} over every stored tensor (HF: raw stored tensors incl. scales; Megatron: shard/name)."""
-    if _kind(path) == "hf":
+    kind = _kind(path)
+    if kind == "hf":
         ck = HFCheckpoint(path, keep_open=False)
         return "hf", {k: (lambda k=k: ck.raw(k)) for k in ck.weight_map}
+    if kind == "torch_dist":
+        shard = DistShard(path)
+        return "torch_dist", {k: (lambda k=k: shard.read(k)) for k in shard.global_keys()}
     layout = read_layout(path)
     base = path / f"iter_{layout.iteration:07d}"
     out = {}

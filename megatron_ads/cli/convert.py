@@ -22,22 +22,29 @@ def _common(q) -> None:
 
 def register(p) -> None:
     sub = p.add_subparsers(dest="direction", required=True)
-    a = sub.add_parser("hf-to-mcore", help="HF (BF16 or FP8) -> Megatron per-rank shards")
+    a = sub.add_parser("hf-to-mcore", help="HF (BF16 or FP8) -> Megatron (legacy per-rank shards or torch_dist)")
     a.add_argument("--hf", required=True)
     a.add_argument("--out", required=True)
     _parallel_args(a)
     a.add_argument("--plan", default=None, help="plan.json from `megatron-ads plan --out` (overrides --tp/--pp/--ep)")
     a.add_argument("--megatron-lm-pt", action="store_true",
                    help="also write model_optim_rng.pt per shard for Megatron-LM (holds one whole shard in memory)")
+    a.add_argument("--format", choices=("legacy", "torch_dist"), default="legacy",
+                   help="legacy: per-rank safetensors shards for this layout (default: readable file by file, "
+                   "Megatron-LM's legacy naming); torch_dist: megatron-core dist_checkpointing, global tensors "
+                   "any layout loads (--ep only splits the expert files)")
     a.add_argument("--mtp", choices=MTP_POLICIES, default="auto",
                    help="MTP layers config.json declares: require them, auto (convert without them when the "
                    "checkpoint holds none, e.g. transformers' save_pretrained; recorded in layout.json), or drop them")
     _common(a)
     a.set_defaults(func=run_hf_to_mcore)
-    b = sub.add_parser("mcore-to-hf", help="Megatron shards -> HF safetensors (BF16 or FP8)")
-    b.add_argument("--mcore", required=True)
+    b = sub.add_parser("mcore-to-hf", help="Megatron checkpoint (converted, torch_dist or a training run's "
+                                           "checkpoints/<step|latest>) -> HF safetensors")
+    b.add_argument("--mcore", required=True, help="converted directory, RUN/checkpoints/step_N, RUN/checkpoints/latest "
+                                                  "or RUN")
     b.add_argument("--out", required=True)
-    b.add_argument("--dtype", choices=("bf16", "fp8"), default="bf16")
+    b.add_argument("--dtype", choices=("source", "bf16", "fp32", "fp8"), default="source",
+                   help="source: as stored (bit-identical round trips); fp8: DeepSeek 128x128 block-scaled E4M3")
     b.add_argument("--shard-size-gb", type=float, default=5.0)
     _common(b)
     b.set_defaults(func=run_mcore_to_hf)
@@ -77,7 +84,8 @@ def run_hf_to_mcore(args) -> int:
     else:
         par = _par(args)
     r = hf_to_mcore(args.hf, args.out, par, workers=args.workers, resume=args.resume, max_memory_gb=args.max_memory_gb,
-                    plan_json=plan_json, megatron_lm_pt=args.megatron_lm_pt, progress=not args.quiet, mtp=args.mtp)
+                    plan_json=plan_json, megatron_lm_pt=args.megatron_lm_pt, progress=not args.quiet, mtp=args.mtp,
+                    format=args.format)
     emit(r, args.json, _human)
     return 0
 

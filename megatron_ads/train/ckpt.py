@@ -34,10 +34,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_ads.checkpoint.dist_io import HF_CONFIG, is_torch_dist
+from megatron_ads.checkpoint.dist_io import HF_CONFIG, LATEST, complete_checkpoints, find_latest, is_torch_dist, resolve_dir
 from megatron_ads.checkpoint.hf_io import CheckpointError
 
-LATEST = "latest"
 LAYOUT = "layout.json"
 RANK_STATE = "rank_state"
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
@@ -151,37 +150,11 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
     return final
 
 
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
-    return sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp") and is_torch_dist(p))
-
-
-def find_latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root`` (via ``latest``, else by scanning)."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if is_torch_dist(cand):
-            return cand
-    complete = complete_checkpoints(root)
-    return complete[-1] if complete else None
-
-
 def resolve(path: str | Path) -> Path:
-    """A checkpoint directory from ``RUN/checkpoints/step_N``, ``RUN/checkpoints/latest`` (the pointer
-    file), ``RUN/checkpoints`` or ``RUN`` itself; a clear error otherwise."""
-    p = Path(path)
-    if p.is_file() and p.name == LATEST:
-        p = p.parent / p.read_text().strip()
-    elif p.is_dir() and not is_torch_dist(p):
-        latest = find_latest(p) or find_latest(p / "checkpoints")
-        if latest is None:
-            raise FileNotFoundError(f"{path}: no complete training checkpoint (a step_N directory with "
-                                    f"metadata.json) here or under checkpoints/")
-        p = latest
+    """A training checkpoint directory (see ``dist_io.resolve_dir``); a converted legacy directory is refused."""
+    p = resolve_dir(path)
     if not is_torch_dist(p):
-        raise FileNotFoundError(f"{path}: not a complete checkpoint (no metadata.json from dist_checkpointing; "
-                                f"interrupted save?)")
+        raise CheckpointError(f"{path}: a legacy converted checkpoint, not a training checkpoint (torch_dist)")
     return p
 
 
@@ -212,10 +185,10 @@ def load_model_weights(model_chunk, ckpt: Path) -> int:
     """Collective: load only the model weights of a torch_dist checkpoint (a training checkpoint or a
     converted one) into ``model_chunk``, resharded to this rank's layout. Returns the tensor count."""
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-    template = {k: v for k, v in model_chunk.sharded_state_dict().items()
-                if isinstance(v, ShardedTensor) and "_extra_state" not in k}
+    # tensors (and megatron's tensor factories, e.g. gated fc1); not the per-module extra-state objects
+    template = {k: v for k, v in model_chunk.sharded_state_dict().items() if not isinstance(v, ShardedObject)}
     loaded = dist_checkpointing.load({"model": template}, str(ckpt))["model"]
     result = model_chunk.load_state_dict(loaded, strict=False)
     missing = [k for k in result.missing_keys if "_extra_state" not in k]

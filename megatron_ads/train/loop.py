@@ -462,14 +462,9 @@ class Trainer:
 
 
 def mcore_init_config(path: str | Path) -> ModelConfig:
-    """The model config of a Megatron checkpoint to initialize from: a converted legacy directory
-    (``layout.json`` + ``hf_config.json``) or a torch_dist checkpoint (converted, or a training run's
-    step / ``latest`` / checkpoints directory)."""
-    src = Path(path)
-    if (src / LEGACY_LATEST).is_file():
-        return read_layout(src).cfg
-    d = ckpt.resolve(src)
-    return ModelConfig.from_hf_dict(ckpt.hf_config_of(d), source=str(d / ckpt.HF_CONFIG))
+    """The model config of a Megatron checkpoint to initialize from: a converted legacy or torch_dist
+    directory, or a training run's step / ``latest`` / checkpoints directory."""
+    return read_layout(path).cfg
 
 
 def _layout_text(lay: dict[str, Any]) -> str:

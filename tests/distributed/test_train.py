@@ -131,7 +131,13 @@ def test_training_starts_from_converted_shards(tiny_ckpts, tmp_path):
 
     hf = tiny_ckpts("tiny_deepseek_v3")
     hf_to_mcore(hf, tmp_path / "m", ParallelConfig(pp=2, ep=2, stage_layers=[1, 3]), progress=False)
+    hf_to_mcore(hf, tmp_path / "d", ParallelConfig(ep=2), progress=False, format="torch_dist")
     base = ["train.steps=2", "checkpoint.save_at_end=false"]
     spawn(train_worker, 4, job(tmp_path, "from_mcore", *base, "model.init=mcore", f"model.path={tmp_path / 'm'}").to_dict())
+    spawn(train_worker, 4, job(tmp_path, "from_dist", *base, "model.init=mcore", f"model.path={tmp_path / 'd'}").to_dict())
     spawn(train_worker, 4, job(tmp_path, "from_hf", *base, "model.init=hf", f"model.path={hf}").to_dict())
-    assert losses(tmp_path / "from_mcore") == losses(tmp_path / "from_hf")
+    assert losses(tmp_path / "from_mcore") == losses(tmp_path / "from_hf") == losses(tmp_path / "from_dist")
+    # a legacy checkpoint of another layout loads too (through the HF view): pp=1 x ep=2 from pp=2 x ep=2 shards
+    spawn(train_worker, 2, job(tmp_path, "other_layout", *base, "model.init=mcore", f"model.path={tmp_path / 'm'}",
+                               "parallel.pp=1", "parallel.stage_layers=null").to_dict())
+    assert abs(losses(tmp_path / "other_layout")[0] - losses(tmp_path / "from_hf")[0]) <= 1e-5
