@@ -406,6 +406,9 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
     if format == "torch_dist":
+        if megatron_lm_pt:
+            raise ValueError("megatron-lm-pt: model_optim_rng.pt belongs to the legacy format; torch_dist is "
+                             "read by Megatron-LM's dist_checkpointing directly")
         return _hf_to_dist(src, spec, cfg, par, out, workers, resume, max_memory_gb, progress, skipped,
                            {"source": str(hf_dir), "mtp_layers": cfg.num_mtp_layers,
                             **({"mtp_reason": mtp_reason} if mtp_reason else {}),

@@ -6,6 +6,8 @@ N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``gr
 
 from __future__ import annotations
 
+from megatron_ads.config.model import MTP_POLICIES
+
 
 def register(p) -> None:
     p.add_argument("mode", choices=("lm", "sft"),
@@ -15,6 +17,9 @@ def register(p) -> None:
     p.add_argument("--nproc", type=int, default=None, help="start N local gloo workers (CPU)")
     p.add_argument("--no-stub-moe-optimizer", action="store_true",
                    help="debug: do not give expert-less ranks an expert-side optimizer (reproduces the hang)")
+    p.add_argument("--mtp", choices=MTP_POLICIES, default=None,
+                   help="MTP layers config.json declares (same as model.mtp=...): require, auto (default: build "
+                   "without them when the init checkpoint holds none) or drop")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -29,6 +34,8 @@ def run(args) -> int:
     overrides = list(args.overrides)
     if args.no_stub_moe_optimizer:
         overrides.append("optim.stub_moe_optimizer=false")
+    if args.mtp is not None:
+        overrides.append(f"model.mtp={args.mtp}")
     job = JobConfig.load(args.config, overrides)
     worker = sft_worker if args.mode == "sft" else train_worker
     world_needed = job.parallel.tp * job.parallel.pp

@@ -61,3 +61,20 @@ def test_train_then_export_to_hf(tiny_ckpts, tmp_path):
         m = AutoModelForCausalLM.from_pretrained(tmp_path / f"hf_{dtype}", dtype=torch.bfloat16)
         logits = m(ids).logits
         assert torch.isfinite(logits).all()
+
+
+def test_train_from_a_transformers_saved_checkpoint(hf_saved, tmp_path):
+    """transformers' save_pretrained declares one MTP layer and writes none: mtp=auto trains without it
+    (one warning), the checkpoint records it, and the export is transformers-runnable at parity."""
+    from megatron_ads.cli import main
+
+    hf = hf_saved("ds_qlora")
+    base = [f"model.path={hf}", "model.init=hf", "parallel.pp=1", "parallel.stage_layers=null", "train.steps=2"]
+    assert main(["train", "lm", "--config", str(TINY), "--nproc", "2", f"out_dir={tmp_path / 'run'}", *base]) == 0
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert json.loads((step / "layout.json").read_text())["mtp_layers"] == 0
+    assert json.loads((step / "hf_config.json").read_text())["num_nextn_predict_layers"] == 0
+    assert main(["train", "lm", "--config", str(TINY), "--mtp", "require", f"out_dir={tmp_path / 'req'}", *base]) == 2
+    mcore_to_hf(tmp_path / "run", tmp_path / "hf", dtype="fp32", progress=False)
+    rep = spawn(_parity_worker, 2, str(tmp_path / "hf"), {"ep": 2, "mcore_dir": str(step)})[0]
+    assert rep["max_abs_diff"] <= 1e-5 and rep["argmax_agreement"] == 1.0
