@@ -35,8 +35,7 @@ from safetensors.torch import save_file
 from megatron_ads.checkpoint.dist_io import (COMMON, DIST_METADATA, MEGATRON_DIST_METADATA, dist_key,
                                              write_dist_metadata)
 from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX, CheckpointError, HFCheckpoint
-from megatron_ads.checkpoint.mapping import (RankCoord, TensorTask, alias_of, apply_transform, expected_hf_shape,
-                                             rank_tasks)
+from megatron_ads.checkpoint.mapping import alias_of, apply_transform, expected_hf_shape, rank_tasks
 from megatron_ads.checkpoint.megatron_io import (FORMAT_VERSION, LATEST, LAYOUT, MEGATRON_LM_PT, SHARD_INDEX,
                                                  MegatronAsHF, all_coords, group_of, iter_dirname, shard_dirname)
 from megatron_ads.checkpoint.mtp import mtp_tensors_in, resolve_mtp

@@ -28,13 +28,15 @@ import json
 import logging
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from megatron_ads.checkpoint.dist_io import HF_CONFIG, LATEST, complete_checkpoints, find_latest, is_torch_dist, resolve_dir
+from megatron_ads.checkpoint.dist_io import (HF_CONFIG, LATEST, complete_checkpoints, find_latest,  # noqa: F401
+                                             is_torch_dist, resolve_dir)
 from megatron_ads.checkpoint.hf_io import CheckpointError
 
 LAYOUT = "layout.json"
@@ -85,19 +87,91 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def sharded_state(model_chunk, optimizer, is_loading: bool = False) -> dict[str, Any]:
     """The model + optimizer sharded state dict of this rank, in the reshardable on-disk form.
 
-    megatron keeps the Adam step count as ``common_step`` in each chained optimizer's common state,
-    which only rank 0 saves; a dense-only first stage's expert optimizer owns no parameters and so
-    has none, and ranks with experts would then load no step. Every chained optimizer on every rank
-    gets the same count (they step together)."""
+    megatron keeps the Adam step count in each chained optimizer's *common* state (``common_step``, or
+    the distributed optimizer's param-group ``step``), which only rank 0 saves; a dense-only first
+    stage's expert optimizer owns no parameters and so has no count, and ranks with experts would then
+    load none. Every chained optimizer on every rank gets the same count (they step together)."""
+    for opt in _chain(optimizer):
+        if _is_distributed(opt):
+            _patch_distributed(opt)
     model_sd = model_chunk.sharded_state_dict()
     optim_sd = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=dict(OPTIM_METADATA))
-    parts = list(optim_sd.values()) if _is_chained(optim_sd) else [optim_sd]
-    steps = [p["state"]["common_step"] for p in parts if "common_step" in p.get("state", {})]
-    if steps and not is_loading:
-        for p in parts:
-            if "state" in p:
-                p["state"]["common_step"] = steps[0]
+    if not is_loading:
+        parts = list(optim_sd.values()) if _is_chained(optim_sd) else [optim_sd]
+        steps = [p["state"]["common_step"] for p in parts if "common_step" in p.get("state", {})]
+        steps += [g["step"] for p in parts for g in p.get("optimizer", {}).get("param_groups", [])
+                  if g.get("step") is not None]
+        if steps:
+            step = max(steps)  # an optimizer without parameter state reports 0
+            for p in parts:
+                if "state" in p:
+                    p["state"]["common_step"] = step
+                for g in p.get("optimizer", {}).get("param_groups", []):
+                    g["step"] = step
     return {"model": model_sd, "optimizer": optim_sd}
+
+
+def _chain(optimizer) -> list:
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def untie_steps(optimizer) -> None:
+    """After ``load_state_dict``: give every parameter its own Adam step tensor. megatron-core 0.16.1's
+    distributed optimizer (torch Adam) restores one tensor shared by all parameters, which torch's Adam
+    then increments in place once per parameter: the count (and the bias correction) runs away."""
+    for opt in _chain(optimizer):
+        inner = getattr(opt, "optimizer", None)
+        for state in getattr(inner, "state", {}).values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].clone()
+
+
+def _is_distributed(opt) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    return isinstance(opt, DistributedOptimizer)
+
+
+def _patch_distributed(opt) -> None:
+    """Two megatron-core 0.16.1 defects of the distributed optimizer without Apex/TransformerEngine (torch's
+    Adam), patched on the instance, CPU and CUDA alike:
+
+    - ``state_dict`` asserts when the shard holds no parameter state (an expert stub, or before the first
+      step): it takes the step from per-parameter states, of which there are none;
+    - loading the ``fully_reshardable`` format copies every key of torch Adam's per-parameter state, "step"
+      included, from the loaded tensors, which (rightly) carry no "step": a KeyError. The step is restored
+      from the param groups by ``load_state_dict`` before that copy.
+    """
+    from megatron.core.optimizer import distrib_optimizer as dopt
+
+    if getattr(dopt, "HAVE_APEX_OR_TE", True) or getattr(opt, "_megatron_ads_patched", False):
+        return
+    opt.state_dict = partial(_distributed_state_dict, opt, type(opt).state_dict)
+    opt._set_main_param_and_optimizer_states = partial(_set_main_param_and_states, opt)
+    opt._megatron_ads_patched = True
+
+
+def _distributed_state_dict(opt, original) -> dict[str, Any]:
+    if opt.optimizer.state:
+        return original(opt)
+    inner = opt.optimizer.state_dict()
+    out: dict[str, Any] = {"optimizer": {k: v for k, v in inner.items() if k != "state"}}
+    for group in out["optimizer"]["param_groups"]:
+        group.pop("params", None)
+        group["step"] = 0  # no parameter has stepped here; the saved count is aligned in sharded_state
+    if opt.grad_scaler:
+        out["grad_scaler"] = opt.grad_scaler.state_dict()
+    return out
+
+
+def _set_main_param_and_states(opt, model_param, tensors) -> None:
+    if opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+        return type(opt)._set_main_param_and_optimizer_states(opt, model_param, tensors)
+    group_index, group_order = opt.model_param_group_index_map[model_param]
+    main_param = opt.optimizer.param_groups[group_index]["params"][group_order]
+    for key, dst in {"param": main_param, **opt.optimizer.state[main_param]}.items():
+        if key != "step":
+            dst.copy_(tensors[key])
 
 
 def _is_chained(optim_sd: dict) -> bool:
@@ -126,7 +200,8 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
             shutil.rmtree(tmp)
         (tmp / RANK_STATE).mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save({**sharded, **common}, str(tmp), validate_access_integrity=True)
+    dist_checkpointing.save({**sharded, **common}, str(tmp), validate_access_integrity=True,
+                            preprocess_common_before_consistancy_check=_without_param_state)
     part = tmp / RANK_STATE / f"rank_{rank:05d}.pt"
     torch.save(rank_state, str(part) + ".part")
     os.replace(str(part) + ".part", part)
@@ -148,6 +223,19 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _without_param_state(common: dict[str, Any]) -> dict[str, Any]:
+    """The common state minus the distributed optimizer's ``param_state`` entry, which is an empty dict
+    (so "common") on a rank whose optimizer owns no parameters and sharded elsewhere: an expected
+    difference, not one for megatron's cross-rank consistency warning."""
+    opt = common.get("optimizer")
+    if not isinstance(opt, dict):
+        return common
+    parts = opt if _is_chained(opt) else {None: opt}
+    clean = {k: ({kk: vv for kk, vv in v.items() if kk != "param_state"} if isinstance(v, dict) else v)
+             for k, v in parts.items()}
+    return {**common, "optimizer": clean if _is_chained(opt) else clean[None]}
 
 
 def resolve(path: str | Path) -> Path:

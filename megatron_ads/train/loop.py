@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,6 @@ from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
 from megatron_ads.checkpoint.megatron_io import read_layout
 from megatron_ads.checkpoint.mtp import resolve_mtp, without_mtp
 from megatron_ads.config.flavors import resolve_model_config
-from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data import lm_stream
 from megatron_ads.layout.groups import init_model_parallel
@@ -112,8 +110,8 @@ class Trainer:
     def _model_config(self, job: JobConfig):
         """The model to build: from the init checkpoint's config (MTP policy ``model.mtp`` applied) or a flavor."""
         m = job.model
-        if m.init == "mcore":
-            return mcore_init_config(m.path)
+        if m.init == "mcore":  # converted (legacy or torch_dist) or a training run: MTP as recorded there
+            return read_layout(m.path).cfg
         if m.init == "hf":
             cfg, _reason = resolve_mtp(resolve_model_config(m.path), HFCheckpoint(m.path), m.mtp, warn=self.rank == 0)
             return cfg
@@ -375,13 +373,14 @@ class Trainer:
         self.model.module.load_state_dict(loaded["model"])
         ckpt.drop_unowned_steps(loaded["optimizer"])
         self.optimizer.load_state_dict(loaded["optimizer"])
+        ckpt.untie_steps(self.optimizer)
         self.restore_common(loaded)
-        saved = ckpt.load_rank_states(path)
-        same = {k: v for k, v in ckpt.read_layout(path).items() if k != "step"} == \
+        saved, saved_layout = ckpt.load_rank_states(path), ckpt.read_layout(path)
+        same = {k: v for k, v in saved_layout.items() if k != "step"} == \
             {k: v for k, v in self.layout_info().items() if k != "step"}
         if not same and self.rank == 0:
             log.warning("resuming a checkpoint saved at another layout (%s): weights and optimizer state are "
-                        "resharded; per-rank RNG states are not restored", _layout_text(ckpt.read_layout(path)))
+                        "resharded; per-rank RNG states are not restored", _layout_text(saved_layout))
         self.restore_rank(saved[self.rank] if same and self.rank < len(saved) else None, saved)
 
     def maybe_resume(self) -> Path | None:
@@ -459,12 +458,6 @@ class Trainer:
         return {"steps": self.step, "first_loss": first_loss, "last_loss": last_loss,
                 "stopped_by_signal": stopped_by_signal, "optimizer": self.optim_info,
                 "out_dir": str(self.out), "world_size": dist.get_world_size(), "dp": self.dp}
-
-
-def mcore_init_config(path: str | Path) -> ModelConfig:
-    """The model config of a Megatron checkpoint to initialize from: a converted legacy or torch_dist
-    directory, or a training run's step / ``latest`` / checkpoints directory."""
-    return read_layout(path).cfg
 
 
 def _layout_text(lay: dict[str, Any]) -> str:
