@@ -28,8 +28,12 @@ class WorkerError(RuntimeError):
     """A spawned worker raised; carries its rank and traceback text."""
 
 
-def _entry(local_rank: int, fn: Callable, args: tuple, world: int, port: int, outdir: str, env: dict) -> None:
+def _entry(local_rank: int, fn: Callable, args: tuple, world: int, port: int, outdir: str, env: dict,
+           cwd: str) -> None:
+    # a fork-server child starts with the fork server's environment and directory: take the caller's
+    os.environ.clear()
     os.environ.update(env)
+    os.chdir(cwd)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -50,6 +54,23 @@ def _entry(local_rank: int, fn: Callable, args: tuple, world: int, port: int, ou
             pass
 
 
+PRELOAD = ["torch", "megatron.core", "transformers", "megatron_ads.train.sft_loop", "megatron_ads.checkpoint.parity"]
+"""Modules the fork server imports once; workers forked from it start without paying for them again."""
+
+
+def _context():
+    """Workers come from a fork server (a fresh process that only imports ``PRELOAD``, never computes
+    or joins a process group, so forking it is safe) unless MEGATRON_ADS_START_METHOD=spawn: importing
+    megatron-core costs ~8 s of CPU per process, which N workers x many launches would pay again."""
+    method = os.environ.get("MEGATRON_ADS_START_METHOD", "forkserver")
+    if method not in ("forkserver", "spawn"):
+        raise ValueError(f"MEGATRON_ADS_START_METHOD: expected forkserver or spawn, got {method!r}")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 def spawn(fn: Callable, nproc: int, *args: Any, env: dict[str, str] | None = None, grace_s: float = 120.0) -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` fresh processes as ranks 0..nproc-1; return their results by rank.
 
@@ -61,9 +82,10 @@ def spawn(fn: Callable, nproc: int, *args: Any, env: dict[str, str] | None = Non
     if nproc < 1:
         raise ValueError(f"nproc: expected >= 1, got {nproc}")
     port = free_port()
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     with tempfile.TemporaryDirectory(prefix="megatron_ads_spawn_") as outdir:
-        procs = [ctx.Process(target=_entry, args=(r, fn, args, nproc, port, outdir, dict(env or {})))
+        child_env = {**os.environ, **(env or {})}
+        procs = [ctx.Process(target=_entry, args=(r, fn, args, nproc, port, outdir, child_env, os.getcwd()))
                  for r in range(nproc)]
         for p in procs:
             p.start()

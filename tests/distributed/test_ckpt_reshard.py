@@ -48,14 +48,22 @@ def _resumed_worker(job_dict):
     return {"moments": moments, "loss": rec["loss"], "step": tr.step, "lr": rec["lr"]}
 
 
-def test_resume_on_other_layouts(tmp_path):
-    common = ["train.steps=4", "optim.warmup_steps=2", "checkpoint.every=3", "checkpoint.keep_last=5"]
+def losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_same_layout_bit_exact_and_other_layouts(tmp_path):
+    common = ["train.steps=6", "optim.warmup_steps=2", "checkpoint.every=3", "checkpoint.keep_last=5"]
     spawn(train_worker, 4, job(tmp_path, "full", *common).to_dict())  # pp=2 x ep=2, dp=2
     step3 = tmp_path / "full" / "checkpoints" / "step_0000003"
     layout = json.loads((step3 / "layout.json").read_text())
     assert (layout["pp"], layout["ep"], layout["world_size"], layout["format"]) == (2, 2, 4, "torch_dist")
-    assert read_common(step3)["trainer"]["step"] == 3
-    same = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()][3]
+    assert read_common(step3)["trainer"]["step"] == 3 and (step3 / "metadata.json").is_file()
+    full = losses(tmp_path / "full")
+    # same layout: bit for bit (fp32, CPU), three steps on
+    spawn(train_worker, 4, job(tmp_path, "resumed", *common, f"resume={step3}").to_dict())
+    assert len(full) == 6 and losses(tmp_path / "resumed") == full[3:]
+    same = full[3]
 
     saved = DistShard(step3)
     flat = ["parallel.pp=1", "parallel.stage_layers=null", f"resume={step3}"]
@@ -94,12 +102,9 @@ def test_distributed_optimizer_resumes_on_same_and_other_layout(tmp_path):
     spawn(train_worker, 2, job(tmp_path, "other", *common, f"resume={step3}", "parallel.pp=1",
                                "parallel.stage_layers=null").to_dict())
 
-    def losses(name):
-        return [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    full = losses("full")
-    assert losses("same") == full[3:]
-    assert max(abs(a - b) for a, b in zip(losses("other"), full[3:])) <= 1e-4
+    full = losses(tmp_path / "full")
+    assert losses(tmp_path / "same") == full[3:]
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "other"), full[3:])) <= 1e-4
     # every optimizer on every rank saved the same Adam step count (one per optimizer step, not per parameter)
     steps = {g["step"] for part in read_common(tmp_path / "same" / "checkpoints" / "step_0000006")["optimizer"].values()
              for g in part["optimizer"]["param_groups"]}

@@ -43,10 +43,9 @@ def test_train_then_export_to_hf(tiny_ckpts, tmp_path):
 
     assert not compare(hf, exported)["equal"]
 
-    for nproc, layout in ((1, {}), (4, {"pp": 2, "ep": 2, "stage_layer_counts": [1, 3]})):
-        rep = spawn(_parity_worker, nproc, str(exported), dict(layout, mcore_dir=str(step3)))[0]
-        assert rep["max_abs_diff"] <= 1e-5, (layout, rep["max_abs_diff"])
-        assert rep["argmax_agreement"] == 1.0
+    # our model at pp2 x ep2 from the training checkpoint vs transformers on the export (pp1 x ep2: next test)
+    rep = spawn(_parity_worker, 4, str(exported), dict(pp=2, ep=2, stage_layer_counts=[1, 3], mcore_dir=str(step3)))[0]
+    assert rep["max_abs_diff"] <= 1e-5 and rep["argmax_agreement"] == 1.0, rep["max_abs_diff"]
 
     tok = AutoTokenizer.from_pretrained(exported)
     model = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)

@@ -27,3 +27,13 @@ def test_slurm_env():
 def test_single_process_default():
     env = read_env({})
     assert (env.rank, env.world_size, env.launcher) == (0, 1, "single")
+
+
+def test_worker_start_method_is_named(monkeypatch):
+    from megatron_ads.runtime import launch
+
+    monkeypatch.setenv("MEGATRON_ADS_START_METHOD", "threads")
+    with pytest.raises(ValueError, match="MEGATRON_ADS_START_METHOD: expected forkserver or spawn"):
+        launch._context()
+    monkeypatch.setenv("MEGATRON_ADS_START_METHOD", "spawn")
+    assert launch._context().get_start_method() == "spawn"
