@@ -246,7 +246,8 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
-def read_layout(ckpt: Path) -> dict[str, Any]:
+def saved_layout(ckpt: Path) -> dict[str, Any]:
+    """The layout a training checkpoint was saved from (its ``layout.json``)."""
     return json.loads((ckpt / LAYOUT).read_text())
 
 
@@ -262,10 +263,6 @@ def load_rank_states(ckpt: Path) -> list[dict[str, Any]]:
     """Every saved rank's per-rank state (``weights_only=True``), in rank order."""
     files = sorted((ckpt / RANK_STATE).glob("rank_*.pt"))
     return [torch.load(f, weights_only=True) for f in files]
-
-
-def hf_config_of(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / HF_CONFIG).read_text())
 
 
 @torch.no_grad()

@@ -375,7 +375,7 @@ class Trainer:
         self.optimizer.load_state_dict(loaded["optimizer"])
         ckpt.untie_steps(self.optimizer)
         self.restore_common(loaded)
-        saved, saved_layout = ckpt.load_rank_states(path), ckpt.read_layout(path)
+        saved, saved_layout = ckpt.load_rank_states(path), ckpt.saved_layout(path)
         same = {k: v for k, v in saved_layout.items() if k != "step"} == \
             {k: v for k, v in self.layout_info().items() if k != "step"}
         if not same and self.rank == 0:
