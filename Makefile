@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-unit test-distributed test-gpu bench clean
+.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/megatron-ads demo
 
-test: setup
+lint-imports: setup
+	$(BIN)/lint-imports --no-cache
+
+test: setup lint-imports
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: setup lint-imports
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)

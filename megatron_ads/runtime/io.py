@@ -1,0 +1,94 @@
+"""Files that are never seen half-written, and the one JSONL reader.
+
+``atomic_path(path)`` yields a temporary sibling (``<name>.tmp``) to write; it replaces ``path`` only
+when the block finishes, and is removed if the block raises. Works for files and directories.
+``read_jsonl`` reads one object per line and names the file and line of anything malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from megatron_ads.runtime.errors import BadInput
+
+TMP_SUFFIX = ".tmp"
+
+
+def tmp_sibling(path: str | os.PathLike) -> Path:
+    """``path`` with ``.tmp`` appended to its name (same directory, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield ``<path>.tmp`` to write (a file, or a directory the block creates); rename it to ``path`` on
+    success (replacing a file; a directory ``path`` must not exist yet), remove it on error."""
+    path = Path(path)
+    tmp = tmp_sibling(path)
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (sorted keys, trailing newline) atomically; returns ``path``."""
+    return write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write one JSON object per line atomically; returns ``path``."""
+    return write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, row)`` for each non-blank line of a JSONL file.
+
+    Raises ``BadInput`` naming ``FILE:LINE`` for invalid JSON, a line that is not an object, or a row
+    missing one of ``required``; ``FileNotFoundError`` if the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such JSONL file")
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadInput(f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise BadInput(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise BadInput(f"{path}:{n}: missing field(s) {', '.join(missing)}; expected {', '.join(required)}")
+            yield n, row
+
+
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> list[dict]:
+    """All rows of a JSONL file (see ``iter_jsonl`` for the errors)."""
+    return [row for _, row in iter_jsonl(path, required)]
