@@ -22,7 +22,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,11 +29,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from megatron_ads.checkpoint.dist_io import (COMMON, DIST_METADATA, MEGATRON_DIST_METADATA, dist_key,
                                              write_dist_metadata)
-from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX, CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.hf_io import INDEX, QUANT_CONFIG, CheckpointError, FP8BlockScale, HFCheckpoint
 from megatron_ads.checkpoint.mapping import alias_of, apply_transform, expected_hf_shape, rank_tasks
 from megatron_ads.checkpoint.megatron_io import (FORMAT_VERSION, LATEST, LAYOUT, MEGATRON_LM_PT, SHARD_INDEX,
                                                  MegatronAsHF, all_coords, group_of, iter_dirname, shard_dirname)
@@ -42,12 +41,17 @@ from megatron_ads.checkpoint.mtp import mtp_tensors_in, resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import stage_layers
-from megatron_ads.kernels.fp8 import block_quant
+from megatron_ads.runtime.io import atomic_path, write_text
+from megatron_ads.runtime.log import get_logger, progress as progress_bar
+
+log = get_logger(__name__)
 
 JOURNAL = ".convert_journal.jsonl"
 FORMATS = ("legacy", "torch_dist")
 WORKING_SET_FACTOR = 3
-GB = 1024**3
+GB = 1e9
+"""Sizes behind ``--max-memory-gb`` / ``--shard-size-gb`` are decimal gigabytes (10^9 bytes), as in
+``megatron-ads plan`` and transformers' ``max_shard_size="5GB"``."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "generation_config.json", "chat_template.jinja")
 
@@ -125,7 +129,7 @@ def plan_hf_to_mcore(src, cfg: ModelConfig, par: ParallelConfig, iteration: int 
             for h in task.hf:
                 if h not in seen:
                     seen.add(h)
-                    job.nbytes += _nbytes(src, h) // (par.tp if task.transform != "replicate" else 1)
+                    job.nbytes += _nbytes(src, h) // (par.tp if task.mapping.splits_tp else 1)
     return sorted(jobs.values(), key=lambda j: j.rel)
 
 
@@ -173,8 +177,6 @@ def export_cast(name: str, dtype: str) -> str | None:
 
 def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int, dtype: str = "source") -> list[FileJob]:
     """Output files of a (Megatron ->) HF write: tensors in name order, ~``shard_bytes`` per file."""
-    from megatron_ads.checkpoint.hf_init import is_fp8_weight
-
     names = list(src.keys())
     # aliases (MTP copies of embedding/head) are written again from their targets
     for m in range(cfg.num_mtp_layers):
@@ -191,7 +193,7 @@ def plan_to_hf(src, cfg: ModelConfig, fp8: bool, shard_bytes: int, dtype: str = 
         if current.entries and current.nbytes + nb > shard_bytes:
             jobs.append(current)
             current = FileJob("")
-        current.entries.append((name, (target, fp8 and is_fp8_weight(name), export_cast(name, dtype))))
+        current.entries.append((name, (target, fp8 and FP8BlockScale.applies(name), export_cast(name, dtype))))
         current.nbytes += nb
     if current.entries:
         jobs.append(current)
@@ -226,15 +228,13 @@ def _run_job(kind: str, spec, cfg_dict: dict, out_dir: str, job: FileJob) -> tup
             if cast is not None and value.is_floating_point() and not quantize:
                 value = value.to(getattr(torch, cast))
             if quantize:
-                q, s = block_quant(value)
-                tensors[key], tensors[key + SCALE_SUFFIX] = q, s
+                tensors.update(FP8BlockScale.quantize(key, value))
             else:
                 tensors[key] = value.contiguous()
     path = Path(out_dir) / job.rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     keys = sorted(tensors)
     size = path.stat().st_size
     del tensors
@@ -245,9 +245,8 @@ def _run_dist_job(src, cfg: ModelConfig, out_dir: Path, job: FileJob) -> tuple[s
     """Write one torch_dist data file: each tensor (or one expert's slice of a stacked key) as a
     ``torch.save`` record at its offset, the way DCP's FileSystemWriter stores a chunk."""
     path = out_dir / job.rel
-    tmp = path.with_name(path.name + ".tmp")
     records = []
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for key, (task, index) in job.entries:
             value = apply_transform(task, [src.get(h) for h in task.hf], cfg, 1, 0)
             chunk = (value if index is None else value.unsqueeze(0)).contiguous().clone()
@@ -257,30 +256,37 @@ def _run_dist_job(src, cfg: ModelConfig, out_dir: Path, job: FileJob) -> tuple[s
                             list(value.shape)])
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return job.rel, path.stat().st_size, records
 
 
 class Progress:
-    """A progress line on stderr: files, bytes and throughput."""
+    """One progress bar over the planned bytes of the files (``runtime.log.progress``: silent off-TTY,
+    under --json and on other ranks), and a summary log line of the bytes written at the end;
+    ``enabled=False`` (``--quiet``) silences both."""
 
     def __init__(self, total_files: int, total_bytes: int, enabled: bool = True):
         self.total_files, self.total_bytes, self.enabled = total_files, total_bytes, enabled
         self.files = self.bytes = 0
         self.t0 = time.time()
-        self.last = 0.0
+        self.bar = progress_bar(total=total_bytes, desc="convert", unit="B", unit_scale=True) if enabled else None
 
-    def update(self, nbytes: int) -> None:
+    def update(self, planned: int, written: int) -> None:
+        """One more file done: ``planned`` bytes of the total, ``written`` bytes on disk."""
         self.files += 1
-        self.bytes += nbytes
-        now = time.time()
-        if self.enabled and (now - self.last > 1.0 or self.files == self.total_files):
-            rate = self.bytes / max(now - self.t0, 1e-9) / 1e6
-            print(f"\r[convert] {self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/"
-                  f"{self.total_bytes / 1e9:.2f} GB, {rate:.0f} MB/s", end="", file=sys.stderr, flush=True)
-            self.last = now
-            if self.files == self.total_files:
-                print(file=sys.stderr)
+        self.bytes += written
+        if self.bar is not None:
+            self.bar.update(planned)
+            self.bar.set_postfix_str(f"{self.files}/{self.total_files} files", refresh=False)
+
+    def close(self) -> None:
+        """Close the bar and log the summary (files, bytes, throughput)."""
+        if self.bar is None:
+            return
+        self.bar.close()
+        self.bar = None
+        elapsed = max(time.time() - self.t0, 1e-9)
+        log.info("%d/%d files, %.2f GB in %.1f s (%.0f MB/s)", self.files, self.total_files, self.bytes / GB,
+                 elapsed, self.bytes / elapsed / 1e6)
 
 
 def read_journal(out: Path) -> dict[str, dict]:
@@ -309,8 +315,8 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
         budget = max_memory_gb * GB
         if WORKING_SET_FACTOR * largest > budget:
             big = max(jobs, key=lambda j: j.nbytes)
-            raise ValueError(f"max-memory-gb: {max_memory_gb:g} GB is below {WORKING_SET_FACTOR}x the largest tensor "
-                             f"group ({big.rel}: {big.nbytes / GB:.3f} GB); raise the budget")
+            raise ValueError(f"max-memory-gb: {max_memory_gb:g} GB (10^9 bytes) is below {WORKING_SET_FACTOR}x the "
+                             f"largest tensor group ({big.rel}: {big.nbytes / GB:.3f} GB); raise the budget")
         workers = max(1, min(workers, int(budget // max(WORKING_SET_FACTOR * largest, 1))))
     done = read_journal(out) if resume else {}
     if not resume and (out / JOURNAL).exists():
@@ -321,9 +327,10 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
     prog = Progress(len(jobs), sum(j.nbytes for j in jobs), progress)
     for j in jobs:
         if j.rel in done:
-            prog.update(j.nbytes)
+            prog.update(j.nbytes, done[j.rel]["bytes"])
     journal = open(out / JOURNAL, "a")
     cfg_dict = cfg.to_hf_dict()
+    planned = {j.rel: j.nbytes for j in jobs}
 
     def record(result):
         rel, size, keys = result
@@ -331,7 +338,7 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
         journal.write(json.dumps(done[rel]) + "\n")
         journal.flush()
         os.fsync(journal.fileno())
-        prog.update(size)
+        prog.update(planned[rel], size)
 
     try:
         if workers <= 1 or len(pending) <= 1:
@@ -344,13 +351,8 @@ def execute(kind: str, spec, cfg: ModelConfig, out: Path, jobs: list[FileJob], w
                     record(fut.result())
     finally:
         journal.close()
+        prog.close()
     return done
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -427,7 +429,7 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
                 raise CheckpointError(f"{out / sdir}: tensor {key} written twice")
             shards[sdir][key] = fname
     for sdir, weight_map in shards.items():
-        _write_atomic(out / sdir / SHARD_INDEX, json.dumps({"weight_map": weight_map}, indent=1, sort_keys=True))
+        write_text(out / sdir / SHARD_INDEX, json.dumps({"weight_map": weight_map}, indent=1, sort_keys=True))
         if megatron_lm_pt:
             _write_megatron_lm_pt(out / sdir, weight_map)
     layout = {"format_version": FORMAT_VERSION, "tp": par.tp, "pp": par.pp, "ep": par.ep,
@@ -439,11 +441,11 @@ def hf_to_mcore(hf_dir: str | Path, out: str | Path, par: ParallelConfig, worker
         layout["mtp_reason"] = mtp_reason
     if plan_json is not None:
         layout["plan"] = plan_json
-    _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
-    _write_atomic(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
+    write_text(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
+    write_text(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
     _copy_tokenizer(_tokenizer_source(spec, src), out / "tokenizer")
     (out / JOURNAL).unlink(missing_ok=True)
-    _write_atomic(out / LATEST, "0\n")
+    write_text(out / LATEST, "0\n")
     return {"out": str(out), "shards": len(shards), "files": len(jobs), "tensors": layout["tensors"],
             "bytes": sum(r["bytes"] for r in done.values()), "tp": par.tp, "pp": par.pp, "ep": par.ep,
             "mtp_layers": cfg.num_mtp_layers}
@@ -469,30 +471,27 @@ def _hf_to_dist(src, spec, cfg: ModelConfig, par: ParallelConfig, out: Path, wor
             raise CheckpointError(f"{out / job.rel}: wrote {got[:3]}..., expected {expected[:3]}...")
         records += [(job.rel, *r) for r in done[job.rel]["keys"]]
     n_keys = write_dist_metadata(out, records)
-    torch.save({"iteration": 0, "checkpoint_version": 3.0}, out / (COMMON + ".tmp"))
-    os.replace(out / (COMMON + ".tmp"), out / COMMON)
+    with atomic_path(out / COMMON) as tmp:
+        torch.save({"iteration": 0, "checkpoint_version": 3.0}, tmp)
     layout = {"format": "torch_dist", "format_version": FORMAT_VERSION, "tp": 1, "pp": 1, "ep": 1,
               "expert_files_per_layer": par.ep if cfg.is_moe else 0, "iteration": 0, "dtype": "bf16",
               "tensors": len(records), "keys": n_keys, **info}
-    _write_atomic(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
-    _write_atomic(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
+    write_text(out / "hf_config.json", json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True))
+    write_text(out / LAYOUT, json.dumps(layout, indent=2, sort_keys=True))
     _copy_tokenizer(_tokenizer_source(spec, src), out / "tokenizer")
     (out / JOURNAL).unlink(missing_ok=True)
-    _write_atomic(out / DIST_METADATA, json.dumps(MEGATRON_DIST_METADATA))
+    write_text(out / DIST_METADATA, json.dumps(MEGATRON_DIST_METADATA))
     return {"out": str(out), "format": "torch_dist", "files": len(jobs), "tensors": len(records), "keys": n_keys,
             "bytes": sum(r["bytes"] for r in done.values()), "mtp_layers": cfg.num_mtp_layers}
 
 
 def _write_megatron_lm_pt(sdir: Path, weight_map: dict[str, str]) -> None:
     """Megatron-LM's ``model_optim_rng.pt`` (state dict under 'model'); holds the whole shard in memory."""
-    from safetensors.torch import load_file
-
     sd = {}
     for fname in sorted(set(weight_map.values())):
         sd.update(load_file(str(sdir / fname)))
-    tmp = sdir / (MEGATRON_LM_PT + ".tmp")
-    torch.save({"model": sd, "iteration": 0, "checkpoint_version": 3.0}, tmp)
-    os.replace(tmp, sdir / MEGATRON_LM_PT)
+    with atomic_path(sdir / MEGATRON_LM_PT) as tmp:
+        torch.save({"model": sd, "iteration": 0, "checkpoint_version": 3.0}, tmp)
 
 
 def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "source", workers: int = 1, resume: bool = False,
@@ -500,8 +499,6 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "source", w
                 progress: bool = True) -> dict[str, Any]:
     """Merge a Megatron checkpoint (converted shards, torch_dist, or a training run's ``checkpoints/<step or
     latest>``) back into an HF checkpoint: as stored, BF16, FP32, or DeepSeek FP8 with 128x128 block scales."""
-    from megatron_ads.checkpoint.hf_init import QUANT_CONFIG
-
     if dtype not in EXPORT_DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -524,10 +521,10 @@ def mcore_to_hf(mcore_dir: str | Path, out: str | Path, dtype: str = "source", w
     hf_cfg.pop("quantization_config", None)
     if dtype == "fp8":
         hf_cfg["quantization_config"] = dict(QUANT_CONFIG)
-    _write_atomic(out / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
+    write_text(out / "config.json", json.dumps(hf_cfg, indent=2, sort_keys=True))
     _copy_tokenizer(src.dir / "tokenizer", out)
     total = sum(r["bytes"] for r in done.values())
-    _write_atomic(out / INDEX, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
+    write_text(out / INDEX, json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2,
                                           sort_keys=True))
     (out / JOURNAL).unlink(missing_ok=True)
     return {"out": str(out), "files": len(jobs), "tensors": len(weight_map), "bytes": total, "dtype": dtype}

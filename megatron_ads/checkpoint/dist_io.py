@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from megatron_ads.checkpoint.hf_io import CheckpointError
+from megatron_ads.runtime.io import atomic_path
 
 LATEST = "latest"
 """A training run's pointer file (``RUN/checkpoints/latest`` -> ``step_N``)."""
@@ -110,7 +112,7 @@ class DistShard:
     (the same interface as a legacy ``MegatronShard``)."""
 
     def __init__(self, directory: str | Path, prefix: str = ""):
-        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import FileSystemReader  # heavy (~1 s): only torch_dist reads need it
 
         self.dir = Path(directory)
         if not is_torch_dist(self.dir):
@@ -203,8 +205,7 @@ def write_dist_metadata(directory: str | Path, records: list) -> int:
     number of keys. ``records``: (file, key, expert index or None, byte offset, byte length, dtype name,
     shape of the piece) per stored piece; a piece with an expert index is chunk ``[index]`` of a key
     stacked over ``n_routed_experts``."""
-    import pickle
-
+    # heavy (~1 s): only torch_dist writes need DCP's metadata classes
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, Metadata, MetadataIndex,
                                                        TensorProperties, TensorStorageMetadata)
@@ -232,10 +233,8 @@ def write_dist_metadata(directory: str | Path, records: list) -> int:
             storage[MetadataIndex(fqn=key, offset=offsets)] = _StorageInfo(relative_path=fname, offset=offset,
                                                                              length=length)
         state[key] = TensorStorageMetadata(properties=TensorProperties(dtype=dtype), size=size, chunks=chunks)
-    tmp = Path(directory) / (DCP_METADATA + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(Path(directory) / DCP_METADATA) as tmp, open(tmp, "wb") as f:
         pickle.dump(Metadata(state_dict_metadata=state, storage_data=storage), f)
-    tmp.replace(Path(directory) / DCP_METADATA)
     return len(state)
 
 

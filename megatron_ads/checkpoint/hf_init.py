@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from megatron_ads.checkpoint.hf_io import INDEX, SCALE_SUFFIX
-from megatron_ads.kernels.fp8 import block_quant
+from megatron_ads.checkpoint.hf_io import INDEX, QUANT_CONFIG, FP8BlockScale, is_fp8_weight
+from megatron_ads.runtime.io import atomic_path, write_text
 
-# Linear weights of decoder/MTP layers are FP8 in DeepSeek's checkpoints; embeddings, lm_head, norms,
-# the router (mlp.gate), expert bias and eh_proj are not.
-FP8_WEIGHT = re.compile(r"^model\.layers\.\d+\.(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
-                        r"|mlp\.(experts\.\d+\.|shared_experts\.)?(gate_proj|up_proj|down_proj))\.weight$")
-QUANT_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
-
-
-def is_fp8_weight(name: str) -> bool:
-    """Whether DeepSeek stores this tensor as FP8 with a block scale."""
-    return bool(FP8_WEIGHT.match(name))
+__all__ = ["add_mtp_layers", "build_random_hf_model", "is_fp8_weight", "quantize_checkpoint_fp8",
+           "write_random_checkpoint"]
 
 
 def build_random_hf_model(hf_config: dict[str, Any], seed: int, dtype: torch.dtype):
     """A transformers model of ``hf_config`` with seeded random weights (expert bias randomized too).
     MTP layers are not part of it (transformers does not model them; see ``add_mtp_layers``)."""
-    import transformers
+    import transformers  # heavy (~5 s); only init-model and tests build HF models
 
     torch.manual_seed(seed)
     if hf_config.get("model_type") == "deepseek_v3":
@@ -54,10 +44,6 @@ def add_mtp_layers(directory: Path, hf_config: dict[str, Any], seed: int, dtype:
     enorm, hnorm, eh_proj, shared_head.norm, plus copies of the shared embedding and head.
     Returns the number of tensors added.
     """
-    import tempfile
-
-    from safetensors.torch import load_file
-
     n_mtp = int(hf_config.get("num_nextn_predict_layers") or hf_config.get("num_mtp_layers") or 0)
     if n_mtp == 0:
         return 0
@@ -84,13 +70,12 @@ def add_mtp_layers(directory: Path, hf_config: dict[str, Any], seed: int, dtype:
         extra[p + "embed_tokens.weight"] = tensors["model.embed_tokens.weight"].clone()
         extra[p + "shared_head.head.weight"] = tensors["lm_head.weight"].clone()
     tensors.update(extra)
-    tmp_path = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp_path), metadata={"format": "pt"})
-    os.replace(tmp_path, path)
+    with atomic_path(path) as tmp_path:
+        save_file(tensors, str(tmp_path), metadata={"format": "pt"})
     cfg_path = directory / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["num_nextn_predict_layers"] = n_mtp
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return len(extra)
 
 
@@ -110,25 +95,21 @@ def quantize_checkpoint_fp8(directory: Path) -> int:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 t = f.get_tensor(key)
-                if is_fp8_weight(key):
-                    q, s = block_quant(t)
-                    tensors[key], tensors[key + SCALE_SUFFIX] = q, s
+                if FP8BlockScale.applies(key):
+                    tensors.update(FP8BlockScale.quantize(key, t))
                     n += 1
                 else:
                     tensors[key] = t
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         for key in tensors:
             index["weight_map"][key] = fname
     if index_path.is_file() or len(files) > 1:
-        tmp = index_path.with_name(INDEX + ".tmp")
-        tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-        os.replace(tmp, index_path)
+        write_text(index_path, json.dumps(index, indent=2, sort_keys=True))
     cfg_path = directory / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["quantization_config"] = QUANT_CONFIG
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_text(cfg_path, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return n
 
 
@@ -142,20 +123,18 @@ def write_random_checkpoint(hf_config: dict[str, Any], out: str | Path, seed: in
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: exists and is not empty; choose a new --out")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    model = build_random_hf_model(hf_config, seed, torch_dtype)
-    model.save_pretrained(str(tmp))
-    n_params = sum(p.numel() for p in model.parameters())
-    del model
-    add_mtp_layers(tmp, hf_config, seed, torch_dtype)
-    n_fp8 = quantize_checkpoint_fp8(tmp) if fp8 else 0
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        model = build_random_hf_model(hf_config, seed, torch_dtype)
+        model.save_pretrained(str(tmp))
+        n_params = sum(p.numel() for p in model.parameters())
+        del model
+        add_mtp_layers(tmp, hf_config, seed, torch_dtype)
+        n_fp8 = quantize_checkpoint_fp8(tmp) if fp8 else 0
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            out.rmdir()  # an empty directory the caller made
+
     return {"path": str(out), "model_type": hf_config["model_type"], "parameters": n_params, "fp8_weights": n_fp8,
             "dtype": dtype, "seed": seed}

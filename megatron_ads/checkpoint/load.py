@@ -30,7 +30,7 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def current_coord() -> RankCoord:
     """This process's (pp, tp, ep) coordinates from megatron's parallel state."""
-    from megatron.core import parallel_state as ps
+    from megatron.core import parallel_state as ps  # heavy: megatron-core loads only where a model runs
 
     return RankCoord(pp_rank=ps.get_pipeline_model_parallel_rank(), tp_rank=ps.get_tensor_model_parallel_rank(),
                      ep_rank=ps.get_expert_model_parallel_rank())

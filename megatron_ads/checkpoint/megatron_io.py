@@ -18,6 +18,7 @@ Data-parallel replicas share their model shard. Layer indices inside a shard are
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from safetensors import safe_open
 
 from megatron_ads.checkpoint.dist_io import HF_CONFIG, LEGACY_LATEST, DistShard, is_torch_dist, resolve_dir
 from megatron_ads.checkpoint.hf_io import CheckpointError
-from megatron_ads.checkpoint.mapping import RankCoord, TensorTask, rank_tasks
+from megatron_ads.checkpoint.mapping import (RankCoord, TensorTask, expected_hf_shape, invert_transform,
+                                             rank_tasks)
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 
@@ -191,10 +193,6 @@ class MegatronAsHF:
 
     def nbytes(self, name: str) -> int:
         """Bytes of the reassembled HF tensor (shape from config.json, width from the shard header)."""
-        import math
-
-        from megatron_ads.checkpoint.mapping import expected_hf_shape
-
         coord, task = self.sources[name][0]
         shape = expected_hf_shape(self.cfg, name)
         if shape is None:
@@ -213,8 +211,8 @@ class MegatronAsHF:
 
     def _assemble(self, entries) -> dict[str, torch.Tensor]:
         coord0, task = entries[0]
-        if task.transform == "replicate":
-            return {task.hf[0]: self.shards[coord0].get(task.mcore)}
+        if not task.mapping.splits_tp:
+            return invert_transform(task, [self.shards[coord0].get(task.mcore)], self.cfg)
         # one piece per TP rank of the same (pp, ep) position
         pieces = {}
         for coord, t in entries:
@@ -222,22 +220,4 @@ class MegatronAsHF:
                 pieces[coord.tp_rank] = self.shards[coord].get(t.mcore)
         if sorted(pieces) != list(range(self.par.tp)):
             raise CheckpointError(f"{self.dir}: {task.mcore}: TP pieces {sorted(pieces)} of {self.par.tp}")
-        parts = [pieces[i] for i in range(self.par.tp)]
-        if task.transform in ("col", "vocab"):
-            return {task.hf[0]: torch.cat(parts, 0)}
-        if task.transform == "row":
-            return {task.hf[0]: torch.cat(parts, 1)}
-        if task.transform == "gated":
-            halves = [p.chunk(2, dim=0) for p in parts]
-            return {task.hf[0]: torch.cat([g for g, _ in halves], 0), task.hf[1]: torch.cat([u for _, u in halves], 0)}
-        if task.transform == "qkv":
-            full = torch.cat(parts, 0)
-            groups, d = self.cfg.num_key_value_heads, self.cfg.kv_channels
-            per = self.cfg.num_attention_heads // groups
-            rest = full.shape[1:]
-            g = full.reshape(groups, (per + 2) * d, *rest)
-            q, k, v = g.split([per * d, d, d], dim=1)
-            return {task.hf[0]: q.reshape(groups * per * d, *rest).contiguous(),
-                    task.hf[1]: k.reshape(groups * d, *rest).contiguous(),
-                    task.hf[2]: v.reshape(groups * d, *rest).contiguous()}
-        raise CheckpointError(f"{task.mcore}: cannot invert transform {task.transform!r}")
+        return invert_transform(task, [pieces[i] for i in range(self.par.tp)], self.cfg)

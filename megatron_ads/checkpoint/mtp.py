@@ -24,7 +24,7 @@ import logging
 
 from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
 from megatron_ads.checkpoint.mapping import RankCoord, rank_tasks
-from megatron_ads.config.model import MTP_POLICIES, ModelConfig
+from megatron_ads.config.model import MTP_POLICIES, ModelConfig, MtpPolicy
 from megatron_ads.config.parallel import ParallelConfig
 
 log = logging.getLogger("megatron_ads")
@@ -67,7 +67,7 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:LIST_LIMIT]) + (f", ... ({more} more)" if more > 0 else "")
 
 
-def resolve_mtp(cfg: ModelConfig, ckpt: HFCheckpoint | None, policy: str = "auto",
+def resolve_mtp(cfg: ModelConfig, ckpt: HFCheckpoint | None, policy: MtpPolicy = "auto",
                 warn: bool = True) -> tuple[ModelConfig, str | None]:
     """Apply the MTP ``policy`` to ``cfg`` given the checkpoint its weights come from.
 

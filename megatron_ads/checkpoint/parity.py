@@ -10,11 +10,14 @@ Shapes: B batch, S sequence, H hidden, V vocab.
 
 from __future__ import annotations
 
-import os
+import math
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
@@ -27,6 +30,7 @@ from megatron_ads.layout.pipeline import stage_layers
 from megatron_ads.model.build import DTYPES, build_model_chunk
 from megatron_ads.model.specs import use_te_default
 from megatron_ads.runtime.dist import init_distributed
+from megatron_ads.runtime.io import atomic_path
 from megatron_ads.runtime.seed import seed_all
 
 DEFAULT_ATOL = {"fp32": 1e-5, "bf16": 0.5}
@@ -45,9 +49,7 @@ def hf_reference(hf_dir: str | Path, ids_BS: torch.Tensor, device: torch.device)
     (kernels/fp8.py): transformers' own CPU dequantization rounds differently (up to 1 bf16 ulp),
     and parity is about the model, not about two dequantizers.
     """
-    import tempfile
-
-    import transformers
+    import transformers  # heavy (~5 s); only the reference side needs it
 
     src = HFCheckpoint(hf_dir)
     tmpdir = None
@@ -65,9 +67,6 @@ def hf_reference(hf_dir: str | Path, ids_BS: torch.Tensor, device: torch.device)
 
 
 def _pipeline_forward(model, ids_BS, cfg: ModelConfig, dtype: torch.dtype, device: torch.device):
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
     b, s = ids_BS.shape
     ids = ids_BS.to(device)
     pos = torch.arange(s, device=device).unsqueeze(0).expand(b, -1)
@@ -144,9 +143,8 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
                      argmax_agreement=(logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item(),
                      max_abs_logit=ref_logits.abs().max().item())
         if dump_logits and env.rank == dist.get_world_size() - 1:  # pp is megatron's slowest dim
-            tmp = dump_logits + ".tmp"
-            torch.save(logits.cpu(), tmp)
-            os.replace(tmp, dump_logits)
+            with atomic_path(dump_logits) as tmp:
+                torch.save(logits.cpu(), tmp)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     if env.rank != 0:
@@ -172,6 +170,4 @@ def run_parity_rank(hf_dir: str, tp: int = 1, pp: int = 1, ep: int = 1, dtype: s
 
 def default_nproc(tp: int, pp: int, ep: int) -> int:
     """Smallest world for (tp, pp, ep): ep must divide tp * dp."""
-    import math
-
     return pp * math.lcm(tp, ep)

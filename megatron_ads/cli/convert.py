@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from megatron_ads.checkpoint.convert import EXPORT_DTYPES, FORMATS, hf_to_mcore, mcore_to_hf, reshard
+from megatron_ads.cli import emit
 from megatron_ads.config.model import MTP_POLICIES
+from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.layout.plan import ParallelPlan
 
 
 def _parallel_args(q, required: bool = False) -> None:
@@ -15,8 +22,9 @@ def _parallel_args(q, required: bool = False) -> None:
 def _common(q) -> None:
     q.add_argument("--workers", type=int, default=1, help="parallel writer processes")
     q.add_argument("--resume", action="store_true", help="continue an interrupted conversion (journal)")
-    q.add_argument("--max-memory-gb", type=float, default=None, help="working-set budget for tensor groups")
-    q.add_argument("--quiet", action="store_true", help="no progress line")
+    q.add_argument("--max-memory-gb", type=float, default=None,
+                   help="working-set budget for tensor groups, in GB (10^9 bytes, as in `plan --gpu-mem-gb`)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     q.add_argument("--json", action="store_true")
 
 
@@ -29,7 +37,7 @@ def register(p) -> None:
     a.add_argument("--plan", default=None, help="plan.json from `megatron-ads plan --out` (overrides --tp/--pp/--ep)")
     a.add_argument("--megatron-lm-pt", action="store_true",
                    help="also write model_optim_rng.pt per shard for Megatron-LM (holds one whole shard in memory)")
-    a.add_argument("--format", choices=("legacy", "torch_dist"), default="legacy",
+    a.add_argument("--format", choices=FORMATS, default="legacy",
                    help="legacy: per-rank safetensors shards for this layout (default: readable file by file, "
                    "Megatron-LM's legacy naming); torch_dist: megatron-core dist_checkpointing, global tensors "
                    "any layout loads (--ep only splits the expert files)")
@@ -43,9 +51,10 @@ def register(p) -> None:
     b.add_argument("--mcore", required=True, help="converted directory, RUN/checkpoints/step_N, RUN/checkpoints/latest "
                                                   "or RUN")
     b.add_argument("--out", required=True)
-    b.add_argument("--dtype", choices=("source", "bf16", "fp32", "fp8"), default="source",
+    b.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), default="source",
                    help="source: as stored (bit-identical round trips); fp8: DeepSeek 128x128 block-scaled E4M3")
-    b.add_argument("--shard-size-gb", type=float, default=5.0)
+    b.add_argument("--shard-size-gb", type=float, default=5.0,
+                   help="target size of one safetensors file, in GB (10^9 bytes, as transformers' \"5GB\")")
     _common(b)
     b.set_defaults(func=run_mcore_to_hf)
     c = sub.add_parser("reshard", help="Megatron -> Megatron for another layout")
@@ -56,9 +65,7 @@ def register(p) -> None:
     c.set_defaults(func=run_reshard)
 
 
-def _par(args):
-    from megatron_ads.config.parallel import ParallelConfig
-
+def _par(args) -> ParallelConfig:
     counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
     return ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, stage_layers=counts)
 
@@ -68,16 +75,8 @@ def _human(r: dict) -> str:
 
 
 def run_hf_to_mcore(args) -> int:
-    import json
-    from pathlib import Path
-
-    from megatron_ads.checkpoint.convert import hf_to_mcore
-    from megatron_ads.cli import emit
-
     plan_json = None
     if args.plan:
-        from megatron_ads.layout.plan import ParallelPlan
-
         plan = ParallelPlan.load(args.plan)
         par = plan.to_parallel_config()
         plan_json = json.loads(Path(args.plan).read_text())
@@ -91,9 +90,6 @@ def run_hf_to_mcore(args) -> int:
 
 
 def run_mcore_to_hf(args) -> int:
-    from megatron_ads.checkpoint.convert import mcore_to_hf
-    from megatron_ads.cli import emit
-
     r = mcore_to_hf(args.mcore, args.out, dtype=args.dtype, workers=args.workers, resume=args.resume,
                     shard_size_gb=args.shard_size_gb, max_memory_gb=args.max_memory_gb, progress=not args.quiet)
     emit(r, args.json, _human)
@@ -101,9 +97,6 @@ def run_mcore_to_hf(args) -> int:
 
 
 def run_reshard(args) -> int:
-    from megatron_ads.checkpoint.convert import reshard
-    from megatron_ads.cli import emit
-
     r = reshard(args.mcore, args.out, _par(args), workers=args.workers, resume=args.resume,
                 max_memory_gb=args.max_memory_gb, progress=not args.quiet)
     emit(r, args.json, _human)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from megatron_ads.checkpoint.hf_init import write_random_checkpoint
+from megatron_ads.cli import emit
 from megatron_ads.config.flavors import FLAVORS, flavor_dict
+from megatron_ads.data.tokenizer import train_bpe_tokenizer
 
 
 def register(p) -> None:
@@ -16,10 +19,6 @@ def register(p) -> None:
 
 
 def run(args) -> int:
-    from megatron_ads.checkpoint.hf_init import write_random_checkpoint
-    from megatron_ads.cli import emit
-    from megatron_ads.data.tokenizer import train_bpe_tokenizer
-
     cfg = flavor_dict(args.flavor)
     if cfg["vocab_size"] * cfg["hidden_size"] * cfg["num_hidden_layers"] > 5e9:
         raise ValueError(f"flavor {args.flavor}: too large to initialize on this machine; use a tiny_* flavor")

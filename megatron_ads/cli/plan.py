@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from megatron_ads.cli import emit
+from megatron_ads.config.flavors import flavor
+from megatron_ads.config.model import ModelConfig
+from megatron_ads.layout.plan import RECOMPUTE, Cluster, PlanError, TrainShape, auto_plan, build_plan
+from megatron_ads.layout.recipe import write_recipe
+from megatron_ads.layout.report import svg, table
+from megatron_ads.runtime.io import write_text
+from megatron_ads.runtime.log import get_logger
+
+log = get_logger(__name__)
+
 
 def register(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
@@ -12,7 +23,8 @@ def register(p) -> None:
     src.add_argument("--flavor", help="a named flavor instead of a config file")
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
-    p.add_argument("--gpu-mem-gb", type=float, default=80.0)
+    p.add_argument("--gpu-mem-gb", type=float, default=80.0,
+                   help="usable memory per GPU in GB (10^9 bytes, as data sheets quote it; 80 GB H100 = 80)")
     p.add_argument("--tp", type=int, default=None, help="fix tensor parallel size (default: searched)")
     p.add_argument("--pp", type=int, default=None, help="fix pipeline parallel size (default: searched)")
     p.add_argument("--ep", type=int, default=None, help="fix expert parallel size (default: searched)")
@@ -20,7 +32,8 @@ def register(p) -> None:
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--micro-batch", type=int, default=1)
     p.add_argument("--num-microbatches", type=int, default=0, help="micro-batches per step (default 2 x pp)")
-    p.add_argument("--recompute", choices=("auto", "none", "full"), default="auto")
+    p.add_argument("--recompute", choices=RECOMPUTE, default="auto",
+                   help="activation recompute (auto: none when it fits, else full)")
     p.add_argument("--no-distributed-optimizer", action="store_true")
     p.add_argument("--no-mtp", action="store_true", help="do not train the MTP layers")
     out = p.add_mutually_exclusive_group()
@@ -32,13 +45,6 @@ def register(p) -> None:
 
 
 def run(args) -> int:
-    from megatron_ads.cli import emit
-    from megatron_ads.config.flavors import flavor
-    from megatron_ads.config.model import ModelConfig
-    from megatron_ads.layout.plan import Cluster, PlanError, TrainShape, auto_plan, build_plan
-    from megatron_ads.layout.recipe import write_recipe
-    from megatron_ads.layout.report import svg, table
-
     cfg = ModelConfig.from_hf(Path(args.hf_config)) if args.hf_config else flavor(args.flavor)
     cluster = Cluster(nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_mem_gb=args.gpu_mem_gb)
     shape = TrainShape(seq_len=args.seq_len, micro_batch=args.micro_batch, num_microbatches=args.num_microbatches,
@@ -58,21 +64,15 @@ def run(args) -> int:
         plan = auto_plan(cfg, cluster, shape, tp=args.tp, pp=args.pp, ep=args.ep)
     source = args.hf_config or f"flavor:{args.flavor}"
     if args.out:
-        _atomic_write(Path(args.out), plan.to_json() + "\n")
+        write_text(args.out, plan.to_json() + "\n")
+        log.info("wrote %s", args.out)
     if args.recipe:
         write_recipe(plan, source, Path(args.recipe))
+        log.info("wrote %s", args.recipe)
     if args.svg:
-        _atomic_write(Path(args.svg), svg(plan))
+        write_text(args.svg, svg(plan))
+        log.info("wrote %s", args.svg)
         print(table(plan))
-        print(f"\nwrote {args.svg}")
         return 0
     emit(plan.to_dict(), args.json, lambda _: table(plan))
     return 0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

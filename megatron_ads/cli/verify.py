@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from megatron_ads.config.model import MTP_POLICIES
+from pathlib import Path
+
+from megatron_ads.checkpoint.hf_io import HFCheckpoint
+from megatron_ads.checkpoint.megatron_io import MegatronAsHF
+from megatron_ads.checkpoint.mtp import resolve_mtp
+from megatron_ads.checkpoint.parity import DEFAULT_ATOL, default_nproc, run_parity_rank
+from megatron_ads.checkpoint.verify import compare
+from megatron_ads.cli import CommandFailed, emit
+from megatron_ads.config.model import MTP_POLICIES, ModelConfig
+from megatron_ads.runtime.dist import read_env
+from megatron_ads.runtime import launch
 
 
 def register(p) -> None:
@@ -36,9 +46,6 @@ def register(p) -> None:
 
 
 def run_checkpoints(args) -> int:
-    from megatron_ads.checkpoint.verify import compare
-    from megatron_ads.cli import CommandFailed, emit
-
     r = compare(args.a, args.b, atol=args.atol)
 
     def human(r):
@@ -70,32 +77,19 @@ def _human(r: dict) -> str:
 
 
 def run_parity(args) -> int:
-    from pathlib import Path
-
-    from megatron_ads.checkpoint.hf_io import HFCheckpoint
-    from megatron_ads.checkpoint.megatron_io import MegatronAsHF
-    from megatron_ads.checkpoint.mtp import resolve_mtp
-    from megatron_ads.checkpoint.parity import DEFAULT_ATOL, default_nproc, run_parity_rank
-    from megatron_ads.cli import CommandFailed, emit
-    from megatron_ads.config.model import ModelConfig
-
     cfg = ModelConfig.from_hf(Path(args.hf))  # fail early, with the file named, on a bad config
     # ... and on MTP tensors the policy refuses (the ranks decide again and rank 0 logs the decision)
     resolve_mtp(cfg, HFCheckpoint(args.hf) if args.mcore is None else MegatronAsHF(args.mcore), args.mtp, warn=False)
     stage_counts = [int(x) for x in args.stage_layers.split(",")] if args.stage_layers else None
     kwargs = dict(tp=args.tp, pp=args.pp, ep=args.ep, dtype=args.dtype, stage_layer_counts=stage_counts,
                   batch=args.batch, seq=args.seq, seed=args.seed, mcore_dir=args.mcore, mtp=args.mtp)
-    from megatron_ads.runtime.dist import read_env
-
     if read_env().launcher != "single":  # under torchrun or srun: this process is one rank
         report = run_parity_rank(args.hf, **kwargs)
         if report is None:
             return 0
     else:
-        from megatron_ads.runtime.launch import spawn
-
         nproc = args.nproc or default_nproc(args.tp, args.pp, args.ep)
-        report = spawn(_parity_worker, nproc, args.hf, kwargs)[0]
+        report = launch.spawn(_parity_worker, nproc, args.hf, kwargs)[0]
     atol = args.atol if args.atol is not None else DEFAULT_ATOL[args.dtype]
     report.update(atol=atol, passed=report["max_abs_diff"] <= atol)
     emit(report, args.json, _human)
@@ -105,6 +99,4 @@ def run_parity(args) -> int:
 
 
 def _parity_worker(hf: str, kwargs: dict):
-    from megatron_ads.checkpoint.parity import run_parity_rank
-
     return run_parity_rank(hf, **kwargs)

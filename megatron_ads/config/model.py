@@ -16,18 +16,24 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-FAMILY_OF_MODEL_TYPE = {
+ModelType = Literal["deepseek_v3", "deepseek_v2", "llama", "qwen2", "mistral"]
+Family = Literal["deepseek_v3", "llama"]
+RopeType = Literal["default", "yarn", "linear", "llama3"]
+ScoreFunc = Literal["sigmoid", "softmax"]
+MtpPolicy = Literal["require", "auto", "drop"]
+
+FAMILY_OF_MODEL_TYPE: dict[str, Family] = {
     "deepseek_v3": "deepseek_v3",
     "deepseek_v2": "deepseek_v3",
     "llama": "llama",
     "qwen2": "llama",
     "mistral": "llama",
 }
-ROPE_TYPES = ("default", "yarn", "linear", "llama3")
-SCORE_FUNCS = ("sigmoid", "softmax")
-MTP_POLICIES = ("require", "auto", "drop")
+ROPE_TYPES: tuple[str, ...] = get_args(RopeType)
+SCORE_FUNCS: tuple[str, ...] = get_args(ScoreFunc)
+MTP_POLICIES: tuple[str, ...] = get_args(MtpPolicy)
 """What to do with MTP layers a config.json declares (checkpoint/mtp.py ``resolve_mtp``)."""
 
 
@@ -35,7 +41,7 @@ MTP_POLICIES = ("require", "auto", "drop")
 class ModelConfig:
     """Architecture of one model, independent of any parallel layout."""
 
-    model_type: str
+    model_type: ModelType
     """HF ``model_type``: one of deepseek_v3, deepseek_v2, llama, qwen2, mistral."""
     vocab_size: int
     """Vocabulary size (rows of the embedding and the output layer)."""
@@ -61,7 +67,7 @@ class ModelConfig:
     """Bias on q/k/v projections (Qwen2); for MLA, bias on q_a/kv_a projections (unsupported)."""
     rope_theta: float = 10000.0
     """RoPE base."""
-    rope_type: str = "default"
+    rope_type: RopeType = "default"
     """Rope scaling: default, yarn, linear or llama3."""
     rope_factor: float = 1.0
     """Rope scaling factor (yarn/linear/llama3)."""
@@ -103,7 +109,7 @@ class ModelConfig:
     """Expert groups for group-limited routing."""
     topk_group: int = 1
     """Groups kept per token."""
-    scoring_func: str = "sigmoid"
+    scoring_func: ScoreFunc = "sigmoid"
     """Router score function: sigmoid (V3) or softmax (V2)."""
     norm_topk_prob: bool = True
     """Normalize the selected expert weights to sum to one."""
@@ -153,7 +159,7 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ derived facts
     @property
-    def family(self) -> str:
+    def family(self) -> Family:
         """'deepseek_v3' or 'llama'."""
         return FAMILY_OF_MODEL_TYPE[self.model_type]
 

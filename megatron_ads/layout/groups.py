@@ -13,7 +13,7 @@ def init_model_parallel(par: ParallelConfig, timeout_s: float | None = None) -> 
     Returns:
         the data-parallel size (world / (tp * pp)).
     """
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # heavy: keeps the planner (same layer) free of megatron-core
 
     world = dist.get_world_size()
     if world % (par.tp * par.pp):

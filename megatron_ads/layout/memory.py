@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megatron_ads.config.model import ModelConfig
-from megatron_ads.model.flops import attention_params, layer_params
+from megatron_ads.layout.counts import attention_params, head_dims, layer_params
 
 GB = 1e9
+"""Memory sizes of the planner are decimal gigabytes (10^9 bytes), as GPU data sheets quote them."""
 RUNTIME_OVERHEAD_GB = 3.0
 BYTES_WEIGHT, BYTES_GRAD, BYTES_OPTIM = 2, 4, 12
 
@@ -113,10 +114,7 @@ def stage_cost(cfg: ModelConfig, layers: list[int], first: bool, last: bool, tp:
                seq_len: int) -> float:
     """Compute per token of one rank of a stage (FLOP units: 2 x active params + attention scores)."""
     h = cfg.hidden_size
-    if cfg.family == "deepseek_v3":
-        qk, vd = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim
-    else:
-        qk = vd = cfg.kv_channels
+    qk, vd = head_dims(cfg)
     scores = cfg.num_attention_heads * (qk + vd) * (seq_len + 1) / 2
 
     def layer_cost(moe: bool) -> float:

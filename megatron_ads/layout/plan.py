@@ -12,18 +12,21 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.layout.counts import active_params, count_params
 from megatron_ads.layout.experts import expert_ranges
 from megatron_ads.layout.memory import GB, stage_cost, stage_memory
-from megatron_ads.model.flops import active_params, count_params
+from megatron_ads.layout.traffic import traffic
+from megatron_ads.runtime.errors import BadInput
 
-RECOMPUTE = ("none", "full", "auto")
+Recompute = Literal["none", "full", "auto"]
+RECOMPUTE: tuple[str, ...] = get_args(Recompute)
 
 
-class PlanError(ValueError):
+class PlanError(BadInput):
     """A layout request that cannot be satisfied; the message names the constraint."""
 
 
@@ -36,7 +39,7 @@ class Cluster:
     gpus_per_node: int
     """GPUs per node."""
     gpu_mem_gb: float = 80.0
-    """Usable memory per GPU (GB)."""
+    """Usable memory per GPU (GB = 10^9 bytes)."""
 
     def __post_init__(self):
         for name in ("nodes", "gpus_per_node"):
@@ -60,7 +63,7 @@ class TrainShape:
     """Sequences per micro-batch."""
     num_microbatches: int = 0
     """Micro-batches per step (0: 2 x pp)."""
-    recompute: str = "auto"
+    recompute: Recompute = "auto"
     """Activation recompute: none, full, or auto (none when it fits, else full)."""
     distributed_optimizer: bool = True
     """Shard optimizer state over (expert-)data-parallel ranks."""
@@ -272,8 +275,6 @@ def build_plan(cfg: ModelConfig, cluster: Cluster, shape: TrainShape, tp: int = 
         recompute=recompute, distributed_optimizer=shape.distributed_optimizer,
         max_memory_gb=max_mem, fits=max_mem <= cluster.gpu_mem_gb, model_type=cfg.model_type,
     )
-    from megatron_ads.layout.traffic import traffic
-
     plan.traffic = traffic(cfg, plan)
     return plan
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
 from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
 
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import megatron_layout
 from megatron_ads.model.specs import decoder_block_spec
+from megatron_ads.runtime.platform import patch_loaded_megatron_modules
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -132,12 +136,6 @@ def transformer_config(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32
 def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32", device: str = "cpu",
                       use_te: bool = False, tconfig: TransformerConfig | None = None):
     """The GPTModel chunk of this rank (megatron parallel state must be initialized for ``par``)."""
-    from megatron.core import parallel_state
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
-
-    from megatron_ads.runtime.platform import patch_loaded_megatron_modules
-
     patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from megatron_ads.checkpoint.hf_init import is_fp8_weight
+from megatron_ads.checkpoint.hf_io import is_fp8_weight
 from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
 from megatron_ads.cli import main
 

@@ -1,6 +1,7 @@
-"""DeepSeek-V2/V3/R1 parameter table (HF -> megatron-core, local spec names). Data only."""
+"""DeepSeek-V2/V3/R1 parameter table (HF -> megatron-core, local spec names). Data only: registered
+with the mapping registry, which imports this module by name (``mapping.family``)."""
 
-from megatron_ads.checkpoint.mapping import Rule
+from megatron_ads.checkpoint.mapping import Rule, register_family
 
 _ATTN = "model.layers.{L}.self_attn."
 _MLA = "decoder.layers.{l}.self_attention."
@@ -117,3 +118,5 @@ ALIASES = [
     (r"model\.layers\.(\d+)\.embed_tokens\.weight", "model.embed_tokens.weight"),
     (r"model\.layers\.(\d+)\.shared_head\.head\.weight", "lm_head.weight"),
 ]
+
+FAMILY = register_family("deepseek_v3", rules=RULES, shapes=SHAPES, aliases=ALIASES)

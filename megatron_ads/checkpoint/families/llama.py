@@ -1,6 +1,7 @@
-"""Llama/Qwen2/Mistral parameter table (HF -> megatron-core, local spec names). Data only."""
+"""Llama/Qwen2/Mistral parameter table (HF -> megatron-core, local spec names). Data only: registered
+with the mapping registry, which imports this module by name (``mapping.family``)."""
 
-from megatron_ads.checkpoint.mapping import Rule
+from megatron_ads.checkpoint.mapping import Rule, register_family
 
 _A = "model.layers.{L}.self_attn."
 _M = "decoder.layers.{l}."
@@ -41,4 +42,6 @@ SHAPES = [
     (r".*mlp\.(gate|up)_proj\.weight", lambda c: (c.intermediate_size, c.hidden_size)),
     (r".*mlp\.down_proj\.weight", lambda c: (c.hidden_size, c.intermediate_size)),
 ]
-ALIASES: list = []
+ALIASES: list[tuple[str, str]] = []
+
+FAMILY = register_family("llama", rules=RULES, shapes=SHAPES, aliases=ALIASES)
