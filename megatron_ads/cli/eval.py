@@ -1,12 +1,16 @@
-"""``megatron-ads eval --pred PRED.jsonl --gold GOLD.jsonl --task query_ad|ad_user|query_gen [--json] [--embedder DIR]``"""
+"""``megatron-ads eval --pred PRED.jsonl --gold GOLD.jsonl --task TASK [--json] [--embedder DIR]``"""
 
 from __future__ import annotations
+
+from megatron_ads.cli import emit
+from megatron_ads.data.tasks import task, with_metric
+from megatron_ads.eval.metrics import evaluate, markdown
 
 
 def register(p) -> None:
     p.add_argument("--pred", required=True)
     p.add_argument("--gold", required=True)
-    p.add_argument("--task", required=True, choices=("query_ad", "ad_user", "query_gen"))
+    p.add_argument("--task", required=True, choices=with_metric())
     p.add_argument("--json", action="store_true")
     p.add_argument("--embedder", default=None,
                    help="query_gen: local Hugging Face model dir for relevance/diversity embeddings "
@@ -15,9 +19,7 @@ def register(p) -> None:
 
 
 def run(args) -> int:
-    from megatron_ads.cli import emit
-    from megatron_ads.eval.metrics import evaluate, markdown
-
-    r = evaluate(args.task, args.pred, args.gold, embedder=args.embedder)
-    emit(r, args.json, lambda x: markdown(args.task, x))
+    name = task(args.task).metric
+    r = evaluate(name, args.pred, args.gold, embedder=args.embedder)
+    emit(r, args.json, lambda x: markdown(name, x))
     return 0

@@ -6,14 +6,28 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 import yaml
 
-from megatron_ads.config.model import MTP_POLICIES
+from megatron_ads.config.model import MtpPolicy
 from megatron_ads.config.parallel import ParallelConfig
 
-DTYPES = ("fp32", "bf16")
+Init = Literal["random", "hf", "mcore"]
+DataKind = Literal["synthetic"]
+Dtype = Literal["fp32", "bf16"]
+StubImpl = Literal["megatron", "project"]
+StubPart = Literal["optimizer", "metrics"]
+TaskWeighting = Literal["loss", "sampling"]
+DTYPES = get_args(Dtype)
+
+
+def _one_of(section: str, obj: Any, name: str, kind: Any) -> None:
+    """Validate a ``Literal`` field: ValueError naming ``section.name``, the allowed values and what was found."""
+    allowed = get_args(kind)
+    value = getattr(obj, name)
+    if value not in allowed:
+        raise ValueError(f"{section}.{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -22,20 +36,18 @@ class ModelSpec:
 
     name: str = "tiny_deepseek_v3"
     """A flavor name, an HF config.json, or an HF checkpoint directory."""
-    init: str = "random"
+    init: Init = "random"
     """random (megatron init, seeded), hf (load the HF checkpoint at ``path``) or mcore (converted shards)."""
     path: str = ""
     """Checkpoint directory for init=hf|mcore."""
-    mtp: str = "auto"
+    mtp: MtpPolicy = "auto"
     """MTP layers config.json declares (num_nextn_predict_layers): require (the init=hf checkpoint must hold
     them), auto (build without them when the checkpoint holds none, as transformers' save_pretrained writes
     it; with a warning) or drop (never build them)."""
 
     def __post_init__(self):
-        if self.init not in ("random", "hf", "mcore"):
-            raise ValueError(f"model.init: expected random, hf or mcore, got {self.init!r}")
-        if self.mtp not in MTP_POLICIES:
-            raise ValueError(f"model.mtp: expected one of {', '.join(MTP_POLICIES)}, got {self.mtp!r}")
+        _one_of("model", self, "init", Init)
+        _one_of("model", self, "mtp", MtpPolicy)
         if self.init != "random" and not self.path:
             raise ValueError(f"model.path: required for model.init={self.init}")
 
@@ -44,7 +56,7 @@ class ModelSpec:
 class DataSpec:
     """Where training tokens come from."""
 
-    kind: str = "synthetic"
+    kind: DataKind = "synthetic"
     """synthetic: a seeded, learnable token stream (periodic motifs); the base the SFT data builds on."""
     seed: int = 1234
     """Seed of the token stream (independent of the model seed)."""
@@ -54,13 +66,15 @@ class DataSpec:
     """Synthetic tokens are drawn from [0, vocab_limit)."""
 
     def __post_init__(self):
-        if self.kind != "synthetic":
+        if self.kind not in get_args(DataKind):
             raise ValueError(f"data.kind: expected 'synthetic' (SFT data arrives with `train sft`), got {self.kind!r}")
 
 
 @dataclass(kw_only=True, slots=True)
 class OptimSpec:
-    """Optimizer, schedule and precision."""
+    """Optimizer, schedule and precision. The fields named as in megatron-core's ``OptimizerConfig`` (lr, min_lr,
+    weight_decay, adam_beta1, adam_beta2, clip_grad) pass to it by name, with ``megatron`` for any other of its
+    fields; ``train.optim.megatron_optimizer_config`` builds it (megatron-core is not imported by config)."""
 
     lr: float = 3e-3
     """Peak learning rate."""
@@ -76,16 +90,27 @@ class OptimSpec:
     """Adam beta2."""
     clip_grad: float = 1.0
     """Global gradient-norm clip (0: off)."""
-    dtype: str = "fp32"
+    dtype: Dtype = "fp32"
     """Compute dtype: fp32 (CPU default) or bf16 (GPU; fp32 main params and grads)."""
     distributed_optimizer: bool = False
     """Shard optimizer state over (expert-)data-parallel ranks."""
     stub_moe_optimizer: bool = True
     """Give ranks without expert parameters an expert-side optimizer that joins every MoE collective."""
+    stub_parts: list[StubPart] | None = None
+    """Debug: which collectives the stub keeps uniform, the expert optimizer ("optimizer") and megatron's MoE
+    tracker reduction ("metrics"); None: both with stub_moe_optimizer, none without (tests probe them apart)."""
+    stub_impl: StubImpl = "megatron"
+    """Debug: the expert-side stub optimizer: megatron's own (its builder's empty-group expert optimizer) or the
+    project's ExpertStubOptimizer in its place."""
+    megatron: dict[str, Any] = field(default_factory=dict)
+    """Further megatron-core OptimizerConfig fields, passed as they are (e.g. {adam_eps: 1.0e-8})."""
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"optim.dtype: expected one of {DTYPES}, got {self.dtype!r}")
+        _one_of("optim", self, "dtype", Dtype)
+        _one_of("optim", self, "stub_impl", StubImpl)
+        for part in self.stub_parts or []:
+            if part not in get_args(StubPart):
+                raise ValueError(f"optim.stub_parts: expected a list of {', '.join(get_args(StubPart))}, got {part!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"optim.lr/min_lr: expected 0 <= min_lr <= lr, lr > 0; got {self.lr}/{self.min_lr}")
 
@@ -135,9 +160,12 @@ class CheckpointSpec:
     """Save after the last step."""
 
 
-TASK_METRICS = {"query_ad": ("bad_view_BACC", "fair_view_BACC", "location_BACC", "quality_BACC", "mean_BACC"),
-                "ad_user": ("AUC", "BACC"), "query_gen": ("Relevance", "Diversity", "Difficulty")}
-"""Normalized validation metrics a task's λ_t can follow (first = default)."""
+class TaskFiles(TypedDict, total=False):
+    """A task's own labeled JSONL files (val and test optional)."""
+
+    train: str
+    val: str
+    test: str
 
 
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
@@ -153,8 +181,9 @@ def _yaml_value(raw: str) -> Any:
 class SFTSpec:
     """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""
 
-    tasks: list[str] = field(default_factory=lambda: ["query_ad", "ad_user"])
-    """Tasks to train (query_ad, ad_user, query_gen)."""
+    tasks: list[str] = field(default_factory=list)
+    """Tasks to train (of query_ad, ad_user, query_gen); empty: query_ad and ad_user. Task names and the
+    task-dependent settings below are checked against the task registry (``data.tasks.check_sft``)."""
     train_size: int = 2000
     """Synthetic rows per task (before the val/test split)."""
     data_seed: int = 0
@@ -180,16 +209,16 @@ class SFTSpec:
     """Apply Eq. 5 instance weights."""
     reweight_tasks: bool = True
     """Apply Eq. 7 task weights."""
-    task_weighting: str = "loss"
+    task_weighting: TaskWeighting = "loss"
     """Where λ_t acts: "loss" (Eq. 2, default) or "sampling" (task-mixer probabilities; the loss then averages tasks)."""
-    task_metric: dict = field(default_factory=dict)
+    task_metric: dict[str, str] = field(default_factory=dict)
     """Normalized validation metric M_t per task (Eq. 6); defaults: query_ad bad_view_BACC, ad_user AUC,
     query_gen Relevance (greedy decoding). query_ad also accepts fair_view_BACC, location_BACC, quality_BACC,
     mean_BACC; ad_user BACC; query_gen Diversity, Difficulty."""
-    synthetic: dict = field(default_factory=dict)
+    synthetic: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per-task synthetic corpus settings (data/synthetic.py SyntheticConfig fields, e.g.
     {ad_user: {label_noise: 0.5}}); size and seed come from train_size / data_seed."""
-    files: dict = field(default_factory=dict)
+    files: dict[str, TaskFiles] = field(default_factory=dict)
     """Your own labeled JSONL per task instead of the synthetic corpus: {query_ad: {train: F, val: F, test: F}}
     (val/test optional: 10% of train each). Rows as `megatron-ads eval` gold rows plus the task's inputs."""
     test_rows: int = 256
@@ -201,42 +230,21 @@ class SFTSpec:
     """λ of the general task (the adaptive tasks share the rest); also its sampling share."""
 
     def __post_init__(self):
-        from megatron_ads.data.synthetic import GENERATORS
-
-        bad = [t for t in self.tasks if t not in GENERATORS]
-        if bad or not self.tasks:
-            raise ValueError(f"sft.tasks: expected a non-empty subset of {sorted(GENERATORS)}, got {self.tasks}")
         if not 0.0 <= self.label_only_fraction <= 1.0:
             raise ValueError(f"sft.label_only_fraction: expected [0, 1], got {self.label_only_fraction}")
         for name in ("train_size", "val_rows", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
-        for t, f in self.files.items():
-            if t not in self.tasks:
-                raise ValueError(f"sft.files.{t}: task not in sft.tasks {self.tasks}")
-            if not isinstance(f, dict) or not f.get("train") or set(f) - {"train", "val", "test"}:
-                raise ValueError(f"sft.files.{t}: expected {{train: FILE[, val: FILE][, test: FILE]}}, got {f!r}")
         if self.test_rows < 0:
             raise ValueError(f"sft.test_rows: expected >= 0, got {self.test_rows}")
         if not 0.0 <= self.prompt_loss_weight <= 1.0:
             raise ValueError(f"sft.prompt_loss_weight: expected [0, 1], got {self.prompt_loss_weight}")
-        if self.task_weighting not in ("loss", "sampling"):
-            raise ValueError(f"sft.task_weighting: expected 'loss' or 'sampling', got {self.task_weighting!r}")
-        for t, m in self.task_metric.items():
-            if t not in TASK_METRICS or m not in TASK_METRICS[t]:
-                raise ValueError(f"sft.task_metric.{t}: expected one of {TASK_METRICS.get(t, ())} "
-                                 f"(tasks with a metric: {sorted(TASK_METRICS)}), got {m!r}")
-        bad = set(self.synthetic) - set(self.tasks)
-        if bad:
-            raise ValueError(f"sft.synthetic: settings for task(s) {sorted(bad)} not in sft.tasks {self.tasks}")
+        _one_of("sft", self, "task_weighting", TaskWeighting)
         for t, kw in self.synthetic.items():
             if not isinstance(kw, dict):
                 raise ValueError(f"sft.synthetic.{t}: expected a mapping of SyntheticConfig fields, got {kw!r}")
         if self.general_path is not None and not 0.0 < self.general_weight < 1.0:
             raise ValueError(f"sft.general_weight: expected 0 < w < 1, got {self.general_weight}")
-
-    def metric_of(self, task: str) -> str:
-        return self.task_metric.get(task, TASK_METRICS[task][0]) if task in TASK_METRICS else ""
 
 
 @dataclass(kw_only=True, slots=True)

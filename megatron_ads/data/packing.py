@@ -70,3 +70,14 @@ def collate(examples: list[Example]) -> dict:
             "loss_mask": torch.tensor([e.mask for e in examples], dtype=torch.float32),
             "prompt_mask": prompt,
             "sample_ids": [e.sample_id for e in examples], "tasks": [e.task for e in examples]}
+
+
+def model_forward(model, batch: dict, device, *, with_labels: bool = True, **kwargs):
+    """The model call of a micro-batch (the forward-step preamble every schedule step shares): tokens (and
+    labels) moved to ``device``, positions 0..S-1; ``kwargs`` go to the model (e.g. ``loss_mask``).
+    Returns the model's output: per-token NLL [B, S] with labels, logits [B, S, V] without."""
+    tokens = batch["tokens"].to(device)
+    pos = torch.arange(tokens.shape[1], device=device).unsqueeze(0).expand_as(tokens)
+    if with_labels:
+        kwargs["labels"] = batch["labels"].to(device)
+    return model(tokens, pos, None, **kwargs)

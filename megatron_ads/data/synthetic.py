@@ -21,6 +21,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+from megatron_ads.data.tasks import AD_USER, QUERY_AD, QUERY_GEN
+from megatron_ads.runtime.io import write_text
 
 CATALOGUE = {
     "running shoes": {"group": "sports", "brands": ["Nike", "Asics", "Brooks"], "items": ["trail runners", "racing flats"]},
@@ -167,30 +171,39 @@ def query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
             "reasoning": f"Narrower queries stay in {cat} and add a brand, a price or a location refinement."}
 
 
-GENERATORS = {"query_ad": query_ad_row, "ad_user": ad_user_row, "query_gen": query_gen_row}
+def _noisy_query_ad(rng: random.Random, row: dict) -> None:
+    row["labels"] = {"relevance": rng.choice(["bad", "fair", "good"]), "location": rng.choice(["good", "bad"]),
+                     "quality": rng.choice(["good", "bad"])}
+
+
+def _noisy_ad_user(rng: random.Random, row: dict) -> None:
+    row["score"] = rng.randint(0, 3)
+
+
+Row = Callable[[random.Random, SyntheticConfig, int], dict]
+GENERATORS: dict[str, tuple[Row, Callable[[random.Random, dict], None] | None]] = {
+    QUERY_AD.name: (query_ad_row, _noisy_query_ad),
+    AD_USER.name: (ad_user_row, _noisy_ad_user),
+    QUERY_GEN.name: (query_gen_row, None),
+}
+"""Per task: the row generator and the label randomizer of ``label_noise`` (None: no labels to randomize)."""
 
 
 def generate(task_name: str, cfg: SyntheticConfig) -> list[dict]:
     """``cfg.size`` rows of a task, deterministic in ``cfg.seed``."""
     if task_name not in GENERATORS:
         raise ValueError(f"task: synthetic data exists for {sorted(GENERATORS)}, got {task_name!r}")
+    make, randomize = GENERATORS[task_name]
     rng = random.Random(f"{task_name}:{cfg.seed}")
-    rows = [GENERATORS[task_name](rng, cfg, i) for i in range(cfg.size)]
+    rows = [make(rng, cfg, i) for i in range(cfg.size)]
     if cfg.label_noise > 0:
         noise = random.Random(f"{task_name}:{cfg.seed}:noise")
         for row in rows:
             if noise.random() < cfg.label_noise:
-                _randomize_labels(noise, task_name, row)
+                if randomize is not None:
+                    randomize(noise, row)
+                row["noisy_label"] = True
     return rows
-
-
-def _randomize_labels(rng: random.Random, task_name: str, row: dict) -> None:
-    if task_name == "query_ad":
-        row["labels"] = {"relevance": rng.choice(["bad", "fair", "good"]), "location": rng.choice(["good", "bad"]),
-                         "quality": rng.choice(["good", "bad"])}
-    elif task_name == "ad_user":
-        row["score"] = rng.randint(0, 3)
-    row["noisy_label"] = True
 
 
 def split(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) -> dict[str, list[dict]]:
@@ -203,10 +216,5 @@ def split(rows: list[dict], val: float = 0.1, test: float = 0.1, seed: int = 0) 
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
-    """Write rows atomically (temp name, then rename)."""
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    """Write rows atomically (keys in row order, unlike ``runtime.io.write_jsonl``)."""
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

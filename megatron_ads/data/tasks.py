@@ -1,22 +1,43 @@
-"""Ads task schemas, prompt/target templates in the paper's "label + reasoning" format, and output parsing.
+"""The task registry: one ``Task`` object per ads task, and the only place task names are spelled.
 
-Every task renders a prompt from its input fields and a target of the form::
+A task knows its input schema (``required``), its prompt template and its target in the paper's
+"label + reasoning" format::
 
     <think>reasoning</think>
     <Label>good</Label> ...            (tagged fields, one per line)
 
-``parse_output`` reads a model's text back into fields and reports what is malformed (missing or
-repeated tags, values outside the allowed set, an unclosed ``<think>``) instead of guessing.
-JSONL inputs are validated row by row; errors name the file, line and field.
+its output fields (``outputs``: tag, row key, allowed values), which row keys a gold row keeps
+(``gold_keys``), the name of its metric in ``eval.metrics.METRICS`` (``metric``) and the validation
+values its SFT task weight λ_t may follow (``lambda_metrics``, first = default). ``predict`` turns
+rows into prediction rows (the ``megatron-ads eval`` format) through any ``Scorer``: label tasks by
+label-candidate scoring, generation tasks by greedy decoding. ``parse_output`` reads a model's text
+back into fields and reports what is malformed (missing or repeated tags, values outside the
+allowed set, an unclosed ``<think>``) instead of guessing. JSONL inputs are validated row by row;
+errors name the file, line and field.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
+
+from megatron_ads.runtime.io import iter_jsonl
+
+THINK_EMPTY = "<think></think>\n"
+"""The label-only form's (empty) reasoning: what validation and prediction prompts end with."""
+
+
+class Scorer(Protocol):
+    """What ``Task.predict`` needs from a model (``infer`` provides one over the training pipeline)."""
+
+    def score(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """Summed log-probability of each target given its prompt."""
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuation text of each prompt (without EOS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,19 +49,36 @@ class OutputField:
     allowed: tuple[str, ...] | None = None
     repeated: bool = False
     """Several tags of this kind (one per item), e.g. <Query> lines."""
+    cast: Callable[[str], Any] = str
+    """Type of the value in a prediction row (the ad-user score is an int)."""
+
+    @property
+    def name(self) -> str:
+        """The key's last part: the name of the field in parsed outputs."""
+        return self.key.split(".")[-1]
 
 
 @dataclass(frozen=True, slots=True)
-class TaskSpec:
+class Task:
     name: str
     kind: str
-    """classification (label-candidate scoring) or generation (decoding)."""
+    """classification (label-candidate scoring), generation (decoding) or general (plain instruction data)."""
     required: tuple[str, ...]
     """Input keys a row must have (dotted for nested)."""
     outputs: tuple[OutputField, ...]
     prompt: Callable[[dict], str]
     plain_target: Callable[[dict], str] | None = None
     """Target without the label+reasoning format (general instruction data: the response as is)."""
+    gold_keys: tuple[str, ...] = ()
+    """Top-level row keys a gold row (``eval`` format) keeps besides ``id``."""
+    metric: str | None = None
+    """Name of the task's metric in ``eval.metrics.METRICS`` (None: no metric, not trainable by SFT)."""
+    lambda_metrics: tuple[str, ...] = ()
+    """Validation values (keys of the metric's summary) λ_t may follow; the first is the default."""
+    val_rows: int | None = None
+    """Cap on validation rows per interval (greedy decoding costs one forward per token)."""
+    max_new_tokens: int = 48
+    """Generation tasks: tokens decoded per prediction."""
 
     def target(self, row: dict) -> str:
         """The training target: reasoning in <think>, then the tagged fields."""
@@ -53,6 +91,57 @@ class TaskSpec:
             lines += [f"<{f.tag}>{str(v).strip()}</{f.tag}>" for v in values]
         return "\n".join(lines)
 
+    def gold(self, row: dict) -> dict:
+        """The gold row ``megatron-ads eval`` reads."""
+        return {"id": row["id"], **{k: row[k] for k in self.gold_keys}}
+
+    def predict(self, rows: list[dict], scorer: Scorer) -> list[dict]:
+        """Prediction rows (``eval`` format) for ``rows``: by label-candidate scoring or greedy decoding."""
+        if self.kind == "classification":
+            return _score_fields(self, rows, scorer)
+        if self.kind == "generation":
+            texts = scorer.generate([self.prompt(r) + THINK_EMPTY for r in rows], self.max_new_tokens)
+            out = []
+            for r, text in zip(rows, texts):
+                parsed = parse_output(self, THINK_EMPTY + text)
+                out.append({"id": r["id"], **{f.name: parsed.fields.get(f.name) for f in self.outputs}, "raw": text})
+            return out
+        raise ValueError(f"task {self.name!r}: {self.kind} tasks have no predictions")
+
+
+TaskSpec = Task
+"""Former name of ``Task``."""
+
+
+def _score_fields(spec: Task, rows: list[dict], scorer: Scorer) -> list[dict]:
+    """Fields are scored in order, each given the fields chosen before it, in label-only form (empty
+    <think>); probs are the softmax of the candidates' summed log-probs (per field when there are several)."""
+    import torch  # heavy: only predictions need it (the eval CLI reads this registry too)
+
+    preds: list[dict[str, Any]] = [{"id": r["id"]} for r in rows]
+    chosen: list[dict[str, str]] = [{} for _ in rows]
+    several = len(spec.outputs) > 1
+    for f in spec.outputs:
+        cands = f.allowed
+        prompts, targets = [], []
+        for r, ch in zip(rows, chosen):
+            prefix = THINK_EMPTY + "".join(f"<{g.tag}>{ch[g.key]}</{g.tag}>\n" for g in spec.outputs if g.key in ch)
+            for c in cands:
+                prompts.append(spec.prompt(r) + prefix)
+                targets.append(f"<{f.tag}>{c}</{f.tag}>")
+        scores = scorer.score(prompts, targets)
+        for i, (pr, ch) in enumerate(zip(preds, chosen)):
+            sl = torch.tensor(scores[i * len(cands):(i + 1) * len(cands)])
+            p = torch.softmax(sl, 0)
+            ch[f.key] = cands[int(sl.argmax())]
+            _set(pr, f.key, f.cast(ch[f.key]))
+            probs = {c: float(p[k]) for k, c in enumerate(cands)}
+            if several:
+                pr.setdefault("probs", {})[f.name] = probs
+            else:
+                pr["probs"] = probs
+    return preds
+
 
 def _get(row: dict, dotted: str) -> Any:
     cur: Any = row
@@ -63,6 +152,13 @@ def _get(row: dict, dotted: str) -> Any:
     return cur
 
 
+def _set(row: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        row = row.setdefault(part, {})
+    row[last] = value
+
+
 def _ad_text(ad: dict) -> str:
     return f"title: {ad.get('title', '')}\ndescription: {ad.get('description', '')}\nurl: {ad.get('url', '')}"
 
@@ -71,47 +167,60 @@ def _history(events: list) -> str:
     return "\n".join(f"- {e}" for e in events)
 
 
-TASKS: dict[str, TaskSpec] = {
-    "query_ad": TaskSpec(
-        name="query_ad", kind="classification", required=("query", "ad.title", "ad.description", "ad.url"),
-        outputs=(OutputField("Label", "labels.relevance", ("bad", "fair", "good")),
-                 OutputField("LocationLabel", "labels.location", ("good", "bad")),
-                 OutputField("AdQuality", "labels.quality", ("good", "bad"))),
-        prompt=lambda r: ("Task: judge query-ad relevance, location match and ad quality.\n"
-                          f"query: {r['query']}\n{_ad_text(r['ad'])}\nAnswer:\n")),
-    "ad_user": TaskSpec(
-        name="ad_user", kind="classification", required=("history", "ad.title", "ad.description"),
-        outputs=(OutputField("Score", "score", ("0", "1", "2", "3")),),
-        prompt=lambda r: ("Task: score how relevant the ad is to the user (0-3).\n"
-                          f"user history:\n{_history(r['history'])}\n{_ad_text(r['ad'])}\nAnswer:\n")),
-    "query_gen": TaskSpec(
-        name="query_gen", kind="generation", required=("keyword", "ad.title", "ad.description"),
-        outputs=(OutputField("Query", "queries", None, repeated=True),),
-        prompt=lambda r: ("Task: write narrower user queries for the advertiser keyword.\n"
-                          f"keyword: {r['keyword']}\n{_ad_text(r['ad'])}\nAnswer:\n")),
-    "user_profile": TaskSpec(
-        name="user_profile", kind="generation", required=("history",),
-        outputs=(OutputField("Profile", "profile"),),
-        prompt=lambda r: f"Task: summarize the user's interests.\nuser history:\n{_history(r['history'])}\nAnswer:\n"),
-    "ad_rewrite": TaskSpec(
-        name="ad_rewrite", kind="generation", required=("ad.title", "ad.description"),
-        outputs=(OutputField("Title", "rewrite.title"), OutputField("Description", "rewrite.description")),
-        prompt=lambda r: f"Task: rewrite the ad clearly and without defects.\n{_ad_text(r['ad'])}\nAnswer:\n"),
-    "general": TaskSpec(
-        name="general", kind="general", required=("prompt", "response"), outputs=(),
-        prompt=lambda r: f"{str(r['prompt']).strip()}\n", plain_target=lambda r: str(r["response"]).strip()),
-}
-"""``general``: public instruction data ({"id", "prompt", "response"}) mixed into SFT at a fixed weight."""
+QUERY_AD = Task(
+    name="query_ad", kind="classification", required=("query", "ad.title", "ad.description", "ad.url"),
+    outputs=(OutputField("Label", "labels.relevance", ("bad", "fair", "good")),
+             OutputField("LocationLabel", "labels.location", ("good", "bad")),
+             OutputField("AdQuality", "labels.quality", ("good", "bad"))),
+    prompt=lambda r: ("Task: judge query-ad relevance, location match and ad quality.\n"
+                      f"query: {r['query']}\n{_ad_text(r['ad'])}\nAnswer:\n"),
+    gold_keys=("labels",), metric="defect_views",
+    lambda_metrics=("bad_view_BACC", "fair_view_BACC", "location_BACC", "quality_BACC", "mean_BACC"))
+AD_USER = Task(
+    name="ad_user", kind="classification", required=("history", "ad.title", "ad.description"),
+    outputs=(OutputField("Score", "score", ("0", "1", "2", "3"), cast=int),),
+    prompt=lambda r: ("Task: score how relevant the ad is to the user (0-3).\n"
+                      f"user history:\n{_history(r['history'])}\n{_ad_text(r['ad'])}\nAnswer:\n"),
+    gold_keys=("score",), metric="relevance_score", lambda_metrics=("AUC", "BACC"))
+QUERY_GEN = Task(
+    name="query_gen", kind="generation", required=("keyword", "ad.title", "ad.description"),
+    outputs=(OutputField("Query", "queries", None, repeated=True),),
+    prompt=lambda r: ("Task: write narrower user queries for the advertiser keyword.\n"
+                      f"keyword: {r['keyword']}\n{_ad_text(r['ad'])}\nAnswer:\n"),
+    gold_keys=("keyword", "ad"), metric="query_generation", lambda_metrics=("Relevance", "Diversity", "Difficulty"),
+    val_rows=32)
+USER_PROFILE = Task(
+    name="user_profile", kind="generation", required=("history",),
+    outputs=(OutputField("Profile", "profile"),),
+    prompt=lambda r: f"Task: summarize the user's interests.\nuser history:\n{_history(r['history'])}\nAnswer:\n")
+AD_REWRITE = Task(
+    name="ad_rewrite", kind="generation", required=("ad.title", "ad.description"),
+    outputs=(OutputField("Title", "rewrite.title"), OutputField("Description", "rewrite.description")),
+    prompt=lambda r: f"Task: rewrite the ad clearly and without defects.\n{_ad_text(r['ad'])}\nAnswer:\n")
+GENERAL = Task(
+    name="general", kind="general", required=("prompt", "response"), outputs=(),
+    prompt=lambda r: f"{str(r['prompt']).strip()}\n", plain_target=lambda r: str(r["response"]).strip())
+"""Public instruction data ({"id", "prompt", "response"}) mixed into SFT at a fixed weight."""
+
+TASKS: dict[str, Task] = {t.name: t for t in (QUERY_AD, AD_USER, QUERY_GEN, USER_PROFILE, AD_REWRITE, GENERAL)}
+DEFAULT_SFT_TASKS = (QUERY_AD.name, AD_USER.name)
+"""What ``sft.tasks`` means when it is left empty."""
 
 
-def task(name: str) -> TaskSpec:
+def task(name: str) -> Task:
+    """The registered task ``name`` (ValueError listing the known ones otherwise)."""
     if name not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {name!r}")
     return TASKS[name]
 
 
+def with_metric() -> list[str]:
+    """Names of the tasks that have a metric (``eval --task`` choices)."""
+    return [n for n, t in TASKS.items() if t.metric]
+
+
 # ------------------------------------------------------------------------------------ validation
-def validate_row(spec: TaskSpec, row: Any, with_targets: bool) -> list[str]:
+def validate_row(spec: Task, row: Any, with_targets: bool) -> list[str]:
     """Problems of one row (empty list: valid)."""
     if not isinstance(row, dict):
         return ["expected a JSON object"]
@@ -143,23 +252,14 @@ def validate_row(spec: TaskSpec, row: Any, with_targets: bool) -> list[str]:
     return problems
 
 
-def load_jsonl(path: str | Path, spec: TaskSpec, with_targets: bool = True) -> list[dict]:
-    """Rows of a task JSONL; any invalid line raises ValueError naming file, line and field (all listed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+def load_jsonl(path: str | Path, spec: Task, with_targets: bool = True) -> list[dict]:
+    """Rows of a task JSONL. Unreadable JSON raises ``BadInput`` at its line; rows that do not fit the task
+    raise ValueError naming file, line and field (all of them listed)."""
     rows, problems, seen = [], [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: invalid JSON ({exc.msg})")
-            continue
+    for lineno, row in iter_jsonl(path):
         for p in validate_row(spec, row, with_targets):
             problems.append(f"{path}:{lineno}: {p}")
-        if isinstance(row, dict) and "id" in row:
+        if "id" in row:
             if str(row["id"]) in seen:
                 problems.append(f"{path}:{lineno}: field 'id': duplicate {row['id']!r}")
             seen.add(str(row["id"]))
@@ -168,6 +268,46 @@ def load_jsonl(path: str | Path, spec: TaskSpec, with_targets: bool = True) -> l
         more = f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ValueError(f"{len(problems)} invalid line(s) in {path}{more}:\n" + "\n".join(problems[:20]))
     return rows
+
+
+# ------------------------------------------------------------------------------------ SFT options
+def sft_tasks(sft) -> list[str]:
+    """The adaptive tasks of an SFT spec (``sft.tasks``, or the defaults when it is empty)."""
+    return list(sft.tasks) if sft.tasks else list(DEFAULT_SFT_TASKS)
+
+
+def lambda_metric(sft, name: str) -> str:
+    """The validation value task ``name``'s λ_t follows (``sft.task_metric`` or the task's default)."""
+    t = task(name)
+    return sft.task_metric.get(name, t.lambda_metrics[0]) if t.lambda_metrics else ""
+
+
+def check_sft(sft) -> None:
+    """The task-dependent checks of an SFT spec (``config.train.SFTSpec``): task names, λ metrics, and the
+    per-task ``synthetic`` / ``files`` settings. Raises ValueError naming the field."""
+    trainable = [n for n, t in TASKS.items() if t.metric]
+    names = sft_tasks(sft)
+    bad = [n for n in names if n not in trainable]
+    if bad:
+        raise ValueError(f"sft.tasks: expected a non-empty subset of {sorted(trainable)}, got {list(sft.tasks)}")
+    for n, f in sft.files.items():
+        if n not in names:
+            raise ValueError(f"sft.files.{n}: task not in sft.tasks {names}")
+        if not isinstance(f, dict) or not f.get("train") or set(f) - {"train", "val", "test"}:
+            raise ValueError(f"sft.files.{n}: expected {{train: FILE[, val: FILE][, test: FILE]}}, got {f!r}")
+    with_lambda = {n: t.lambda_metrics for n, t in TASKS.items() if t.lambda_metrics}
+    for n, m in sft.task_metric.items():
+        if n not in with_lambda or m not in with_lambda[n]:
+            raise ValueError(f"sft.task_metric.{n}: expected one of {with_lambda.get(n, ())} "
+                             f"(tasks with a metric: {sorted(with_lambda)}), got {m!r}")
+    bad = set(sft.synthetic) - set(names)
+    if bad:
+        raise ValueError(f"sft.synthetic: settings for task(s) {sorted(bad)} not in sft.tasks {names}")
+
+
+def normalized(value: float) -> float:
+    """A validation value as λ_t's input: NaN (e.g. AUC with one class only) is uninformative (0.5)."""
+    return 0.5 if math.isnan(value) else value
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -182,7 +322,7 @@ class ParsedOutput:
         return not self.errors
 
 
-def parse_output(spec: TaskSpec, text: str) -> ParsedOutput:
+def parse_output(spec: Task, text: str) -> ParsedOutput:
     """Model output text -> fields (keyed by the row key's last part) with every problem listed."""
     out = ParsedOutput()
     think = re.search(r"<think>(.*?)</think>", text, re.S)
@@ -192,7 +332,6 @@ def parse_output(spec: TaskSpec, text: str) -> ParsedOutput:
     body = text[think.end():] if think else text
     for f in spec.outputs:
         values = [v.strip() for v in re.findall(rf"<{f.tag}>(.*?)</{f.tag}>", body, re.S)]
-        name = f.key.split(".")[-1]
         if not values:
             out.errors.append(f"<{f.tag}> missing")
             continue
@@ -204,20 +343,21 @@ def parse_output(spec: TaskSpec, text: str) -> ParsedOutput:
             out.errors.append(f"<{f.tag}> value {bad[0]!r} not in {list(f.allowed)}")
             continue
         norm = [v.lower() if f.allowed is not None else v for v in values]
-        out.fields[name] = norm if f.repeated else norm[0]
+        out.fields[f.name] = norm if f.repeated else norm[0]
     return out
 
 
-def prediction_row(spec: TaskSpec, row_id: Any, text: str) -> dict:
+def prediction_row(spec: Task, row_id: Any, text: str) -> dict:
     """The JSON row `megatron-ads eval` reads, from a model output (malformed outputs keep their errors)."""
     parsed = parse_output(spec, text)
     rec: dict[str, Any] = {"id": row_id, "raw": text}
-    if spec.name == "query_ad":
-        rec["labels"] = {k: parsed.fields.get(k) for k in ("relevance", "location", "quality")}
-    elif spec.name == "ad_user":
-        rec["score"] = int(parsed.fields["score"]) if "score" in parsed.fields else None
+    if spec.kind == "classification":  # every label, nested as in the gold rows (None when missing)
+        for f in spec.outputs:
+            value = parsed.fields.get(f.name)
+            _set(rec, f.key, f.cast(value) if value is not None else None)
     else:
         rec.update(parsed.fields)
     if parsed.errors:
         rec["malformed"] = parsed.errors
     return rec
+

@@ -10,6 +10,10 @@ gives 0 for its recall/precision/F1 (scikit-learn's zero_division=0).
 Malformed predictions (missing row, missing or unparseable label) are counted and scored as wrong
 answers: the predicted class is the opposite of the gold class, and for AUC the probability is the
 worst one (0 for a positive, 1 for a negative).
+
+``METRICS`` names each metric (a task names the one it is scored by, ``data.tasks.Task.metric``):
+its evaluation over gold/prediction rows, its paper-style markdown table, and its flat summary (the
+values SFT validation logs per interval and λ_t can follow).
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
+
+from megatron_ads.eval.querygen import HFEmbedder, evaluate_query_gen
+from megatron_ads.runtime.errors import BadInput
+from megatron_ads.runtime.io import iter_jsonl
 
 RELEVANCE = ("bad", "fair", "good")
 BINARY = ("good", "bad")
@@ -82,10 +90,24 @@ class ParsedJSONL:
 
 
 def read_jsonl(path: str | Path, strict: bool) -> ParsedJSONL:
-    """Rows keyed by ``id``. ``strict``: any bad line raises ValueError naming file and line."""
-    path = Path(path)
+    """Rows keyed by ``id``. ``strict`` (gold rows): any bad line raises ``BadInput`` naming file and line.
+    Not strict (predictions, i.e. model output): a bad line is recorded in ``errors`` and its row, if any,
+    is scored as a wrong answer."""
+    if strict:
+        rows: dict[str, dict] = {}
+        for lineno, row in iter_jsonl(path, required=("id",)):
+            key = str(row["id"])
+            if key in rows:
+                raise BadInput(f"{path}:{lineno}: duplicate id {key!r}")
+            rows[key] = row
+        return ParsedJSONL(rows, [])
+    return _read_predictions(Path(path))
+
+
+def _read_predictions(path: Path) -> ParsedJSONL:
+    # runtime.io.iter_jsonl stops at the first bad line; predictions must go on past one
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+        raise FileNotFoundError(f"{path}: no such JSONL file")
     rows: dict[str, dict] = {}
     errors: list[dict[str, Any]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
@@ -100,10 +122,13 @@ def read_jsonl(path: str | Path, strict: bool) -> ParsedJSONL:
                 raise ValueError(f"duplicate id {key!r}")
             rows[key] = row
         except (json.JSONDecodeError, ValueError) as exc:
-            if strict:
-                raise ValueError(f"{path}:{lineno}: {exc}") from exc
             errors.append({"line": lineno, "error": str(exc)})
     return ParsedJSONL(rows, errors)
+
+
+def parsed_rows(rows: list[dict]) -> ParsedJSONL:
+    """In-memory rows (already valid, e.g. predictions made during training) keyed by ``id``."""
+    return ParsedJSONL({str(r["id"]): r for r in rows}, [])
 
 
 def _label(row: dict | None, field: str) -> str | None:
@@ -193,51 +218,96 @@ def evaluate_ad_user(gold: ParsedJSONL, pred: ParsedJSONL) -> dict[str, Any]:
             "pred_line_errors": pred.errors, "unmatched_predictions": sorted(set(pred.rows) - set(gold.rows))}
 
 
-EVAL_TASKS = ("query_ad", "ad_user", "query_gen")
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
 
 
-def evaluate(task: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None) -> dict[str, Any]:
-    """Score a prediction JSONL against a gold JSONL (rows join on ``id``).
+def _footer(r: dict[str, Any]) -> str:
+    return (f"\nn={r['n']}, malformed predictions={r['malformed']}, unreadable prediction lines="
+            f"{[e['line'] for e in r['pred_line_errors']]}")
 
-    ``embedder``: query_gen only — a local Hugging Face model directory for the relevance/diversity
+
+def _views_markdown(r: dict[str, Any]) -> list[str]:
+    cols = ["ModelDR", "BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1"]
+    lines = ["| view | DR | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for view in QUERY_AD_VIEWS:
+        v = r[view]
+        lines.append(f"| {view} | {_pct(v['DR'])} | " + " | ".join(_pct(v[c]) for c in cols) + " |")
+    return lines
+
+
+def _score_markdown(r: dict[str, Any]) -> list[str]:
+    cols = ["ModelRR", "BACC", "Acc", "PosAcc", "NegAcc", "AUC"]
+    return ["| RR | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
+            f"| {_pct(r['RR'])} | " + " | ".join(_pct(r[c]) for c in cols) + " |"]
+
+
+def _queries_markdown(r: dict[str, Any]) -> list[str]:
+    cols = ["Relevance", "Diversity", "Difficulty", "Distinct1", "Distinct2"]
+    return ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|", "| " + " | ".join(_pct(r[c]) for c in cols) + " |"]
+
+
+def _views_summary(r: dict[str, Any]) -> dict[str, float]:
+    out = {f"{view if view.endswith('view') else field}_BACC": r[view]["BACC"]
+           for view, (field, _) in QUERY_AD_VIEWS.items()}
+    out["mean_BACC"] = sum(out[k] for k in ("bad_view_BACC", "location_BACC", "quality_BACC")) / 3
+    return out
+
+
+def _score_summary(r: dict[str, Any]) -> dict[str, float]:
+    return {"AUC": r["AUC"], "BACC": r["BACC"]}
+
+
+def _queries_summary(r: dict[str, Any]) -> dict[str, float]:
+    out = {k: r[k] for k in ("Relevance", "Diversity", "Difficulty", "Distinct2")}
+    out["malformed"] = r["malformed"] / max(1, r["n"])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric of ``METRICS``."""
+
+    evaluate: Callable[..., dict[str, Any]]
+    """(gold: ParsedJSONL, pred: ParsedJSONL[, embedder]) -> the ``eval`` command's JSON."""
+    table: Callable[[dict[str, Any]], list[str]]
+    summary: Callable[[dict[str, Any]], dict[str, float]]
+    """The flat values SFT validation logs (``<task>/<key>``) and λ_t can follow."""
+    embedder: bool = False
+    """Takes an embedder (``--embedder``)."""
+
+
+METRICS: dict[str, Metric] = {
+    "defect_views": Metric(evaluate=evaluate_query_ad, table=_views_markdown, summary=_views_summary),
+    "relevance_score": Metric(evaluate=evaluate_ad_user, table=_score_markdown, summary=_score_summary),
+    "query_generation": Metric(evaluate=evaluate_query_gen, table=_queries_markdown, summary=_queries_summary,
+                               embedder=True),
+}
+"""Query–ad defect views (Bad/Fair relevance, location, quality), ad–user relevance score (Bad vs Others, AUC),
+keyword query generation (relevance, diversity, difficulty)."""
+
+
+def metric(name: str) -> Metric:
+    """The metric ``name`` of ``METRICS`` (ValueError listing the known ones otherwise)."""
+    if name not in METRICS:
+        raise ValueError(f"metric: expected one of {sorted(METRICS)}, got {name!r}")
+    return METRICS[name]
+
+
+def evaluate(name: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None) -> dict[str, Any]:
+    """Score a prediction JSONL against a gold JSONL (rows join on ``id``) with metric ``name``.
+
+    ``embedder``: query generation only — a local Hugging Face model directory for the relevance/diversity
     embeddings (default: the built-in hashed character-trigram embedder).
     """
-    if task not in EVAL_TASKS:
-        raise ValueError(f"task: expected one of {list(EVAL_TASKS)}, got {task!r}")
+    m = metric(name)
     gold = read_jsonl(gold_path, strict=True)
     pred = read_jsonl(pred_path, strict=False)
-    if task == "query_ad":
-        return evaluate_query_ad(gold, pred)
-    if task == "ad_user":
-        return evaluate_ad_user(gold, pred)
-    from megatron_ads.eval.querygen import HFEmbedder, evaluate_query_gen
-
-    return evaluate_query_gen(gold, pred, HFEmbedder(embedder) if embedder else None)
+    if m.embedder:
+        return m.evaluate(gold, pred, HFEmbedder(embedder) if embedder else None)
+    return m.evaluate(gold, pred)
 
 
-def markdown(task: str, r: dict[str, Any]) -> str:
-    """Tables laid out like the paper's (percentages with two decimals)."""
-    def pct(x):
-        return f"{100 * x:.2f}"
-
-    lines = []
-    if task == "query_ad":
-        cols = ["ModelDR", "BACC", "Acc", "PosAcc", "PosPrec", "NegAcc", "NegPrec", "PosF1", "NegF1"]
-        lines.append("| view | DR | " + " | ".join(cols) + " |")
-        lines.append("|---" * (len(cols) + 2) + "|")
-        for view in QUERY_AD_VIEWS:
-            v = r[view]
-            lines.append(f"| {view} | {pct(v['DR'])} | " + " | ".join(pct(v[c]) for c in cols) + " |")
-    elif task == "query_gen":
-        cols = ["Relevance", "Diversity", "Difficulty", "Distinct1", "Distinct2"]
-        lines.append("| " + " | ".join(cols) + " |")
-        lines.append("|---" * len(cols) + "|")
-        lines.append("| " + " | ".join(pct(r[c]) for c in cols) + " |")
-    else:
-        cols = ["ModelRR", "BACC", "Acc", "PosAcc", "NegAcc", "AUC"]
-        lines.append("| RR | " + " | ".join(cols) + " |")
-        lines.append("|---" * (len(cols) + 1) + "|")
-        lines.append(f"| {pct(r['RR'])} | " + " | ".join(pct(r[c]) for c in cols) + " |")
-    lines.append(f"\nn={r['n']}, malformed predictions={r['malformed']}, unreadable prediction lines="
-                 f"{[e['line'] for e in r['pred_line_errors']]}")
-    return "\n".join(lines)
+def markdown(name: str, r: dict[str, Any]) -> str:
+    """Metric ``name``'s tables laid out like the paper's (percentages with two decimals)."""
+    return "\n".join(metric(name).table(r) + [_footer(r)])

@@ -25,26 +25,28 @@ the layout is the same (otherwise every rank is re-seeded and a note says so).
 from __future__ import annotations
 
 import json
-import logging
 import os
+import random
 import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from megatron_ads.checkpoint.dist_io import (HF_CONFIG, LATEST, complete_checkpoints, find_latest,  # noqa: F401
                                              is_torch_dist, resolve_dir)
+from megatron_ads.checkpoint.convert import TOKENIZER_FILES
 from megatron_ads.checkpoint.hf_io import CheckpointError
+from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
+from megatron_ads.runtime.io import atomic_path, write_text
 
 LAYOUT = "layout.json"
 RANK_STATE = "rank_state"
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 """How optimizer state is laid out on disk: per parameter, by global name (reshardable)."""
-
-log = logging.getLogger("megatron_ads.train")
 
 
 def step_dirname(step: int) -> str:
@@ -52,11 +54,7 @@ def step_dirname(step: int) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker  # heavy: megatron-core at use
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -69,11 +67,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker  # heavy: megatron-core at use
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
@@ -127,7 +121,7 @@ def untie_steps(optimizer) -> None:
 
 
 def _is_distributed(opt) -> bool:
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer  # heavy: megatron-core at use
 
     return isinstance(opt, DistributedOptimizer)
 
@@ -142,7 +136,7 @@ def _patch_distributed(opt) -> None:
       included, from the loaded tensors, which (rightly) carry no "step": a KeyError. The step is restored
       from the param groups by ``load_state_dict`` before that copy.
     """
-    from megatron.core.optimizer import distrib_optimizer as dopt
+    from megatron.core.optimizer import distrib_optimizer as dopt  # heavy: megatron-core at use
 
     if getattr(dopt, "HAVE_APEX_OR_TE", True) or getattr(opt, "_megatron_ads_patched", False):
         return
@@ -190,7 +184,7 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
          files: dict[str, str], tokenizer_files: list[Path], keep_last: int) -> Path:
     """Collective: write a torch_dist checkpoint of ``sharded`` + ``common`` (rank 0's copy is kept),
     each rank's ``rank_state``, and rank 0's text ``files`` and tokenizer; publish it atomically."""
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # heavy: megatron-core at use
 
     rank = dist.get_rank()
     final = root / step_dirname(step)
@@ -202,9 +196,8 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
     dist.barrier()
     dist_checkpointing.save({**sharded, **common}, str(tmp), validate_access_integrity=True,
                             preprocess_common_before_consistancy_check=_without_param_state)
-    part = tmp / RANK_STATE / f"rank_{rank:05d}.pt"
-    torch.save(rank_state, str(part) + ".part")
-    os.replace(str(part) + ".part", part)
+    with atomic_path(tmp / RANK_STATE / f"rank_{rank:05d}.pt") as part:
+        torch.save(rank_state, str(part))
     dist.barrier()
     if rank == 0:
         for name, text in files.items():
@@ -215,10 +208,8 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
                 shutil.copy2(f, tmp / "tokenizer" / f.name)
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = root / (LATEST + ".tmp")
-        pointer.write_text(step_dirname(step) + "\n")
-        os.replace(pointer, root / LATEST)
+        os.replace(tmp, final)  # every rank wrote into tmp (barriers above), so no atomic_path block here
+        write_text(root / LATEST, step_dirname(step) + "\n")
         for old in complete_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -254,7 +245,7 @@ def saved_layout(ckpt: Path) -> dict[str, Any]:
 def load(ckpt: Path, template: dict[str, Any]) -> dict[str, Any]:
     """Load a checkpoint into this rank's ``template`` (its sharded state dict): megatron reshards the
     global tensors to this rank's layout. Returns the loaded sharded + common state."""
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing  # heavy: megatron-core at use
 
     return dist_checkpointing.load(template, str(ckpt))
 
@@ -269,8 +260,8 @@ def load_rank_states(ckpt: Path) -> list[dict[str, Any]]:
 def load_model_weights(model_chunk, ckpt: Path) -> int:
     """Collective: load only the model weights of a torch_dist checkpoint (a training checkpoint or a
     converted one) into ``model_chunk``, resharded to this rank's layout. Returns the tensor count."""
-    from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
+    from megatron.core import dist_checkpointing  # heavy: megatron-core at use
+    from megatron.core.dist_checkpointing.mapping import ShardedObject  # heavy: megatron-core at use
 
     # tensors (and megatron's tensor factories, e.g. gated fc1); not the per-module extra-state objects
     template = {k: v for k, v in model_chunk.sharded_state_dict().items() if not isinstance(v, ShardedObject)}
@@ -281,3 +272,27 @@ def load_model_weights(model_chunk, ckpt: Path) -> int:
         raise CheckpointError(f"{ckpt}: model tensors do not match: missing {missing[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
     return len(loaded)
+
+
+def tokenizer_files(m) -> list[Path]:
+    """Tokenizer files of the initial checkpoint of model spec ``m`` (copied into every training checkpoint's
+    tokenizer/); none for a random init."""
+    if m.init == "random":
+        return []
+    src = Path(m.path)
+    if m.init == "mcore" and not (src / LEGACY_LATEST).is_file():
+        src = resolve(src)
+    for d in (src, src / "tokenizer"):
+        found = [d / f for f in TOKENIZER_FILES if (d / f).is_file()]
+        if found:
+            return found
+    return []
+
+
+def same_layout(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two ``layout.json`` records describe the same layout (the step aside)."""
+    return {k: v for k, v in a.items() if k != "step"} == {k: v for k, v in b.items() if k != "step"}
+
+
+def layout_text(lay: dict[str, Any]) -> str:
+    return f"tp={lay.get('tp')} pp={lay.get('pp')} ep={lay.get('ep')} on {lay.get('world_size')} ranks"

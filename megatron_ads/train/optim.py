@@ -15,8 +15,12 @@ that reduces empty statistics over the expert groups. ``stub=False`` (debug swit
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
+
+from megatron_ads.config.train import OptimSpec
 
 
 def _has_expert_params(model_chunks) -> bool:
@@ -45,12 +49,12 @@ class ExpertStubOptimizer:
         return []
 
     def get_grad_norm(self):
-        from megatron.core.optimizer.clip_grads import get_grad_norm_fp32
+        from megatron.core.optimizer.clip_grads import get_grad_norm_fp32  # heavy: megatron-core at use
 
         return get_grad_norm_fp32([], grad_stats_parallel_group=self._group)
 
     def count_zeros(self):
-        from megatron.core.optimizer.clip_grads import count_zeros_fp32
+        from megatron.core.optimizer.clip_grads import count_zeros_fp32  # heavy: megatron-core at use
 
         return count_zeros_fp32([], grad_stats_parallel_group=self._group,
                                 use_decoupled_grad=False) if self.config.log_num_zeros_in_grad else 0
@@ -83,14 +87,32 @@ class ExpertStubOptimizer:
         return {}
 
 
-def build_optimizer(opt_config, model_chunks, stub: bool = True):
-    """megatron's (Chained)Optimizer for ``model_chunks``; see the module docstring for ``stub``.
+def megatron_optimizer_config(o: OptimSpec):
+    """megatron-core's ``OptimizerConfig`` (Adam) for ``optim``: the fields both name alike pass by name, the
+    precision follows ``optim.dtype``, and ``optim.megatron`` adds any other OptimizerConfig field."""
+    from megatron.core.optimizer import OptimizerConfig  # heavy: megatron-core at use
+
+    theirs = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    shared = {f.name: getattr(o, f.name) for f in dataclasses.fields(o) if f.name in theirs}
+    bf16 = o.dtype == "bf16"
+    derived = {"optimizer": "adam", "bf16": bf16, "params_dtype": torch.bfloat16 if bf16 else torch.float32,
+               "use_distributed_optimizer": o.distributed_optimizer}
+    bad = sorted(set(o.megatron) - theirs) + sorted(set(o.megatron) & (set(shared) | set(derived)))
+    if bad:
+        raise ValueError(f"optim.megatron: {bad} are not further OptimizerConfig fields (set them as optim.* or "
+                         f"leave them to optim.dtype / optim.distributed_optimizer)")
+    return OptimizerConfig(**shared, **derived, **o.megatron)
+
+
+def build_optimizer(opt_config, model_chunks, stub: bool = True, impl: str = "megatron"):
+    """megatron's (Chained)Optimizer for ``model_chunks``; see the module docstring for ``stub``. ``impl="project"``
+    (debug): where megatron built its own expert-side stub, use ``ExpertStubOptimizer`` in its place.
 
     Returns (optimizer, info) where info says whether this rank owns experts and which expert-side
     optimizer it holds ('real', 'megatron-stub', 'project-stub', or 'none').
     """
-    from megatron.core import parallel_state as ps
-    from megatron.core.optimizer import ChainedOptimizer, get_megatron_optimizer
+    from megatron.core import parallel_state as ps  # heavy: megatron-core at use
+    from megatron.core.optimizer import ChainedOptimizer, get_megatron_optimizer  # heavy: megatron-core at use
 
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
     chain = list(optimizer.chained_optimizers) if isinstance(optimizer, ChainedOptimizer) else [optimizer]
@@ -119,12 +141,16 @@ def build_optimizer(opt_config, model_chunks, stub: bool = True):
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     info["uniform_chain"] = bool(lo.item() == hi.item())
+    if impl == "project" and stub and info["expert_optimizer"] == "megatron-stub":
+        chain = chain[:1] + [ExpertStubOptimizer(opt_config, ps.get_expert_tensor_model_pipeline_parallel_group())]
+        optimizer = ChainedOptimizer(chain)
+        info["expert_optimizer"] = "project-stub"
     return optimizer, info
 
 
 def build_scheduler(optimizer, lr: float, min_lr: float, warmup_steps: int, total_steps: int, weight_decay: float):
     """Linear warmup then cosine decay to ``min_lr`` over ``total_steps`` (megatron's scheduler)."""
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler  # heavy: megatron-core at use
 
     return OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=lr, min_lr=min_lr, lr_warmup_steps=warmup_steps,

@@ -35,9 +35,12 @@ def run(tmp_path, name, overrides, stub_parts=None, project_stub=False, expect_h
 
     cfg = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny_cpu.yaml"
     timeout = TIMEOUT if expect_hang else 600
+    debug = [f"optim.stub_impl={'project' if project_stub else 'megatron'}"]
+    if stub_parts is not None:
+        debug.append(f"optim.stub_parts=[{', '.join(stub_parts)}]")
     job = JobConfig.load(cfg, [f"out_dir={tmp_path / name}", *BASE, f"train.collective_timeout_s={timeout}",
-                               *overrides])
-    return spawn(train_worker, 4, job.to_dict(), project_stub, stub_parts, grace_s=TIMEOUT + 60)
+                               *overrides, *debug])
+    return spawn(train_worker, 4, job.to_dict(), grace_s=TIMEOUT + 60)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -7,7 +7,7 @@ import pytest
 
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
-from megatron_ads.train.sft_loop import sft_worker
+from megatron_ads.cli.workers import sft_worker
 
 pytestmark = pytest.mark.distributed
 CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml"
@@ -99,15 +99,15 @@ def test_harder_task_gets_rising_lambda(tmp_path):
 def _generate_worker(job_dict):
     import torch
 
+    from megatron_ads.cli.workers import sft_trainer
     from megatron_ads.data.tasks import task
-    from megatron_ads.train.sft_loop import SFTTrainer
 
-    tr = SFTTrainer(JobConfig.from_dict(job_dict))
+    tr = sft_trainer(job_dict)
     tr.run()
     spec = task("query_gen")
     prompts = [spec.prompt(r) + "<think></think>\n" for r in tr.data["query_gen"]["val"][:3]]
-    generated = tr.generate_ids(prompts, 10)
-    texts = tr.generate(prompts, 10)
+    generated = tr.scorer.generate_ids(prompts, 10)
+    texts = tr.scorer.generate(prompts, 10)
     consistent = None
     if tr.ps.get_pipeline_model_parallel_world_size() == 1:  # greedy = argmax of one full forward, token by token
         consistent = True

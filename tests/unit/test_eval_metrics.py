@@ -6,6 +6,7 @@ import random
 import pytest
 
 from megatron_ads.cli import main
+from megatron_ads.data.tasks import task
 from megatron_ads.eval.metrics import auc, binary_metrics, evaluate
 
 sk = pytest.importorskip("sklearn.metrics", reason="scikit-learn is the independent reference (dev extra)")
@@ -89,7 +90,7 @@ def test_ad_user_eval_matches_sklearn(tmp_path):
                      "probs": {"0": p0, "1": rest, "2": rest, "3": rest}})
     _write(tmp_path / "gold.jsonl", gold)
     _write(tmp_path / "pred.jsonl", pred)
-    r = evaluate("ad_user", tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
+    r = evaluate(task("ad_user").metric, tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
     y = [g["score"] > 0 for g in gold]
     assert abs(r["AUC"] - sk.roc_auc_score(y, [1 - p["probs"]["0"] for p in pred])) < 1e-9
     assert abs(r["BACC"] - sk.balanced_accuracy_score(y, [p["score"] > 0 for p in pred])) < 1e-9
@@ -100,4 +101,4 @@ def test_bad_gold_line_is_named(tmp_path):
     _write(tmp_path / "gold.jsonl", [{"id": 1, "score": 2}, "oops"])
     _write(tmp_path / "pred.jsonl", [{"id": 1, "score": 2}])
     with pytest.raises(ValueError, match="gold.jsonl:2"):
-        evaluate("ad_user", tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
+        evaluate(task("ad_user").metric, tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")

@@ -9,6 +9,7 @@ import pytest
 
 from megatron_ads.cli import main
 from megatron_ads.data import synthetic
+from megatron_ads.data.tasks import task
 from megatron_ads.eval.metrics import evaluate
 from megatron_ads.eval.querygen import HashedTrigramEmbedder, difficulty, distinct_n
 
@@ -61,7 +62,7 @@ def test_query_gen_matches_reference(tmp_path, seed):
     del pred[2]                                               # malformed: missing
     _write(tmp_path / "gold.jsonl", [{"id": g["id"], "keyword": g["keyword"], "ad": g["ad"]} for g in gold])
     _write(tmp_path / "pred.jsonl", pred)
-    r = evaluate("query_gen", tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
+    r = evaluate(task("query_gen").metric, tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
     assert r["malformed"] == 3 and r["n"] == 40
 
     emb = HashedTrigramEmbedder()
@@ -108,4 +109,4 @@ def test_query_gen_gold_without_keyword_is_named(tmp_path):
     _write(tmp_path / "gold.jsonl", [{"id": "a", "keyword": ""}])
     _write(tmp_path / "pred.jsonl", [{"id": "a", "queries": ["x"]}])
     with pytest.raises(ValueError, match="gold id 'a': keyword"):
-        evaluate("query_gen", tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
+        evaluate(task("query_gen").metric, tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")

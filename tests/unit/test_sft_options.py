@@ -1,19 +1,17 @@
-"""SFT options: config validation, label noise, the general task, and the PNG report of a run."""
+"""SFT options: config validation, label noise, the general task, and the PNG plots of a run."""
 
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
 
 from megatron_ads.config.train import JobConfig
+from megatron_ads.data.mixing import TaskMixer, uniform_lambdas
 from megatron_ads.data.packing import encode
 from megatron_ads.data.synthetic import SyntheticConfig, generate
-from megatron_ads.data.tasks import load_jsonl, task
+from megatron_ads.data.tasks import check_sft, lambda_metric, load_jsonl, sft_tasks, task
 from megatron_ads.data.tokenizer import train_bpe_tokenizer
-from megatron_ads.eval.png import write_png
-from megatron_ads.eval.report import plot_sft_run
+from megatron_ads.eval.plots import plot_sft_run
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -31,16 +29,38 @@ def test_sft_options_name_the_field(override, needle, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("out_dir: x\nsft: {general_path: g.jsonl}\n")
     with pytest.raises(ValueError, match=needle):
-        JobConfig.load(path, [override])
+        check_sft(JobConfig.load(path, [override]).sft)  # task-dependent checks live with the task registry
 
 
 def test_sft_task_metric_defaults_and_override(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("out_dir: x\n")
     s = JobConfig.load(path).sft
-    assert (s.metric_of("query_ad"), s.metric_of("ad_user")) == ("bad_view_BACC", "AUC")
+    check_sft(s)
+    assert sft_tasks(s) == ["query_ad", "ad_user"]
+    assert (lambda_metric(s, "query_ad"), lambda_metric(s, "ad_user")) == ("bad_view_BACC", "AUC")
     s = JobConfig.load(path, ["sft.task_metric.query_ad=quality_BACC", "sft.task_weighting=sampling"]).sft
-    assert s.metric_of("query_ad") == "quality_BACC" and s.task_weighting == "sampling"
+    assert lambda_metric(s, "query_ad") == "quality_BACC" and s.task_weighting == "sampling"
+
+
+def test_sft_tasks_must_be_registered(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("out_dir: x\n")
+    with pytest.raises(ValueError, match="sft.tasks: expected a non-empty subset"):
+        check_sft(JobConfig.load(path, ["sft.tasks=[query_ad, nope]"]).sft)
+    with pytest.raises(ValueError, match="sft.tasks"):
+        check_sft(JobConfig.load(path, ["sft.tasks=[general]"]).sft)  # registered, but no metric
+
+
+def test_task_mixer_is_deterministic_and_follows_the_probabilities():
+    data = {"query_ad": generate("query_ad", SyntheticConfig(size=50, seed=1)),
+            "ad_user": generate("ad_user", SyntheticConfig(size=50, seed=1))}
+    mixer = TaskMixer(data=data, seed=3, label_only_fraction=0.5)
+    picks = mixer.draw(7, 400, {"query_ad": 0.8, "ad_user": 0.2})
+    assert picks == mixer.draw(7, 400, {"query_ad": 0.8, "ad_user": 0.2}) != mixer.draw(8, 400, {"query_ad": 0.8, "ad_user": 0.2})
+    share = sum(name == "query_ad" for name, _, _ in picks) / 400
+    assert 0.72 < share < 0.88 and all(row in data[name] for name, row, _ in picks)
+    assert uniform_lambdas(["query_ad", "ad_user"], 0.2) == {"query_ad": 0.4, "ad_user": 0.4, "general": 0.2}
 
 
 def test_label_noise_rate_and_determinism():
@@ -74,28 +94,10 @@ def test_general_task_rows_and_plain_target(tmp_path):
 
 
 def _read_png(path):
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks.setdefault(kind, b"")
-        chunks[kind] += body
-        pos += 12 + n
-    w, h, depth, color = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    raw = zlib.decompress(chunks[b"IDAT"])
-    rows = [raw[y * (3 * w + 1):(y + 1) * (3 * w + 1)] for y in range(h)]
-    assert all(r[0] == 0 for r in rows) and (depth, color) == (8, 2)
-    return np.frombuffer(b"".join(r[1:] for r in rows), dtype=np.uint8).reshape(h, w, 3)
+    import matplotlib.image
 
-
-def test_png_round_trip(tmp_path):
-    img = np.random.default_rng(0).integers(0, 256, size=(7, 11, 3), dtype=np.uint8)
-    assert np.array_equal(_read_png(write_png(tmp_path / "x.png", img)), img)
-    assert not (tmp_path / "x.png.tmp").exists()
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(str(path))
 
 
 def test_plot_sft_run_writes_every_plot(tmp_path):
@@ -109,7 +111,8 @@ def test_plot_sft_run_writes_every_plot(tmp_path):
     files = {p.name for p in plot_sft_run(tmp_path)}
     assert files == {"loss.png", "val_metrics.png", "lambda.png", "weights_step10.png", "weights_step20.png"}
     img = _read_png(tmp_path / "plots" / "lambda.png")
-    assert img.shape == (400, 640, 3) and (img != 255).any()
+    assert img.shape[:2] == (400, 640) and (img[..., :3] < 1.0).any()
+    assert not list((tmp_path / "plots").glob("*.tmp"))
 
 
 def test_exponent_overrides_are_floats(tmp_path):

@@ -71,9 +71,12 @@ def test_parser_reports_malformed_outputs_instead_of_guessing():
 def test_invalid_jsonl_lines_are_named(tmp_path):
     good = generate("ad_user", SyntheticConfig(size=2, seed=5))
     bad = dict(good[1], id="x", score=7)
-    (tmp_path / "d.jsonl").write_text(json.dumps(good[0]) + "\n{oops\n" + json.dumps(bad) + "\n"
+    (tmp_path / "d.jsonl").write_text(json.dumps(good[0]) + "\n{oops\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match="d.jsonl:2: invalid JSON"):  # unreadable JSON: its line (runtime.io)
+        load_jsonl(tmp_path / "d.jsonl", task("ad_user"))
+    (tmp_path / "d.jsonl").write_text(json.dumps(good[0]) + "\n\n" + json.dumps(bad) + "\n"
                                       + json.dumps({"id": "y"}) + "\n")
-    with pytest.raises(ValueError) as exc:
+    with pytest.raises(ValueError) as exc:  # rows that do not fit the task: all of them, by line
         load_jsonl(tmp_path / "d.jsonl", task("ad_user"))
     msg = str(exc.value)
-    assert "d.jsonl:2: invalid JSON" in msg and "d.jsonl:3: field 'score'" in msg and "d.jsonl:4: field 'history'" in msg
+    assert "d.jsonl:3: field 'score'" in msg and "d.jsonl:4: field 'history'" in msg

@@ -1,0 +1,119 @@
+"""Training plots with matplotlib (Agg): PNG files of an SFT run directory.
+
+Reads ``metrics.jsonl`` (one record per step) and ``val_metrics.jsonl`` (one per validation
+interval, with ``lambda/<task>`` and a ``weights`` histogram) and writes ``plots/``:
+
+- ``loss.png``          training loss per step
+- ``val_metrics.png``   every validation metric (BACC, AUC, ...) per interval
+- ``lambda.png``        task weights λ_t per interval (Eq. 7)
+- ``weights_step<N>.png`` histogram of the instance weights (Eq. 5) used during the interval ending at step N
+
+Files are written atomically (a reader never sees half a PNG); a run directory being written to is
+fine (a torn last line of a JSONL file is left for the next call).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window; set before any figure exists
+
+from matplotlib.figure import Figure  # noqa: E402  (after the backend choice)
+
+from megatron_ads.runtime.errors import BadInput  # noqa: E402
+from megatron_ads.runtime.io import atomic_path, iter_jsonl  # noqa: E402
+
+SIZE_IN, DPI = (6.4, 4.0), 100
+"""640 x 400 pixels."""
+
+
+def _complete_rows(path: Path) -> list[dict]:
+    """The rows of a JSONL file up to its first unreadable line (a line being appended right now)."""
+    rows: list[dict] = []
+    if not path.is_file():
+        return rows
+    try:
+        for _, row in iter_jsonl(path):
+            rows.append(row)
+    except BadInput:
+        pass
+    return rows
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return path
+
+
+def line_chart(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float | None]]], title: str,
+               xlabel: str = "step", ylabel: str = "", ylim: tuple[float, float] | None = None) -> Path:
+    """One line per named series (x, y); None/NaN points are skipped. Returns ``path``."""
+    fig = Figure(figsize=SIZE_IN)
+    ax = fig.add_subplot()
+    plotted = 0
+    for name, (xs, ys) in series.items():
+        pts = [(float(x), float(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(float(y))]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) == 1 else None, label=name)
+            plotted += 1
+    if not plotted:
+        raise ValueError(f"line_chart {title!r}: no finite points to plot")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    return _save(fig, Path(path))
+
+
+def histogram_counts(path: str | Path, counts: Sequence[int], edges: Sequence[float], title: str,
+                     xlabel: str = "value") -> Path:
+    """Bars for pre-binned ``counts`` (``len(edges) == len(counts) + 1``; log-spaced edges get a log axis)."""
+    if len(edges) != len(counts) + 1 or not counts:
+        raise ValueError(f"histogram {title!r}: expected len(edges) == len(counts) + 1 > 1, "
+                         f"got {len(edges)} edges for {len(counts)} counts")
+    fig = Figure(figsize=SIZE_IN)
+    ax = fig.add_subplot()
+    ax.stairs(list(counts), list(edges), fill=True)
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    if edges[0] > 0 and max(widths) > 1.5 * min(widths):
+        ax.set_xscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel="count")
+    return _save(fig, Path(path))
+
+
+def plot_sft_run(run_dir: str | Path) -> list[Path]:
+    """(Re)write the run's PNG plots; returns the files written."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    written = []
+    steps = [r for r in _complete_rows(run_dir / "metrics.jsonl") if r.get("loss") is not None]
+    if steps:
+        written.append(line_chart(plots / "loss.png", {"loss": ([r["step"] for r in steps], [r["loss"] for r in steps])},
+                                  "SFT training loss", ylabel="loss"))
+    val = _complete_rows(run_dir / "val_metrics.jsonl")
+    if val:
+        xs = [r["step"] for r in val]
+        metric_keys = sorted({k for r in val for k, v in r.items()
+                              if "/" in k and not k.startswith("lambda/") and isinstance(v, (int, float))})
+        if metric_keys:
+            written.append(line_chart(plots / "val_metrics.png", {k: (xs, [r.get(k) for r in val]) for k in metric_keys},
+                                      "Validation metrics", ylabel="metric", ylim=(0.0, 1.0)))
+        lam_keys = sorted({k for r in val for k in r if k.startswith("lambda/")})
+        if lam_keys:
+            written.append(line_chart(plots / "lambda.png",
+                                      {k.split("/", 1)[1]: (xs, [r.get(k) for r in val]) for k in lam_keys},
+                                      "Task weights λ_t (Eq. 7)", ylabel="λ", ylim=(0.0, 1.0)))
+        for r in val:
+            w = r.get("weights")
+            if isinstance(w, dict) and sum(w.get("counts", [])) > 0:
+                written.append(histogram_counts(plots / f"weights_step{r['step']}.png", w["counts"], w["edges"],
+                                                f"Instance weights, steps to {r['step']} (Eq. 5)", xlabel="w"))
+    return written
