@@ -34,6 +34,6 @@ def test_worker_start_method_is_named(monkeypatch):
 
     monkeypatch.setenv("MEGATRON_ADS_START_METHOD", "threads")
     with pytest.raises(ValueError, match="MEGATRON_ADS_START_METHOD: expected forkserver or spawn"):
-        launch._context()
+        launch.start_method()
     monkeypatch.setenv("MEGATRON_ADS_START_METHOD", "spawn")
-    assert launch._context().get_start_method() == "spawn"
+    assert launch.start_method() == "spawn"
