@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
@@ -44,20 +45,20 @@ def _split(t: torch.Tensor, dim: int, tp: int, rank: int, name: str) -> torch.Te
     return t.chunk(tp, dim=dim)[rank].contiguous()
 
 
-class Mapping:
+class Mapping(ABC):
     """How one megatron-core tensor is made from its HF tensors, and the HF tensors back from it."""
 
     splits_tp: ClassVar[bool] = True
     """Whether TP ranks hold different pieces (False: every TP rank holds the whole tensor)."""
 
+    @abstractmethod
     def to_mcore(self, sources: list[torch.Tensor], cfg: ModelConfig, tp: int, tp_rank: int,
                  name: str) -> torch.Tensor:
         """The piece TP rank ``tp_rank`` of ``tp`` holds, from the HF ``sources`` (in the rule's order)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_hf(self, parts: list[torch.Tensor], hf: tuple[str, ...], cfg: ModelConfig) -> dict[str, torch.Tensor]:
         """The HF tensors named ``hf`` from the TP pieces ``parts`` (one per TP rank, in rank order)."""
-        raise NotImplementedError
 
 
 class Replicate(Mapping):
