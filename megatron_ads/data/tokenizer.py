@@ -25,8 +25,8 @@ def train_bpe_tokenizer(vocab_size: int, texts: Iterable[str] | None = None):
 
     The vocabulary never exceeds ``vocab_size`` (the model's embedding rows).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # heavy: at use
+    from transformers import PreTrainedTokenizerFast  # heavy: transformers at use
 
     size = max(len(SPECIAL_TOKENS) + 256, min(vocab_size, 4096))
     if size > vocab_size:
@@ -43,6 +43,6 @@ def train_bpe_tokenizer(vocab_size: int, texts: Iterable[str] | None = None):
 
 def load_tokenizer(directory: str | Path):
     """The tokenizer saved with a checkpoint (never remote code)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers at use
 
     return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)

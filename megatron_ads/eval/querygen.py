@@ -67,7 +67,7 @@ class HFEmbedder:
     """Mean-pooled last hidden state of a local Hugging Face model directory (frozen, eval mode)."""
 
     def __init__(self, path: str | Path, batch_size: int = 32):
-        import torch
+        import torch  # heavy: only the optional HF embedder needs torch and transformers
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)

@@ -44,9 +44,10 @@ def test_sft_validation_through_a_pipeline(tmp_path):
     ev = tmp_path / "pp" / "eval"
     report = json.loads((ev / "report.json").read_text())
     assert report["query_ad"]["n"] == 20 and report["ad_user"]["n"] == 20 and report["query_ad"]["malformed"] == 0
+    from megatron_ads.data.tasks import task
     from megatron_ads.eval.metrics import evaluate
 
-    again = evaluate("ad_user", ev / "ad_user.pred.jsonl", ev / "ad_user.gold.jsonl")
+    again = evaluate(task("ad_user").metric, ev / "ad_user.pred.jsonl", ev / "ad_user.gold.jsonl")
     assert again["AUC"] == report["ad_user"]["AUC"] and "| view | DR |" in (ev / "report.md").read_text()
     pred = _lines(ev / "query_ad.pred.jsonl")[0]
     assert abs(sum(pred["probs"]["relevance"].values()) - 1) < 1e-6 and pred["labels"]["relevance"] in ("bad", "fair", "good")

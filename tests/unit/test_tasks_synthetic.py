@@ -80,3 +80,35 @@ def test_invalid_jsonl_lines_are_named(tmp_path):
         load_jsonl(tmp_path / "d.jsonl", task("ad_user"))
     msg = str(exc.value)
     assert "d.jsonl:3: field 'score'" in msg and "d.jsonl:4: field 'history'" in msg
+
+
+class _FakeScorer:
+    """Prefers the last candidate of every field; echoes a fixed generation."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, prompts, targets):
+        self.calls.append((prompts, targets))
+        return [float(len(t)) if "good" in t or "3" in t else 0.0 for t in targets]
+
+    def generate(self, prompts, max_new_tokens):
+        return ["<Query>a b</Query>\n<Query>c</Query>" for _ in prompts]
+
+
+def test_predict_dispatches_on_the_task_object():
+    rows = generate("query_ad", SyntheticConfig(size=3, seed=1))
+    sc = _FakeScorer()
+    preds = task("query_ad").predict(rows, sc)
+    assert [list(p) for p in preds] == [["id", "labels", "probs"]] * 3
+    assert preds[0]["labels"] == {"relevance": "good", "location": "good", "quality": "good"}
+    assert abs(sum(preds[0]["probs"]["relevance"].values()) - 1) < 1e-6 and set(preds[0]["probs"]) == {
+        "relevance", "location", "quality"}
+    # fields are scored in order, each given the ones chosen before it
+    assert len(sc.calls) == 3 and sc.calls[2][0][0].endswith("<think></think>\n<Label>good</Label>\n"
+                                                             "<LocationLabel>good</LocationLabel>\n")
+    au = task("ad_user").predict(generate("ad_user", SyntheticConfig(size=2, seed=1)), _FakeScorer())
+    assert au[0]["score"] == 3 and set(au[0]["probs"]) == {"0", "1", "2", "3"}
+    qg = task("query_gen").predict(generate("query_gen", SyntheticConfig(size=2, seed=1)), _FakeScorer())
+    assert qg[0]["queries"] == ["a b", "c"] and qg[0]["raw"].startswith("<Query>")
+    assert task("query_gen").gold(generate("query_gen", SyntheticConfig(size=1, seed=1))[0]).keys() == {"id", "keyword", "ad"}
