@@ -1,9 +1,29 @@
 import os
+import re
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# What must never reach the console of a CLI run: a Python warning, a traceback fragment, a third-party bar.
+CONSOLE_NOISE = re.compile(r"Warning:|Traceback|File \"|return func\(|Loading weights|Writing model shards|\d+it/s\]")
+# A line of ours on stderr: the project logger's "[tag] ..." (a time first), "[tag rN] ..." on ranks > 0.
+LOG_LINE = re.compile(r"^(\d\d:\d\d:\d\d )?\[[\w.-]+( r\d+)?\] ")
+
+
+@pytest.fixture
+def console_noise():
+    """``check(stdout, stderr)`` -> the offending lines: noise anywhere, or a stderr line not from our logger
+    (argparse's own usage/error lines, ``megatron-ads: error: ...``, are ours too)."""
+
+    def check(stdout: str, stderr: str) -> list[str]:
+        bad = [line for line in (stdout + "\n" + stderr).splitlines() if CONSOLE_NOISE.search(line)]
+        bad += [line for line in stderr.splitlines()
+                if line.strip() and not LOG_LINE.match(line) and not line.startswith(("usage:", "megatron-ads"))]
+        return bad
+
+    return check
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,31 @@
 """``megatron-ads`` console script: a verb table of thin commands.
 
-Exit codes: 0 ok, 2 bad input (named file/field), 1 failure. ``--json`` prints JSON to stdout.
+Exit codes: 0 ok, 2 bad input (named file/field), 1 failure. ``--json`` prints JSON to stdout; logs go
+to stderr (``--log-level``, rank 0 by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
-from megatron_ads.checkpoint.hf_io import CheckpointError
+from megatron_ads.runtime import log as logs
+from megatron_ads.runtime.errors import BAD_INPUT, Failure
+
+log = logs.get_logger("megatron_ads.cli")
 
 
-class CommandFailed(RuntimeError):
+class CommandFailed(Failure):
     """The command ran but its check failed (exit code 1)."""
 
 
 def _verbs() -> dict[str, tuple[str, Callable]]:
+    # imported when the parser is built, after main() installed the warning filters: the verbs pull in
+    # megatron-core and transformers (heavy; megatron-core warns at import), and they import this module
     from megatron_ads.cli import convert, demo, eval as eval_cli, init_model, plan, train, verify
 
     return {
@@ -31,20 +39,46 @@ def _verbs() -> dict[str, tuple[str, Callable]]:
     }
 
 
+def _common(default: str | None) -> argparse.ArgumentParser:
+    """Options every verb takes, before or after the verb: the top parser holds the default, the verbs'
+    copies suppress theirs (a subparser default would overwrite a value given before the verb)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--log-level", choices=logs.LEVELS, default=default if default else argparse.SUPPRESS,
+                   help="console log level (rank 0; other ranks show warnings and errors; default info)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0],
+                                     parents=[_common("info")])
     sub = parser.add_subparsers(dest="verb", required=True)
     for name, (help_text, register) in _verbs().items():
-        register(sub.add_parser(name, help=help_text, description=help_text))
+        register(sub.add_parser(name, help=help_text, description=help_text, parents=[_common(None)]))
     return parser
 
 
 def emit(result: dict, as_json: bool, human: Callable[[dict], str]) -> None:
-    """Print ``result`` as JSON (stdout) or as the human rendering."""
+    """Print ``result`` as JSON (stdout) or as the human rendering: what the user asked for."""
     print(json.dumps(result, indent=2, sort_keys=True) if as_json else human(result))
 
 
+@contextlib.contextmanager
+def _logging_env(level: str, json_mode: bool) -> Iterator[None]:
+    """The level and ``--json`` for worker processes started by this command (``runtime.launch``)."""
+    saved = {k: os.environ.get(k) for k in (logs.LEVEL_ENV, logs.JSON_ENV)}
+    logs.export_env(level, json_mode, environ=os.environ)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def main(argv: list[str] | None = None) -> int:
+    logs.quiet_third_party()  # before the verbs import megatron-core
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -53,18 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    json_mode = bool(getattr(args, "json", False))
+    logs.setup(args.log_level, json_mode=json_mode)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as exc:
-        print(f"megatron-ads {args.verb}: error: {exc}", file=sys.stderr)
+        with _logging_env(args.log_level, json_mode):
+            return int(args.func(args) or 0)
+    except BAD_INPUT as exc:  # BadInput and its layers' subclasses, config validation's ValueError/...
+        log.error("%s: %s", args.verb, exc)
         return 2
-    except CommandFailed as exc:
-        print(f"megatron-ads {args.verb}: FAILED: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # named runtime failures (collective timeouts, aborted training, worker errors)
-        if type(exc).__name__ not in ("CollectiveTimeout", "TrainingAborted", "WorkerError"):
-            raise
-        print(f"megatron-ads {args.verb}: FAILED: {exc}", file=sys.stderr)
+    except Failure as exc:  # CommandFailed, WorkerError, CollectiveTimeout, TrainingAborted, ...
+        log.error("%s: FAILED: %s", args.verb, getattr(exc, "brief", exc))
+        if hasattr(exc, "brief"):
+            log.debug("%s", exc)  # the workers' tracebacks
         return 1
 
 

@@ -13,6 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from megatron_ads import cli
+from megatron_ads.runtime.log import get_logger
+
+log = get_logger("demo")
+
 SFT_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml"
 
 
@@ -22,9 +27,16 @@ def register(p) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from megatron_ads.cli import main as cli_main
+def summary(rows: list[tuple[str, int, float]]) -> str:
+    """The stages run so far: stage, exit code, seconds (the demo's closing summary)."""
+    width = max(len(title) for title, _, _ in rows)
+    lines = [f"{'stage':<{width}}  exit  seconds"]
+    lines += [f"{title:<{width}}  {rc:>4}  {secs:>7.1f}" for title, rc, secs in rows]
+    lines.append(f"{'total':<{width}}  {max(rc for _, rc, _ in rows):>4}  {sum(s for _, _, s in rows):>7.1f}")
+    return "\n".join(lines)
 
+
+def run(args) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="megatron_ads_demo_"))
     out.mkdir(parents=True, exist_ok=True)
     hf = out / f"hf_{args.flavor}"
@@ -52,12 +64,19 @@ def run(args) -> int:
     ]
     if hf.exists() or mcore.exists() or back.exists():
         raise FileExistsError(f"{out}: holds an earlier demo's outputs; pass a new --out")
-    for title, argv in steps:
-        print(f"\n[demo] {title}: megatron-ads {' '.join(argv)}", flush=True)
+    labels = ["init-model", "plan", "convert hf-to-mcore", "convert mcore-to-hf", "verify checkpoints",
+              "verify parity (4 ranks)", "verify parity (1 process)", "train sft (4 ranks)"]
+    rows = []
+    for label, (title, argv) in zip(labels, steps, strict=True):
+        log.info("%s: megatron-ads %s", title, " ".join(argv))
         t0 = time.time()
-        rc = cli_main(argv)
-        print(f"[demo] {title}: exit {rc} in {time.time() - t0:.1f}s", flush=True)
+        rc = cli.main(["--log-level", args.log_level, *argv])
+        rows.append((label, rc, time.time() - t0))
+        log.info("%s: exit %d in %.1fs", title, rc, rows[-1][2])
         if rc:
+            print(summary(rows))
+            print(f"demo stopped: stage '{title}' exited {rc}; artifacts so far in {out}")
             return rc
-    print(f"\n[demo] all stages passed; artifacts in {out}")
+    print(summary(rows))
+    print(f"all stages passed; artifacts in {out}")
     return 0

@@ -6,7 +6,15 @@ N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``gr
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from megatron_ads.cli import emit
+from megatron_ads.cli.workers import sft_worker, train_worker
 from megatron_ads.config.model import MTP_POLICIES
+from megatron_ads.config.train import JobConfig
+from megatron_ads.runtime import log as logs
+from megatron_ads.runtime.dist import read_env
+from megatron_ads.runtime.launch import spawn
 
 
 def register(p) -> None:
@@ -25,12 +33,6 @@ def register(p) -> None:
 
 
 def run(args) -> int:
-    from megatron_ads.cli import emit
-    from megatron_ads.config.train import JobConfig
-    from megatron_ads.runtime.dist import read_env
-    from megatron_ads.train.loop import train_worker
-    from megatron_ads.train.sft_loop import sft_worker
-
     overrides = list(args.overrides)
     if args.no_stub_moe_optimizer:
         overrides.append("optim.stub_moe_optimizer=false")
@@ -39,16 +41,19 @@ def run(args) -> int:
     job = JobConfig.load(args.config, overrides)
     worker = sft_worker if args.mode == "sft" else train_worker
     world_needed = job.parallel.tp * job.parallel.pp
+    log_dir = Path(job.out_dir) / "logs"  # every rank's full log (DEBUG): <out_dir>/logs/rank_R.log
     if read_env().launcher != "single" or (args.nproc or 1) == 1:
-        result = worker(job.to_dict())
+        logs.add_file(log_dir)
+        try:
+            result = worker(job.to_dict())
+        finally:
+            logs.remove_file()
         if result is None:
             return 0
     else:
-        from megatron_ads.runtime.launch import spawn
-
         if args.nproc % world_needed:
             raise ValueError(f"--nproc {args.nproc}: must be a multiple of tp*pp = {world_needed}")
-        result = spawn(worker, args.nproc, job.to_dict())[0]
+        result = spawn(worker, args.nproc, job.to_dict(), env={logs.DIR_ENV: str(log_dir)})[0]
     if read_env().rank != 0:
         return 0
     emit(result, args.json, lambda r: (f"trained {r['steps']} steps on {r['world_size']} ranks (dp={r['dp']}): loss "

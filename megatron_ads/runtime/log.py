@@ -56,7 +56,8 @@ class _Formatter(logging.Formatter):
         if _state.world > 1:
             tag += f" r{_state.rank}"
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        record = logging.makeLogRecord({**record.__dict__, "msg": f"[{tag}] {level}{record.getMessage()}", "args": None})
+        text = "\n".join(f"[{tag}] {level}{line}" for line in record.getMessage().split("\n"))  # every line tagged
+        record = logging.makeLogRecord({**record.__dict__, "msg": text, "args": None})
         return super().format(record)
 
 
@@ -149,6 +150,11 @@ def add_file(log_dir: str | os.PathLike, rank: int | None = None) -> Path:
     setattr(handler, _HANDLER_MARK, "file")
     logger.addHandler(handler)
     return path
+
+
+def remove_file() -> None:
+    """Stop logging to the file ``add_file`` opened (closes it)."""
+    _drop_handlers(logging.getLogger(ROOT), "file")
 
 
 THIRD_PARTY_WARNINGS: list[tuple[str, str, type[Warning]]] = [

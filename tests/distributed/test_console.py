@@ -1,0 +1,52 @@
+"""The console a person reads: CLI verbs print their results (stdout) and tagged log lines (stderr), never
+a Python warning, a traceback fragment, a third-party progress bar or an untagged third-party line — in
+the CLI's own process and in the worker processes it starts, on success and on failure."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+# the verbs one after another in one fresh interpreter (as the console script would run each), exit codes
+# to a file so stdout holds only what the verbs print
+DRIVER = """
+import json, sys
+from megatron_ads.cli import main
+rcs = [main(argv) for argv in json.loads(sys.argv[1])]
+open(sys.argv[2], "w").write(json.dumps(rcs))
+"""
+
+
+def _query_ad_files(tmp_path):
+    gold = [{"id": i, "labels": {"relevance": ["bad", "fair", "good"][i % 3], "location": "good",
+                                 "quality": ["good", "bad"][i % 2]}} for i in range(12)]
+    pred = [dict(g, labels=dict(g["labels"], location="bad" if i % 4 == 0 else "good")) for i, g in enumerate(gold)]
+    for name, rows in (("gold", gold), ("pred", pred)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(tmp_path / "pred.jsonl"), str(tmp_path / "gold.jsonl")
+
+
+def test_verbs_keep_the_console_clean(tmp_path, console_noise):
+    hf, mcore = str(tmp_path / "hf"), str(tmp_path / "mcore")
+    pred, gold = _query_ad_files(tmp_path)
+    verbs = [
+        ["init-model", "--flavor", "tiny_deepseek_v3", "--out", hf, "--seed", "0", "--fp8"],
+        ["plan", "--flavor", "deepseek_v3", "--nodes", "31", "--gpus-per-node", "8", "--gpu-mem-gb", "80"],
+        ["convert", "hf-to-mcore", "--hf", hf, "--out", mcore, "--ep", "2"],
+        ["verify", "parity", "--hf", hf],  # one process: transformers and megatron-core in this one
+        ["verify", "parity", "--hf", hf, "--mcore", mcore, "--ep", "2"],  # 2 workers from the fork server
+        ["eval", "--task", "query_ad", "--pred", pred, "--gold", gold],
+        # bad input (exit 2), and a failure in the workers (exit 1): one tagged line each, no traceback
+        ["verify", "parity", "--hf", str(tmp_path)],
+        ["verify", "parity", "--hf", hf, "--tp", "2"],
+    ]
+    r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(verbs), str(tmp_path / "rcs.json")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "rcs.json").read_text()) == [0, 0, 0, 0, 0, 0, 2, 1], r.stderr[-3000:]
+    assert r.stdout.count("PASS") == 2 and "pp=31 ep=8 dp=8" in r.stdout
+    assert "config.json" in r.stderr and "FAILED: rank 0:" in r.stderr and "tp=1 only" in r.stderr
+    assert console_noise(r.stdout, r.stderr) == []
