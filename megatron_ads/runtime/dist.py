@@ -6,9 +6,11 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
+from torch.distributed import distributed_c10d as c10d
 
 from megatron_ads.runtime.platform import Platform, setup
 
@@ -97,6 +99,44 @@ def init_distributed(platform: Platform | None = None, timeout_s: float = 600.0,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
     return platform, env
+
+
+def megatron_timeout_minutes(timeout_s: float) -> float:
+    """What to pass megatron-core's ``initialize_model_parallel(distributed_timeout_minutes=...)`` for a
+    timeout of ``timeout_s`` seconds: fractional minutes (megatron builds ``timedelta(minutes=...)``, so
+    0.5 is exactly 30 s; its ``int`` annotation is not enforced). Creating the groups with the timeout is
+    the public way; ``set_group_timeouts`` is for groups that already exist."""
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s: expected > 0 seconds, got {timeout_s}")
+    return timeout_s / 60.0
+
+
+def this_ranks_groups() -> list[dist.ProcessGroup]:
+    """Every process group this rank belongs to (the default group included).
+
+    torch 2.13 keeps no public list of them: this reads c10d's private ``_world.pg_map`` (a group
+    created with ``new_group`` on a rank outside it is ``GroupMember.NON_GROUP_MEMBER`` and not there).
+    Isolated here, with a unit test that fails if a torch upgrade moves it."""
+    return [pg for pg in c10d._world.pg_map if isinstance(pg, dist.ProcessGroup)]
+
+
+def set_group_timeouts(timeout_s: float, groups: Iterable[dist.ProcessGroup] | None = None) -> int:
+    """Give process groups a new collective timeout; returns how many were set.
+
+    Uses the public ``ProcessGroup.set_timeout`` (torch 2.13: "sets the default timeout for all future
+    operations", for each backend of the group). ``groups`` default: ``this_ranks_groups()``. A group
+    this rank is not in raises ``ValueError`` naming it; nothing is swallowed.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s: expected > 0 seconds, got {timeout_s}")
+    td = datetime.timedelta(seconds=timeout_s)
+    n = 0
+    for pg in this_ranks_groups() if groups is None else groups:
+        if not isinstance(pg, dist.ProcessGroup):
+            raise ValueError(f"set_group_timeouts: {pg!r} is not a process group this rank belongs to")
+        pg.set_timeout(td)
+        n += 1
+    return n
 
 
 def destroy() -> None:

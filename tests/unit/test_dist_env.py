@@ -37,3 +37,59 @@ def test_worker_start_method_is_named(monkeypatch):
         launch.start_method()
     monkeypatch.setenv("MEGATRON_ADS_START_METHOD", "spawn")
     assert launch.start_method() == "spawn"
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-rank gloo default group in this process (destroyed afterwards)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from megatron_ads.runtime.launch import free_port
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=77))
+    yield dist
+    dist.destroy_process_group()
+
+
+def _timeout(pg):
+    import torch
+
+    return pg._get_backend(torch.device("cpu")).options._timeout.total_seconds()  # read back (test only)
+
+
+def test_set_group_timeouts_reaches_every_group_of_this_rank(one_rank_group):
+    import datetime
+
+    from megatron_ads.runtime.dist import set_group_timeouts, this_ranks_groups
+
+    dist = one_rank_group
+    sub = dist.new_group([0], timeout=datetime.timedelta(seconds=5))
+    groups = this_ranks_groups()
+    assert sub in groups and dist.group.WORLD in groups  # torch's private group list still where we read it
+    assert (_timeout(dist.group.WORLD), _timeout(sub)) == (77, 5)
+    assert set_group_timeouts(3.5) == len(groups)
+    assert (_timeout(dist.group.WORLD), _timeout(sub)) == (3.5, 3.5)
+    assert set_group_timeouts(9, [sub]) == 1 and (_timeout(dist.group.WORLD), _timeout(sub)) == (3.5, 9)
+    with pytest.raises(ValueError, match="not a process group"):
+        set_group_timeouts(9, [dist.GroupMember.NON_GROUP_MEMBER])
+    with pytest.raises(ValueError, match="expected > 0"):
+        set_group_timeouts(0)
+
+
+def test_megatron_groups_take_a_timeout_in_seconds(one_rank_group):
+    """The public route: megatron-core builds its groups with timedelta(minutes=...), fractions included."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_ads.runtime.dist import megatron_timeout_minutes
+
+    ps.initialize_model_parallel(distributed_timeout_minutes=megatron_timeout_minutes(7))
+    try:
+        assert _timeout(ps.get_tensor_model_parallel_group()) == 7
+        assert _timeout(ps.get_expert_model_parallel_group()) == 7
+    finally:
+        ps.destroy_model_parallel()
