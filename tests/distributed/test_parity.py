@@ -25,6 +25,7 @@ def parity(hf, tmp_path=None, tag="", tp=1, pp=1, ep=1, stage_layer_counts=None,
     return report, logits
 
 
+@pytest.mark.slow  # ~45 s each on 2 cores: every layout of the flavor
 @pytest.mark.parametrize("name", ["tiny_deepseek_v3", "tiny_deepseek_v2_lite"])
 def test_deepseek_layouts_match_hf_and_each_other(name, tiny_ckpts, tmp_path):
     hf = tiny_ckpts(name)

@@ -9,7 +9,7 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
 from megatron_ads.cli.workers import sft_worker
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # each test > ~40 s on 2 cores
 CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml"
 SMALL = ["train.seq_len=192", "train.micro_batch=4", "sft.train_size=200", "sft.val_rows=6", "sft.eval_every=3",
          "optim.warmup_steps=2"]
