@@ -49,7 +49,7 @@ def _common(default: str | None) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0].replace("``", ""),
                                      parents=[_common("info")])
     sub = parser.add_subparsers(dest="verb", required=True)
     for name, (help_text, register) in _verbs().items():
