@@ -84,6 +84,9 @@ def histogram_counts(path: str | Path, counts: Sequence[int], edges: Sequence[fl
     widths = [b - a for a, b in zip(edges, edges[1:])]
     if edges[0] > 0 and max(widths) > 1.5 * min(widths):
         ax.set_xscale("log")
+        ax.minorticks_off()
+    ticks = list(edges[::max(1, len(counts) // 4)])
+    ax.set_xticks(ticks, [f"{e:.3g}" for e in ticks])
     ax.set(title=title, xlabel=xlabel, ylabel="count")
     return _save(fig, Path(path))
 
