@@ -9,7 +9,7 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
 from megatron_ads.cli.workers import sft_worker
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # each test > ~40 s on 2 cores
+pytestmark = pytest.mark.distributed
 CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml"
 SMALL = ["train.seq_len=192", "train.micro_batch=4", "sft.train_size=200", "sft.val_rows=6", "sft.eval_every=3",
          "optim.warmup_steps=2"]
@@ -19,6 +19,7 @@ def _lines(path):
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~40 s on a busy 2-core machine
 def test_sft_resume_restores_reweighting_exactly(tmp_path):
     common = [*SMALL, "train.steps=6", "checkpoint.every=3", "checkpoint.keep_last=5"]
     spawn(sft_worker, 1, JobConfig.load(CFG, [f"out_dir={tmp_path / 'a'}", *common]).to_dict())
@@ -80,6 +81,7 @@ def test_sft_general_task_sampling_mode_and_plots(tmp_path):
     assert {"loss.png", "lambda.png", "val_metrics.png", "weights_step2.png", "weights_step4.png"} <= plots
 
 
+@pytest.mark.slow  # ~7 min on a busy 2-core machine
 def test_harder_task_gets_rising_lambda(tmp_path):
     """query_ad's quality attribute (a local cue) is learned within a few hundred steps; ad_user's labels are pure
     noise (label_noise=1), so its AUC stays near 0.5 and Eq. 7 moves weight to it at every interval."""
@@ -125,6 +127,7 @@ def _generate_worker(job_dict):
     return {"texts": texts, "ids": generated, "consistent": consistent}
 
 
+@pytest.mark.slow  # ~4 min on a busy 2-core machine
 def test_greedy_generation_and_query_gen_validation(tiny_ckpts, tmp_path):
     # same HF weights for both layouts (random init differs per pipeline rank), so their greedy texts must agree
     common = [*SMALL, "sft.tasks=[query_gen]", "train.steps=2", "sft.eval_every=2", "checkpoint.save_at_end=false",
