@@ -19,7 +19,7 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import WorkerError, spawn
 from megatron_ads.train.loop import train_worker
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # each test > ~40 s on 2 cores
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # 12 four-rank runs, 4 of them 30 s hangs: minutes
 TIMEOUT = 30  # for the runs expected to hang; runs expected to complete get a generous one (slow CI machines)
 BASE = ["train.steps=2", "checkpoint.save_at_end=false", "train.moe_metrics=false"]
 CONFIGS = {
