@@ -8,7 +8,7 @@ import pytest
 from megatron_ads.checkpoint.parity import run_parity_rank
 from megatron_ads.runtime.launch import spawn
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # each test > ~40 s on 2 cores
+pytestmark = pytest.mark.distributed
 ATOL = 1e-5
 DEEPSEEK = ["ds_qlora", "ds_noqlora", "ds_groups4"]
 DENSE = ["llama_tied", "llama_hd", "qwen2"]

@@ -28,6 +28,7 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~2 min on a busy 2-core machine (the others here < 30 s)
 def test_loss_decreases_and_layouts_agree(tiny_ckpts, tmp_path):
     hf = tiny_ckpts("tiny_deepseek_v3")
     init = ["model.init=hf", f"model.path={hf}"]

@@ -14,7 +14,7 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
 from megatron_ads.train.loop import train_worker
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # each test > ~40 s on 2 cores
+pytestmark = pytest.mark.distributed
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "launch" / "configs" / "tiny_cpu.yaml"
 
