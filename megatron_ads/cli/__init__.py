@@ -48,12 +48,26 @@ def _common(default: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of a verb's own sub-commands (``verify parity``, ``convert hf-to-mcore``), at any depth."""
+    found = []
+    for action in parser._actions:  # argparse keeps no public list of them
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                found += [p, *_subparsers(p)]
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0].replace("``", ""),
                                      parents=[_common("info")])
     sub = parser.add_subparsers(dest="verb", required=True)
     for name, (help_text, register) in _verbs().items():
-        register(sub.add_parser(name, help=help_text, description=help_text, parents=[_common(None)]))
+        verb = sub.add_parser(name, help=help_text, description=help_text, parents=[_common(None)])
+        register(verb)
+        for nested in _subparsers(verb):  # the common options after a sub-command too
+            for action in _common(None)._actions:
+                nested._add_action(action)
     return parser
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -52,7 +53,10 @@ class _Formatter(logging.Formatter):
         super().__init__("%(asctime)s %(message)s" if with_time else "%(message)s", datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        tag = record.name.rsplit(".", 1)[-1] if record.name != ROOT else ROOT
+        if record.name == ROOT or not record.name.startswith(ROOT + "."):
+            tag = record.name  # a third-party logger (THIRD_PARTY_LOGGERS) keeps its full name
+        else:
+            tag = record.name.rsplit(".", 1)[-1]
         if _state.world > 1:
             tag += f" r{_state.rank}"
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
@@ -103,8 +107,7 @@ def setup(level: str | int = "INFO", *, rank: int | None = None, world: int | No
     _state.world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1))) if world is None else world
     _state.json_mode = json_mode
     logger = logging.getLogger(ROOT)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False
+    logger.setLevel(logging.DEBUG)  # records still propagate: a CLI's root logger has no handler; pytest's does
     _drop_handlers(logger, "console")
     console = _StderrHandler()
     all_ranks = os.environ.get("MEGATRON_ADS_LOG_RANKS", "0") == "all"
@@ -112,6 +115,10 @@ def setup(level: str | int = "INFO", *, rank: int | None = None, world: int | No
     console.setFormatter(_Formatter(with_time))
     setattr(console, _HANDLER_MARK, "console")
     logger.addHandler(console)
+    for name in THIRD_PARTY_LOGGERS:  # their warnings on our console, tagged, instead of bare lines
+        other = logging.getLogger(name)
+        _drop_handlers(other, "console")
+        other.addHandler(console)
     quiet_third_party()
     return logger
 
@@ -173,6 +180,28 @@ THIRD_PARTY_WARNINGS: list[tuple[str, str, type[Warning]]] = [
 ]
 """Warnings the CLI filters where it starts (and every worker); everything else (ours included) still shows."""
 
+THIRD_PARTY_LOGGERS = ("megatron",)
+"""Libraries that log through ``logging`` without a handler of their own (Python would print their warnings
+as bare lines): the console handler takes them, each line tagged with the logger's name."""
+
+THIRD_PARTY_LOG_RECORDS: list[tuple[str, str]] = [
+    # (logger, message regex): known, harmless log records of our pinned dependencies.
+    # megatron-core's optimizer checkpointing on a rank whose expert optimizer is the empty stub (dense-only
+    # pipeline stages; train/ gives them one so the collectives stay uniform): nothing to map, by design
+    ("megatron.core.dist_checkpointing.optimizer", r"Sharded parameters mapping is empty"),
+]
+"""Log records dropped where they are made (a filter on that one logger); every other record still shows."""
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, patterns: list[str]):
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(p.match(record.getMessage()) for p in self.patterns)
+
+
 QUIET_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
 """torch's launcher logs each start, stop and worker failure itself; ``runtime.launch`` reports them."""
 
@@ -195,6 +224,14 @@ def quiet_third_party() -> None:
             tf_logging.set_verbosity_error()
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    by_logger: dict[str, list[str]] = {}
+    for name, pattern in THIRD_PARTY_LOG_RECORDS:
+        by_logger.setdefault(name, []).append(pattern)
+    for name, patterns in by_logger.items():
+        other = logging.getLogger(name)
+        for f in [f for f in other.filters if isinstance(f, _DropRecords)]:
+            other.removeFilter(f)
+        other.addFilter(_DropRecords(patterns))
     if warnings.showwarning is not _show_warning and getattr(warnings.showwarning, "__module__", "") == "warnings":
         warnings.showwarning = _show_warning  # pytest's capture (its own showwarning) is left alone
 

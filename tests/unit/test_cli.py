@@ -43,8 +43,11 @@ def test_log_level_before_or_after_the_verb(argv, level):
 
     argv = argv or ["eval"]
     i = argv.index("eval")
-    argv = argv[:i + 1] + ["--pred", "p", "--gold", "g", "--task", "query_ad"] + argv[i + 1:]
-    assert build_parser().parse_args(argv).log_level == level
+    before, after = argv[:i], argv[i + 1:]
+    assert build_parser().parse_args([*before, "eval", "--pred", "p", "--gold", "g", "--task", "query_ad", *after]
+                                     ).log_level == level
+    # after a verb's own sub-command too
+    assert build_parser().parse_args([*before, "verify", "parity", "--hf", "x", *after]).log_level == level
 
 
 @pytest.mark.parametrize("exc, code, text", [

@@ -126,3 +126,13 @@ def test_transformers_bars_off_when_it_was_imported_first(monkeypatch):
     assert not tf_logging.is_progress_bar_enabled()
     for name in logs.QUIET_LOGGERS:
         assert logging.getLogger(name).level == logging.CRITICAL
+
+
+def test_third_party_log_records_are_tagged_and_known_noise_dropped(capsys):
+    logs.setup("info", rank=0, world=1, with_time=False)
+    opt = logging.getLogger("megatron.core.dist_checkpointing.optimizer")
+    opt.warning("Sharded parameters mapping is empty. It means tensors in model state dict do not correspond")
+    opt.warning("something real")
+    logging.getLogger("megatron.core.optimizer").info("below the root's WARNING: not made")
+    assert capsys.readouterr().err.splitlines() == [
+        "[megatron.core.dist_checkpointing.optimizer] warning: something real"]
