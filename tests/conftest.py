@@ -51,7 +51,7 @@ def tiny_ckpts(tmp_path_factory):
 
 # Checkpoints written by transformers' own ``save_pretrained`` (not our init-model), at small configs that
 # vary what our flavors fix. DeepSeek: group-limited routing only where megatron agrees with HF
-# (num_experts_per_tok / topk_group == 2, or one group; DESIGN.md §5). Each declares
+# (num_experts_per_tok / topk_group == 2, or one group; docs/architecture.md). Each declares
 # num_nextn_predict_layers=1 (the transformers default) and holds no MTP tensors.
 HF_SAVED = {
     # q_lora, YaRN, 2 groups keep 1 (topk 2), a dense first layer, one shared expert

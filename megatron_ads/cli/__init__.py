@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -23,20 +24,23 @@ class CommandFailed(Failure):
     """The command ran but its check failed (exit code 1)."""
 
 
-def _verbs() -> dict[str, tuple[str, Callable]]:
-    # imported when the parser is built, after main() installed the warning filters: the verbs pull in
-    # megatron-core and transformers (heavy; megatron-core warns at import), and they import this module
-    from megatron_ads.cli import convert, demo, eval as eval_cli, init_model, plan, train, verify
+VERBS: dict[str, tuple[str, str]] = {
+    "eval": ("megatron_ads.cli.eval", "score labeling predictions with the paper's metric suite"),
+    "train": ("megatron_ads.cli.train", "train on megatron-core (lm | sft): 1F1B pipeline x EP x DP"),
+    "convert": ("megatron_ads.cli.convert", "convert checkpoints: hf-to-mcore, mcore-to-hf, reshard"),
+    "plan": ("megatron_ads.cli.plan", "choose a PP/EP/DP/TP layout with per-rank memory and traffic"),
+    "init-model": ("megatron_ads.cli.init_model", "write a random-weight HF checkpoint of a named flavor"),
+    "verify": ("megatron_ads.cli.verify", "verify parity (HF vs megatron-core) or compare checkpoints"),
+    "demo": ("megatron_ads.cli.demo", "end-to-end pipeline on the CPU default"),
+}
+"""The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
+imported: the verbs pull in megatron-core and transformers (seconds of imports), and they import this
+module (``emit``), so they are loaded by name, after ``main()`` installed the warning filters."""
 
-    return {
-        "eval": ("score labeling predictions with the paper's metric suite", eval_cli.register),
-        "train": ("train on megatron-core: 1F1B pipeline x EP x DP (mode lm)", train.register),
-        "convert": ("convert checkpoints: hf-to-mcore, mcore-to-hf, reshard", convert.register),
-        "plan": ("choose a PP/EP/DP/TP layout with per-rank memory and traffic", plan.register),
-        "init-model": ("write a random-weight HF checkpoint of a named flavor", init_model.register),
-        "verify": ("verify parity (HF vs megatron-core) or compare checkpoints", verify.register),
-        "demo": ("end-to-end pipeline on the CPU default", demo.register),
-    }
+
+def _verb_of(argv: list[str]) -> str | None:
+    """The verb named on the command line (the first argument that is one), or None (``--help``)."""
+    return next((a for a in argv if a in VERBS), None)
 
 
 def _common(default: str | None) -> argparse.ArgumentParser:
@@ -58,13 +62,16 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the options of ``verbs`` (default: every verb; the others are listed by name)."""
     parser = argparse.ArgumentParser(prog="megatron-ads", description=__doc__.splitlines()[0].replace("``", ""),
                                      parents=[_common("info")])
     sub = parser.add_subparsers(dest="verb", required=True)
-    for name, (help_text, register) in _verbs().items():
+    for name, (module, help_text) in VERBS.items():
         verb = sub.add_parser(name, help=help_text, description=help_text, parents=[_common(None)])
-        register(verb)
+        if verbs is not None and name not in verbs:
+            continue
+        importlib.import_module(module).register(verb)
         for nested in _subparsers(verb):  # the common options after a sub-command too
             for action in _common(None)._actions:
                 nested._add_action(action)
@@ -93,7 +100,9 @@ def _logging_env(level: str, json_mode: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     logs.quiet_third_party()  # before the verbs import megatron-core
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb_of(argv)
+    parser = build_parser([verb] if verb else [])
     args, extra = parser.parse_known_args(argv)
     if extra:
         # key=value overrides may follow options (argparse binds positionals before --config otherwise)

@@ -13,9 +13,9 @@ from megatron_ads.layout.plan import ParallelPlan
 
 
 def _parallel_args(q, required: bool = False) -> None:
-    q.add_argument("--tp", type=int, default=None if required else 1)
-    q.add_argument("--pp", type=int, default=None if required else 1)
-    q.add_argument("--ep", type=int, default=None if required else 1)
+    q.add_argument("--tp", type=int, default=None if required else 1, help="tensor-parallel size of the target layout")
+    q.add_argument("--pp", type=int, default=None if required else 1, help="pipeline-parallel size of the target layout")
+    q.add_argument("--ep", type=int, default=None if required else 1, help="expert-parallel size of the target layout")
     q.add_argument("--stage-layers", default=None, help="layers per stage, e.g. 2,2,1 (default: balanced)")
 
 
@@ -25,14 +25,14 @@ def _common(q) -> None:
     q.add_argument("--max-memory-gb", type=float, default=None,
                    help="working-set budget for tensor groups, in GB (10^9 bytes, as in `plan --gpu-mem-gb`)")
     q.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def register(p) -> None:
     sub = p.add_subparsers(dest="direction", required=True)
     a = sub.add_parser("hf-to-mcore", help="HF (BF16 or FP8) -> Megatron (legacy per-rank shards or torch_dist)")
-    a.add_argument("--hf", required=True)
-    a.add_argument("--out", required=True)
+    a.add_argument("--hf", required=True, help="HF checkpoint directory (config.json + safetensors, BF16 or DeepSeek FP8)")
+    a.add_argument("--out", required=True, help="output directory (must not hold a finished checkpoint; --resume continues a killed run)")
     _parallel_args(a)
     a.add_argument("--plan", default=None, help="plan.json from `megatron-ads plan --out` (overrides --tp/--pp/--ep)")
     a.add_argument("--megatron-lm-pt", action="store_true",
@@ -50,7 +50,7 @@ def register(p) -> None:
                                            "checkpoints/<step|latest>) -> HF safetensors")
     b.add_argument("--mcore", required=True, help="converted directory, RUN/checkpoints/step_N, RUN/checkpoints/latest "
                                                   "or RUN")
-    b.add_argument("--out", required=True)
+    b.add_argument("--out", required=True, help="output directory (must not hold a finished checkpoint; --resume continues a killed run)")
     b.add_argument("--dtype", choices=tuple(EXPORT_DTYPES), default="source",
                    help="source: as stored (bit-identical round trips); fp8: DeepSeek 128x128 block-scaled E4M3")
     b.add_argument("--shard-size-gb", type=float, default=5.0,
@@ -58,8 +58,8 @@ def register(p) -> None:
     _common(b)
     b.set_defaults(func=run_mcore_to_hf)
     c = sub.add_parser("reshard", help="Megatron -> Megatron for another layout")
-    c.add_argument("--mcore", required=True)
-    c.add_argument("--out", required=True)
+    c.add_argument("--mcore", required=True, help="Megatron checkpoint: a converted directory, a training run, its checkpoints/ or a step_N")
+    c.add_argument("--out", required=True, help="output directory (must not hold a finished checkpoint; --resume continues a killed run)")
     _parallel_args(c)
     _common(c)
     c.set_defaults(func=run_reshard)

@@ -23,7 +23,7 @@ SFT_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_t
 
 def register(p) -> None:
     p.add_argument("--out", default=None, help="work directory (default: a temporary one)")
-    p.add_argument("--flavor", default="tiny_deepseek_v3")
+    p.add_argument("--flavor", default="tiny_deepseek_v3", help="named model flavor to build the demo on (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -8,10 +8,10 @@ from megatron_ads.eval.metrics import evaluate, markdown
 
 
 def register(p) -> None:
-    p.add_argument("--pred", required=True)
-    p.add_argument("--gold", required=True)
-    p.add_argument("--task", required=True, choices=with_metric())
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--pred", required=True, help="predictions JSONL: {id, <the task's prediction fields>} per line")
+    p.add_argument("--gold", required=True, help="gold JSONL: {id, <the task's gold fields>} per line")
+    p.add_argument("--task", required=True, choices=with_metric(), help="task whose metric suite to compute")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--embedder", default=None,
                    help="query_gen: local Hugging Face model dir for relevance/diversity embeddings "
                         "(default: built-in hashed character-trigram embedder)")

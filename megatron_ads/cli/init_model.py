@@ -11,10 +11,10 @@ from megatron_ads.data.tokenizer import train_bpe_tokenizer
 def register(p) -> None:
     p.add_argument("--flavor", required=True, choices=sorted(FLAVORS), help="named model flavor")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights (default: %(default)s)")
     p.add_argument("--fp8", action="store_true", help="write DeepSeek FP8 weights with weight_scale_inv")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="dtype of the non-FP8 tensors")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 

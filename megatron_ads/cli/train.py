@@ -1,7 +1,7 @@
 """``megatron-ads train lm --config FILE.yaml [key=value ...] [--nproc N]``
 
 Runs under torchrun/srun (each process is one rank) or alone; with ``--nproc N`` on CPU it starts
-N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``grpo`` arrives with its issue.
+N gloo workers itself. ``sft`` trains the multi-task label+reasoning model (grpo, rm and ppo are not available yet).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def register(p) -> None:
     p.add_argument("--mtp", choices=MTP_POLICIES, default=None,
                    help="MTP layers config.json declares (same as model.mtp=...): require, auto (default: build "
                    "without them when the init checkpoint holds none) or drop")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
 

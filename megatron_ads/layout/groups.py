@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.distributed as dist
 
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.runtime.dist import megatron_timeout_minutes
 
 
 def init_model_parallel(par: ParallelConfig, timeout_s: float | None = None) -> int:
@@ -25,7 +26,7 @@ def init_model_parallel(par: ParallelConfig, timeout_s: float | None = None) -> 
         parallel_state.destroy_model_parallel()
     kwargs = {}
     if timeout_s is not None:
-        kwargs["distributed_timeout_minutes"] = max(1, int(round(timeout_s / 60)))
+        kwargs["distributed_timeout_minutes"] = megatron_timeout_minutes(timeout_s)  # fractional: exact seconds
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=par.tp,
         pipeline_model_parallel_size=par.pp,

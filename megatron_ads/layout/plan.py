@@ -96,7 +96,7 @@ class StagePlan:
 
 @dataclass(kw_only=True, slots=True)
 class ParallelPlan:
-    """A validated layout. JSON fields follow DESIGN.md §4 (plus memory/traffic detail)."""
+    """A validated layout. JSON fields: tp, pp, ep, dp, expert_dp, world_size, params, stages, experts, dense-only stages (plus memory/traffic detail)."""
 
     tp: int
     pp: int

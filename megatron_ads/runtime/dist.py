@@ -141,7 +141,7 @@ def set_group_timeouts(timeout_s: float, groups: Iterable[dist.ProcessGroup] | N
 
 def destroy() -> None:
     """Tear down megatron's parallel state and the default process group."""
-    from megatron.core import parallel_state
+    from megatron.core import parallel_state  # heavy: the launcher imports this module without megatron-core
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

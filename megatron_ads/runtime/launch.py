@@ -44,7 +44,7 @@ from megatron_ads.runtime.log import QUIET_LOGGERS, get_logger, setup_from_env
 
 log = get_logger(__name__)
 
-PRELOAD = ["megatron_ads.runtime._preload", "torch", "megatron.core", "transformers", "megatron_ads.train.sft_loop",
+PRELOAD = ["megatron_ads.runtime._preload", "torch", "megatron.core", "transformers", "megatron_ads.cli.workers",
            "megatron_ads.checkpoint.parity"]
 """Modules the fork server imports once (the first sets up logging and the warning filters); workers
 forked from it start without paying for them again."""

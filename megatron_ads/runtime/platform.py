@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -287,8 +288,6 @@ def activate_cpu_compat() -> None:
 
 def _import_megatron_runtime_modules() -> None:
     """Import the megatron-core modules the project runs, so their namespaces get the CPU view."""
-    import importlib
-
     for name in ("megatron.core.optimizer", "megatron.core.distributed", "megatron.core.pipeline_parallel.schedules",
                  "megatron.core.models.gpt", "megatron.core.transformer.moe.moe_layer",
                  "megatron.core.transformer.multi_token_prediction", "megatron.core.tensor_parallel",

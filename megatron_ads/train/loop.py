@@ -28,13 +28,13 @@ from megatron_ads.layout.groups import init_model_parallel
 from megatron_ads.layout.pipeline import stage_layers
 from megatron_ads.model.flops import mfu, train_flops_per_token
 from megatron_ads.runtime import log as runtime_log
-from megatron_ads.runtime.dist import init_distributed
+from megatron_ads.runtime.dist import init_distributed, set_group_timeouts
 from megatron_ads.runtime.errors import Failure
 from megatron_ads.train import ckpt
 from megatron_ads.train.build import build, model_config, stub_parts
 from megatron_ads.train.moe import ExpertLoad, track_moe_metrics
 from megatron_ads.train.step_log import StepLog
-from megatron_ads.train.timeouts import CollectiveTimeout, is_timeout, named_timeout, set_group_timeouts
+from megatron_ads.train.timeouts import CollectiveTimeout, is_timeout, named_timeout
 
 __all__ = ["CollectiveTimeout", "TrainingAborted", "Trainer", "train_worker"]
 
@@ -51,7 +51,7 @@ class Trainer:
 
     def __init__(self, job: JobConfig):
         from megatron.core import parallel_state as ps  # heavy: megatron-core at use
-        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed  # heavy, as above
 
         self.job = job
         self.stub_parts = stub_parts(job)
@@ -60,8 +60,8 @@ class Trainer:
         self.rank = self.env.rank
         self.cfg = model_config(job.model, warn=self.rank == 0)
         self.par = job.parallel
-        self.dp = init_model_parallel(self.par)
-        set_group_timeouts(t.collective_timeout_s)
+        self.dp = init_model_parallel(self.par, timeout_s=t.collective_timeout_s)
+        set_group_timeouts(t.collective_timeout_s)  # groups megatron-core made outside initialize_model_parallel
         torch.manual_seed(t.seed)
         model_parallel_cuda_manual_seed(t.seed)
         self.ps = ps

@@ -1,18 +1,12 @@
-"""Collective timeouts: applied to every process group, recognised when they fire, and named by phase.
+"""Collective timeouts: recognised when they fire, and named by phase.
 
-torch sets a process group's timeout when the group is created; megatron-core creates its groups
-with a whole number of minutes (``distributed_timeout_minutes``), too coarse for tests that expect a
-hang in seconds. torch has no public API to change a created group's timeout, so ``set_group_timeouts``
-uses two private ones, ``c10d._world.pg_map`` (this rank's groups) and ``c10d._set_pg_timeout``,
-here and nowhere else. A timed-out gloo/NCCL collective raises a plain ``RuntimeError`` (torch has no
+The timeout itself is applied where groups are made (``runtime.dist.init_distributed``,
+``layout.groups.init_model_parallel`` with fractional minutes) and to any other group of this rank by
+``runtime.dist.set_group_timeouts``. A timed-out gloo/NCCL collective raises a plain ``RuntimeError`` (torch has no
 timeout exception type for them), so ``is_timeout`` reads its message.
 """
 
 from __future__ import annotations
-
-import datetime
-
-from torch.distributed import distributed_c10d as c10d
 
 from megatron_ads.runtime.errors import Failure
 
@@ -33,22 +27,6 @@ PHASE_GROUPS = {
 
 class CollectiveTimeout(Failure):
     """A collective did not complete within the configured timeout (names the phase and its groups)."""
-
-
-def set_group_timeouts(timeout_s: float) -> int:
-    """Apply ``timeout_s`` to every process group this rank belongs to; returns how many were set.
-
-    ``_set_pg_timeout`` raises ValueError for a group the rank is not in (``pg_map`` holds only this
-    rank's groups, so that is not expected; such a group keeps its timeout)."""
-    td = datetime.timedelta(seconds=timeout_s)
-    n = 0
-    for pg in list(c10d._world.pg_map.keys()):
-        try:
-            c10d._set_pg_timeout(td, pg)
-            n += 1
-        except ValueError:
-            continue
-    return n
 
 
 def is_timeout(exc: BaseException) -> bool:
