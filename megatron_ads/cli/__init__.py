@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "plan": ("megatron_ads.cli.plan", "choose a PP/EP/DP/TP layout with per-rank memory and traffic"),
     "init-model": ("megatron_ads.cli.init_model", "write a random-weight HF checkpoint of a named flavor"),
     "verify": ("megatron_ads.cli.verify", "verify parity (HF vs megatron-core) or compare checkpoints"),
+    "data": ("megatron_ads.cli.data", "write a task's synthetic rows (data synth)"),
     "demo": ("megatron_ads.cli.demo", "end-to-end pipeline on the CPU default"),
 }
 """The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_INPUT as exc:  # BadInput and its layers' subclasses, config validation's ValueError/...
         log.error("%s: %s", args.verb, exc)
         return 2
+    except BrokenPipeError:  # stdout closed early (`| head`): not an error of the command
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Failure as exc:  # CommandFailed, WorkerError, CollectiveTimeout, TrainingAborted, ...
         log.error("%s: FAILED: %s", args.verb, getattr(exc, "brief", exc))
         if hasattr(exc, "brief"):
