@@ -1,0 +1,270 @@
+"""Inference engine over our megatron-core GPTModel: label scoring and KV-cache generation.
+
+How it works
+------------
+*Label scoring* needs no cache: each (prompt, candidate) becomes one right-padded sequence
+``prompt + candidate[:-1]`` (single-token candidates of a row share the bare prompt), run through
+``model(ids, pos, None)`` (causal: what follows a position never changes its logits). The
+log-likelihood of a candidate is the sum of the log-probabilities of its tokens after the prompt;
+a row's probabilities are the softmax of its candidates' log-likelihoods. Sequences are sorted by
+length and cut into batches of ``batch_size`` (length bucketing: little padding).
+
+*Generation* is prefill + incremental decode with megatron-core's ``StaticInferenceContext``:
+``model(ids, pos, None, inference_context=ctx, runtime_gather_output=True)`` returns the last
+position's logits and fills the context's KV cache; ``ctx.sequence_len_offset`` is advanced by the
+number of tokens fed. One offset serves the whole batch (RoPE positions come from it and decode steps
+run without a mask), so a batch holds rows of the *same* prompt length only: rows are grouped by exact
+prompt length, each group cut into batches of ``batch_size``, each batch with its own context. Rows
+stop on their own (a stop id, a stop sequence, ``max_new_tokens``); a finished row keeps being fed
+(its last token) until the batch is done, but its output is frozen. A batched row therefore gives
+what it gives alone.
+
+Sampling: temperature 0 (or top_k 1) is greedy (argmax). Otherwise logits / temperature, then top-k,
+then top-p (the smallest set of most likely tokens whose probability reaches top_p), then one draw
+from a ``torch.Generator`` *per row*, seeded ``seed + i`` for the i-th prompt of the call: a row's
+draws depend on its seed and its own logits only, not on which other rows share its batch.
+Log-probabilities returned are those of the chosen token under the model's distribution at
+temperature 1 (``log_softmax(logits)``), before temperature, top-k and top-p: what a policy-gradient
+loss recomputes.
+
+Shapes: B batch, S sequence, V vocab, C candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from megatron.core.inference.contexts import StaticInferenceContext
+
+from megatron_ads.config.model import ModelConfig
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingParams:
+    """How ``Engine.generate`` picks tokens and when a row stops."""
+
+    max_new_tokens: int = 64
+    """Most tokens generated per row (the stop token included)."""
+    temperature: float = 0.0
+    """0: greedy (argmax); > 0: sample from softmax(logits / temperature)."""
+    top_k: int = 0
+    """Keep the k most likely tokens before sampling (0: all; 1: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches top_p."""
+    seed: int = 0
+    """Row i of a call samples with a generator seeded ``seed + i``."""
+    stop_ids: set[int] = field(default_factory=set)
+    """A row stops after generating one of these ids (kept in its output)."""
+    stop_sequences: list[list[int]] = field(default_factory=list)
+    """A row stops once its output ends with one of these id sequences (kept in its output)."""
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature: expected >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k: expected >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p: expected 0 < top_p <= 1, got {self.top_p}")
+        if any(not s for s in self.stop_sequences):
+            raise ValueError("stop_sequences: expected non-empty id sequences, got an empty one")
+        self.stop_ids = {int(i) for i in self.stop_ids}
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(kw_only=True, slots=True)
+class Generation:
+    """One row's result."""
+
+    output_ids: list[int]
+    """Generated ids only (the stop token included)."""
+    logprobs: list[float]
+    """Per generated token: its log-probability under the model at temperature 1."""
+    finish_reason: FinishReason
+    """``stop`` (a stop id or sequence) or ``length`` (max_new_tokens reached)."""
+
+
+def _check_ids(rows: list[list[int]], vocab: int, what: str) -> None:
+    for i, ids in enumerate(rows):
+        if not ids:
+            raise ValueError(f"{what}[{i}]: empty; expected at least one token id")
+        bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"{what}[{i}]: token ids {bad[:5]} outside [0, {vocab}) (the model's vocab_size)")
+
+
+def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """``logits_V`` with the tokens outside top-k / top-p set to -inf (at least the most likely kept)."""
+    out = logits_V
+    if 0 < top_k < out.numel():
+        kth = torch.topk(out, top_k).values[-1]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # tokens past the set that already reached top_p
+        drop_sorted[0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+class Engine:
+    """Label scoring and generation with one megatron-core GPTModel chunk (a single rank so far).
+
+    Args:
+        model: the GPTModel (``infer.weights.load_for_inference``); put in eval mode here.
+        cfg: its ModelConfig (vocab size, max positions).
+        batch_size: most rows per forward.
+        tokenizer: optional, kept for callers (``Engine.tokenizer``); the engine works on ids.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, *, batch_size: int = 8, tokenizer: Any = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+
+    # ------------------------------------------------------------------ scoring
+    def _logits(self, ids_BS: torch.Tensor) -> torch.Tensor:
+        pos_BS = torch.arange(ids_BS.shape[1], device=self.device).unsqueeze(0).expand_as(ids_BS)
+        return self.model(ids_BS.to(self.device), pos_BS, None).float()
+
+    @torch.inference_mode()
+    def candidate_loglik(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        """Per row, the log-likelihood of each candidate after its prompt (summed over the candidate's
+        tokens), [rows][C]. ``candidates`` is shared by every row."""
+        vocab = self.cfg.vocab_size
+        _check_ids(prompt_ids, vocab, "prompt_ids")
+        _check_ids(candidates, vocab, "candidates")
+        # one sequence per (row, distinct input): the bare prompt for single-token candidates,
+        # prompt + cand[:-1] for longer ones
+        seqs: list[list[int]] = []
+        plens: list[int] = []  # per sequence: its prompt's length
+        tasks: list[list[tuple[int, int]]] = []  # per row: (seq index, candidate index)
+        for p in prompt_ids:
+            row = []
+            bare = None
+            for c, cand in enumerate(candidates):
+                if len(cand) == 1:
+                    if bare is None:
+                        bare = len(seqs)
+                        seqs.append(list(p))
+                        plens.append(len(p))
+                    row.append((bare, c))
+                else:
+                    row.append((len(seqs), c))
+                    seqs.append(list(p) + list(cand[:-1]))
+                    plens.append(len(p))
+            tasks.append(row)
+        logprobs_of: dict[int, torch.Tensor] = {}  # seq index -> log_softmax rows from the prompt's last position
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            width = max(len(seqs[i]) for i in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            for b, i in enumerate(chunk):
+                ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
+            logits = self._logits(ids)
+            for b, i in enumerate(chunk):
+                plen = plens[i]
+                take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
+                logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
+        out = []
+        for row in tasks:
+            ll = []
+            for s, c in row:
+                lp = logprobs_of[s]
+                ll.append(sum(lp[k, t].item() for k, t in enumerate(candidates[c])))
+            out.append(ll)
+        return out
+
+    def score_candidates(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
+        """Per row, the probability of each candidate: softmax over the candidates' log-likelihoods
+        (``candidate_loglik``); multi-token candidates are scored as sequences. Returns [rows][C]."""
+        ll = torch.tensor(self.candidate_loglik(prompt_ids, candidates), dtype=torch.float64)
+        return ll.softmax(-1).tolist()
+
+    # --------------------------------------------------------------- generation
+    def _step(self, ctx: StaticInferenceContext, ids_BS: torch.Tensor) -> torch.Tensor:
+        """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset``; the last position's logits [B, V]."""
+        s = ids_BS.shape[1]
+        pos_BS = (torch.arange(s, device=self.device) + ctx.sequence_len_offset).unsqueeze(0).expand(ids_BS.shape[0], -1)
+        logits = self.model(ids_BS.to(self.device), pos_BS, None, inference_context=ctx, runtime_gather_output=True)
+        ctx.sequence_len_offset += s
+        return logits[:, -1, :].float()
+
+    def _pick(self, logits_V: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
+        if params.greedy:
+            return int(torch.argmax(logits_V).item())
+        filtered = filter_logits(logits_V / params.temperature, params.top_k, params.top_p)
+        probs = torch.softmax(filtered.double().cpu(), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen).item())
+
+    @staticmethod
+    def _stopped(out: list[int], params: SamplingParams) -> bool:
+        if out[-1] in params.stop_ids:
+            return True
+        return any(len(out) >= len(s) and out[-len(s):] == list(s) for s in params.stop_sequences)
+
+    @torch.inference_mode()
+    def _generate_batch(self, rows: list[int], prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        b, plen = len(rows), len(prompts[0])
+        ctx = StaticInferenceContext(b, plen + params.max_new_tokens)
+        gens = [torch.Generator().manual_seed(params.seed + r) for r in rows]
+        outs: list[list[int]] = [[] for _ in rows]
+        lps: list[list[float]] = [[] for _ in rows]
+        done: list[FinishReason | None] = [None] * b
+        logits = self._step(ctx, torch.tensor(prompts, dtype=torch.long))
+        while True:
+            logp = torch.log_softmax(logits, dim=-1)
+            feed = []
+            for j in range(b):
+                if done[j] is None:
+                    t = self._pick(logits[j], params, gens[j])
+                    outs[j].append(t)
+                    lps[j].append(float(logp[j, t].item()))
+                    if self._stopped(outs[j], params):
+                        done[j] = "stop"
+                    elif len(outs[j]) >= params.max_new_tokens:
+                        done[j] = "length"
+                feed.append(outs[j][-1])
+            if all(d is not None for d in done):
+                break
+            logits = self._step(ctx, torch.tensor(feed, dtype=torch.long).unsqueeze(1))
+        return [Generation(output_ids=o, logprobs=lp, finish_reason=d) for o, lp, d in zip(outs, lps, done)]
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                 on_batch: Callable[[int], None] | None = None) -> list[Generation]:
+        """Generate for each prompt (ragged lengths allowed); results in input order, each what the row
+        gives alone. ``on_batch(n_rows)`` is called after each batch (progress bars)."""
+        _check_ids(prompt_ids, self.cfg.vocab_size, "prompt_ids")
+        limit = self.cfg.max_position_embeddings
+        for i, p in enumerate(prompt_ids):
+            if len(p) + params.max_new_tokens > limit:
+                raise ValueError(f"prompt_ids[{i}]: {len(p)} prompt tokens + max_new_tokens {params.max_new_tokens} "
+                                 f"exceed the model's max_position_embeddings {limit}")
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompt_ids):
+            by_len.setdefault(len(p), []).append(i)
+        results: list[Generation | None] = [None] * len(prompt_ids)
+        for n in sorted(by_len):
+            idx = by_len[n]
+            for start in range(0, len(idx), self.batch_size):
+                rows = idx[start:start + self.batch_size]
+                for r, g in zip(rows, self._generate_batch(rows, [prompt_ids[r] for r in rows], params)):
+                    results[r] = g
+                if on_batch is not None:
+                    on_batch(len(rows))
+        return results  # type: ignore[return-value]

@@ -1,0 +1,176 @@
+"""Weights for inference: an HF or Megatron checkpoint directory -> this rank's megatron-core model chunk
+(eval mode), its ModelConfig and its tokenizer.
+
+Sources (detected from the directory):
+
+- an HF checkpoint (``config.json`` + safetensors), BF16/FP32 or DeepSeek FP8 (e4m3 weights with
+  ``weight_scale_inv``); the tokenizer, if any, sits beside the weights;
+- a Megatron checkpoint: a converted legacy directory (``latest_checkpointed_iteration.txt``), a
+  torch_dist step directory (``metadata.json``), or a training run (``RUN``, ``RUN/checkpoints``,
+  ``RUN/checkpoints/latest``: its newest complete step). Its config is ``hf_config.json``, its
+  tokenizer ``tokenizer/``.
+
+Precision: ``fp32`` and ``bf16`` build the model in that dtype. ``fp8`` keeps the FP8 checkpoint's
+block-scaled weights only as far as the load: they are dequantized with DeepSeek's formula
+(``W = bf16(fp32(W_e4m3) * S)``, ``checkpoint.hf_io``) and the model computes in bf16. That is the CPU
+path (``torch._scaled_mm`` rejects block scales on CPU and is far slower than a dequantized matmul); FP8
+linears on GPU are a later step and will be selected through the ModuleSpec.
+
+MTP layers are never built for inference (``mtp=drop``): generation uses the main model's head only.
+
+Single rank today (tp = pp = ep = 1); the ``par`` argument is where a ParallelPlan will come in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_ads.checkpoint.convert import TOKENIZER_FILES
+from megatron_ads.checkpoint.dist_io import resolve_dir
+from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
+from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
+from megatron_ads.checkpoint.mtp import resolve_mtp
+from megatron_ads.config.model import ModelConfig
+from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.data.tokenizer import load_tokenizer
+from megatron_ads.layout.groups import init_model_parallel
+from megatron_ads.model.build import build_model_chunk
+from megatron_ads.model.specs import use_te_default
+from megatron_ads.runtime.dist import init_distributed, read_env
+from megatron_ads.runtime.launch import free_port
+from megatron_ads.runtime.log import get_logger
+from megatron_ads.runtime.platform import Platform
+
+log = get_logger("megatron_ads.infer")
+
+PRECISIONS = ("fp32", "bf16", "fp8")
+COMPUTE_DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp8": "bf16"}
+"""The dtype the model computes in for each ``--precision`` (fp8: dequantized at load, see the module doc)."""
+HF_CONFIG_FILE = "config.json"
+
+
+class Loaded(NamedTuple):
+    """What ``load_for_inference`` returns (unpacks as ``model, cfg, tokenizer``)."""
+
+    model: Any
+    """This rank's megatron-core GPTModel chunk, in eval mode."""
+    cfg: ModelConfig
+    """The config it was built with (MTP dropped)."""
+    tokenizer: Any
+    """The checkpoint's tokenizer, or None when it has none (ids-only use)."""
+
+
+def init_single_rank(timeout_s: float = 600.0) -> Platform:
+    """The default process group and megatron's groups for one process (tp = pp = ep = 1), unless a
+    launcher (torchrun, srun) or an earlier call set them up. A single process without ``MASTER_PORT``
+    gets a free port, so concurrent jobs on one machine do not collide. Returns the platform."""
+    if not dist.is_initialized() and read_env().launcher == "single" and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+    platform, _ = init_distributed(timeout_s=timeout_s)
+    if not parallel_state.model_parallel_is_initialized():
+        init_model_parallel(ParallelConfig())
+    return platform
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """True when ``path`` is an HF checkpoint directory (``config.json`` and safetensors)."""
+    p = Path(path)
+    return (p / HF_CONFIG_FILE).is_file() and any(p.glob("*.safetensors"))
+
+
+def tokenizer_dir(model_dir: str | Path) -> Path | None:
+    """Where the checkpoint's tokenizer files are (the HF directory itself, or a Megatron checkpoint's
+    ``tokenizer/``), or None when it has none. Cheap: no model is read."""
+    p = Path(model_dir)
+    candidates = [p] if is_hf_dir(p) else []
+    if not candidates:
+        try:
+            d = resolve_dir(p)
+        except CheckpointError:
+            d = p
+        candidates = [d, d / "tokenizer"]
+    for d in candidates:
+        if any((d / f).is_file() for f in TOKENIZER_FILES if f not in ("generation_config.json",
+                                                                         "chat_template.jinja")):
+            return d
+    return None
+
+
+def eos_ids(cfg: ModelConfig, tokenizer: Any = None) -> set[int]:
+    """The ids generation stops at: the tokenizer's ``eos_token_id``, else config.json's ``eos_token_id``
+    (an int or a list); empty when neither names one."""
+    if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+        return {int(tokenizer.eos_token_id)}
+    eos = cfg.hf_config.get("eos_token_id")
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, list) else [eos])}
+
+
+def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: str | None = None,
+                       par: ParallelConfig | None = None) -> Loaded:
+    """Build this rank's model chunk from the checkpoint in ``model_dir`` and load its weights.
+
+    Args:
+        model_dir: an HF checkpoint directory (BF16/FP32 or DeepSeek FP8) or a Megatron checkpoint
+            (legacy converted directory, torch_dist step directory, training run or its ``latest``).
+        precision: ``fp32`` | ``bf16`` | ``fp8`` (fp8: block-scaled weights dequantized at load with
+            DeepSeek's formula, bf16 compute; the CPU path — see the module docstring).
+        device: ``cpu`` | ``cuda``; None: the detected platform.
+        par: the parallel layout (default tp = pp = ep = 1, the only one supported so far).
+    Returns:
+        ``Loaded(model, cfg, tokenizer)``: the GPTModel chunk in eval mode, its config (MTP dropped),
+        the tokenizer or None.
+    Raises:
+        ValueError: unknown precision, a layout other than one rank. CheckpointError: not a
+        checkpoint, or tensors that do not match the config.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    par = par or ParallelConfig()
+    if (par.tp, par.pp, par.ep) != (1, 1, 1):
+        raise ValueError(f"par: inference runs on one rank so far (tp=pp=ep=1), got tp={par.tp} pp={par.pp} "
+                         f"ep={par.ep}")
+    path = Path(model_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint directory")
+    platform = init_single_rank()
+    device = device or platform.name
+    if is_hf_dir(path):
+        source: Any = HFCheckpoint(path)
+        cfg = ModelConfig.from_hf(path)
+        mcore_dir = None
+        fp8 = any(source.is_fp8(k) for k in source.keys())
+    else:
+        mcore_dir = resolve_dir(path)  # CheckpointError naming what a checkpoint needs
+        source = MegatronAsHF(mcore_dir)
+        cfg = read_layout(mcore_dir).cfg
+        fp8 = False
+    if precision == "fp8" and not fp8:
+        log.info("%s: precision fp8 requested for a checkpoint without FP8 weights: computing in bf16", path)
+    built_cfg, _ = resolve_mtp(cfg, source, "drop", warn=False)
+    dtype = COMPUTE_DTYPE[precision]
+    model = build_model_chunk(built_cfg, par, dtype=dtype, device=device, use_te=use_te_default(device))
+    coord = current_coord()
+    if mcore_dir is None or built_cfg.num_mtp_layers != cfg.num_mtp_layers:
+        n = load_hf_into_chunk(model, source, built_cfg, par, coord)  # FP8: dequantized by HFCheckpoint.get
+    else:
+        n = load_mcore_into_chunk(model, mcore_dir, par, coord)
+    model.eval()
+    tok_dir = tokenizer_dir(path)
+    tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
+    log.info("loaded %s (%s, %d tensors, %s%s)", path, built_cfg.model_type, n, dtype,
+             ", FP8 weights dequantized at load" if fp8 else "")
+    return Loaded(model, built_cfg, tokenizer)
+
+
+def to_device(t: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``t`` on the device of ``model``'s parameters."""
+    return t.to(next(model.parameters()).device)
