@@ -200,7 +200,8 @@ class Engine:
     def _step(self, ctx: StaticInferenceContext, ids_BS: torch.Tensor) -> torch.Tensor:
         """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset``; the last position's logits [B, V]."""
         s = ids_BS.shape[1]
-        pos_BS = (torch.arange(s, device=self.device) + ctx.sequence_len_offset).unsqueeze(0).expand(ids_BS.shape[0], -1)
+        pos_BS = (torch.arange(s, device=self.device) + ctx.sequence_len_offset).unsqueeze(0)
+        pos_BS = pos_BS.expand(ids_BS.shape[0], -1)
         logits = self.model(ids_BS.to(self.device), pos_BS, None, inference_context=ctx, runtime_gather_output=True)
         ctx.sequence_len_offset += s
         return logits[:, -1, :].float()
