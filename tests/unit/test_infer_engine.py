@@ -14,7 +14,7 @@ from megatron_ads.runtime.dist import destroy
 LENGTHS = (4, 7, 4, 9, 7)  # ragged: two length-4 rows, two length-7 rows, one alone
 NEW = 6
 PROB_TOL = 1e-5
-LOGPROB_TOL = 1e-4
+LOGPROB_TOL = 1e-5  # measured <= 9.6e-7
 
 
 @pytest.fixture(scope="module", autouse=True)
