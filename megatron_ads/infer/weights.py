@@ -163,6 +163,12 @@ def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: s
         n = load_hf_into_chunk(model, source, built_cfg, par, coord)  # FP8: dequantized by HFCheckpoint.get
     else:
         n = load_mcore_into_chunk(model, mcore_dir, par, coord)
+    if dtype == "bf16":
+        # megatron-core's local norms are created in fp32 whatever params_dtype says (training casts the
+        # whole model through Float16Module); one compute dtype here, as transformers holds a bf16 model
+        for param in model.parameters():
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
     model.eval()
     tok_dir = tokenizer_dir(path)
     tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
