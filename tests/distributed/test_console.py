@@ -32,6 +32,8 @@ def _query_ad_files(tmp_path):
 def test_verbs_keep_the_console_clean(tmp_path, console_noise):
     hf, mcore = str(tmp_path / "hf"), str(tmp_path / "mcore")
     pred, gold = _query_ad_files(tmp_path)
+    prompts = str(tmp_path / "prompts.jsonl")
+    (tmp_path / "prompts.jsonl").write_text('{"id": 1, "prompt": "cheap tents"}\n{"id": 2, "input_ids": [5, 6]}\n')
     verbs = [
         ["init-model", "--flavor", "tiny_deepseek_v3", "--out", hf, "--seed", "0", "--fp8"],
         ["plan", "--flavor", "deepseek_v3", "--nodes", "31", "--gpus-per-node", "8", "--gpu-mem-gb", "80"],
@@ -39,6 +41,9 @@ def test_verbs_keep_the_console_clean(tmp_path, console_noise):
         ["verify", "parity", "--hf", hf],  # one process: transformers and megatron-core in this one
         ["verify", "parity", "--hf", hf, "--mcore", mcore, "--ep", "2"],  # 2 workers from the fork server
         ["eval", "--task", "query_ad", "--pred", pred, "--gold", gold],
+        ["data", "synth", "--task", "ad_user", "--n", "5", "--out", str(tmp_path / "rows.jsonl")],
+        ["generate", "--model", hf, "--input", prompts, "--output", str(tmp_path / "out.jsonl"),
+         "--max-new-tokens", "4", "--precision", "fp8"],
         # bad input (exit 2), and a failure in the workers (exit 1): one tagged line each, no traceback
         ["verify", "parity", "--hf", str(tmp_path)],
         ["verify", "parity", "--hf", hf, "--tp", "2"],
@@ -46,7 +51,8 @@ def test_verbs_keep_the_console_clean(tmp_path, console_noise):
     r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(verbs), str(tmp_path / "rcs.json")],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / "rcs.json").read_text()) == [0, 0, 0, 0, 0, 0, 2, 1], r.stderr[-3000:]
+    assert json.loads((tmp_path / "rcs.json").read_text()) == [0, 0, 0, 0, 0, 0, 0, 0, 2, 1], r.stderr[-3000:]
     assert r.stdout.count("PASS") == 2 and "pp=31 ep=8 dp=8" in r.stdout
+    assert "wrote 5 ad_user rows" in r.stdout and "generated 2 rows" in r.stdout
     assert "config.json" in r.stderr and "FAILED: rank 0:" in r.stderr and "tp=1 only" in r.stderr
     assert console_noise(r.stdout, r.stderr) == []
