@@ -1,0 +1,179 @@
+"""``megatron-ads label`` end to end on a tiny DeepSeek-V3 checkpoint (one process): label-mode output read by
+``megatron-ads eval``, probabilities against transformers' log-likelihoods, reasoning mode, resume after an
+interruption (exactly once, equal to an uninterrupted run), malformed input lines, an existing output."""
+
+import json
+
+import pytest
+import torch
+
+from megatron_ads.cli import main
+from megatron_ads.data.tasks import THINK_EMPTY, task
+from megatron_ads.infer.engine import Engine
+from megatron_ads.infer.job import LabelJob, done_ids, run_job
+from megatron_ads.infer.scorer import EngineScorer
+from megatron_ads.infer.weights import eos_ids, load_for_inference
+from megatron_ads.runtime.dist import destroy
+
+N = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_rank():
+    yield
+    destroy()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("label")
+    ckpt, rows = d / "ckpt", d / "rows.jsonl"
+    assert main(["init-model", "--flavor", "tiny_deepseek_v3", "--out", str(ckpt)]) == 0
+    assert main(["data", "synth", "--task", "query_ad", "--n", str(N), "--out", str(rows)]) == 0
+    model, cfg, tok = load_for_inference(ckpt, precision="fp32")
+    scorer = EngineScorer(Engine(model, cfg, batch_size=4, tokenizer=tok), tok, eos_ids(cfg, tok))
+    return ckpt, rows, scorer
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _label(ckpt, inp, out, *extra):
+    return main(["label", "--model", str(ckpt), "--input", str(inp), "--output", str(out), "--task", "query_ad",
+                 "--batch-size", "4", *extra])
+
+
+class _HFScorer:
+    """The reference: transformers' log-likelihoods of the same prompt + target tokens."""
+
+    def __init__(self, path, tok):
+        import transformers
+
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+        self.tok = tok
+
+    def score(self, prompts, targets):
+        out = []
+        for p, t in zip(prompts, targets):
+            pid = self.tok(p, add_special_tokens=False)["input_ids"]
+            tid = self.tok(t, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(self.model(torch.tensor([pid + tid])).logits[0].double(), -1)
+            out.append(sum(lp[len(pid) - 1 + k, x].item() for k, x in enumerate(tid)))
+        return out
+
+
+def test_label_mode_eval_probs_and_transformers_reference(setup, tmp_path, capsys):
+    ckpt, rows, scorer = setup
+    out = tmp_path / "out.jsonl"
+    assert _label(ckpt, rows, out, "--json", "--gpu-cost-per-s", "0.001") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["labeled"] == N and summary["failed"] == 0
+    cost = summary["cost"]
+    assert cost["avg_input_tokens"] > 0 and cost["avg_output_tokens"] > 0 and cost["samples_per_s"] > 0
+    assert cost["usd_per_1m_samples"] == pytest.approx(0.001 * 1e6 / cost["samples_per_s"], rel=1e-2)
+    preds = _read(out)
+    gold = _read(rows)
+    assert [p["id"] for p in preds] == [g["id"] for g in gold]
+    for p in preds:
+        assert p["parse"] == "ok" and p["model"] == str(ckpt) and p["precision"] == "fp32"
+        assert p["tokens_in"] > 0 and p["tokens_out"] > 0
+        for name, probs in p["probs"].items():
+            assert abs(sum(probs.values()) - 1.0) < 1e-6  # Task.predict softmaxes in float32
+            assert p["labels"][name] == max(probs, key=probs.get)
+    assert main(["eval", "--pred", str(out), "--gold", str(rows), "--task", "query_ad", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["n"] == N and r["malformed"] == 0 and not r["pred_line_errors"]
+
+    # EngineScorer.score vs transformers on the same prompt + target tokens; Task.predict through both
+    t = task("query_ad")
+    two = gold[:2]
+    ref = _HFScorer(ckpt, scorer.tokenizer)
+    prompts = [t.prompt(g) + THINK_EMPTY for g in two for _ in range(2)]
+    targets = ["<Label>good</Label>", "<Label>bad</Label>"] * 2
+    ours = scorer.score(prompts, targets)
+    assert max(abs(a - b) for a, b in zip(ours, ref.score(prompts, targets))) <= 1e-5
+    ref_preds = t.predict(two, ref)
+    for p, q in zip(preds[:2], ref_preds):
+        assert p["labels"] == q["labels"]
+        for name in q["probs"]:
+            assert max(abs(p["probs"][name][c] - q["probs"][name][c]) for c in q["probs"][name]) <= 1e-5
+
+
+def test_reasoning_mode_rows_written_and_read_by_eval(setup, tmp_path, capsys):
+    ckpt, rows, _ = setup
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(rows.read_text().splitlines(keepends=True)[:3]))
+    out = tmp_path / "out.jsonl"
+    assert _label(ckpt, few, out, "--mode", "reasoning", "--max-new-tokens", "6", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    preds = _read(out)
+    assert len(preds) == 3 and summary["labeled"] == 3
+    for p in preds:
+        assert p["parse"] in ("ok", "failed") and isinstance(p["raw"], str) and "labels" in p
+        assert 1 <= p["tokens_out"] <= 6 and p["mode"] == "reasoning"
+        assert (p["parse"] == "ok") == (not p["parse_errors"])
+    assert summary["parse_failed"] == sum(p["parse"] == "failed" for p in preds)
+    assert main(["eval", "--pred", str(out), "--gold", str(few), "--task", "query_ad", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_exactly_once_and_equal(setup, tmp_path):
+    _, rows, scorer = setup
+    t = task("query_ad")
+    full = tmp_path / "full.jsonl"
+    run_job(LabelJob(input=rows, output=full, task=t, batch_size=4), scorer)
+
+    out = tmp_path / "out.jsonl"
+    batches = []
+
+    def kill_after_first(n):
+        batches.append(n)
+        raise _Interrupt  # the first batch is written and synced, then the run dies
+
+    with pytest.raises(_Interrupt):
+        run_job(LabelJob(input=rows, output=out, task=t, batch_size=4), scorer, on_batch=kill_after_first)
+    assert len(_read(out)) == 4
+    with out.open("a") as f:
+        f.write('{"id": "qa0-4", "labels": {"rel')  # a torn line, as a kill mid-write leaves it
+    with pytest.raises(FileExistsError, match="out.jsonl"):
+        run_job(LabelJob(input=rows, output=out, task=t, batch_size=4), scorer)
+    res = run_job(LabelJob(input=rows, output=out, task=t, batch_size=4, resume=True), scorer)
+    assert res.skipped == 4 and res.labeled == N - 4
+    resumed = _read(out)
+    assert sorted(str(r["id"]) for r in resumed) == sorted(str(r["id"]) for r in _read(rows))  # exactly once
+    assert resumed == _read(full)
+    assert len(done_ids(out)) == N
+    # a second resume has nothing left to do
+    assert run_job(LabelJob(input=rows, output=out, task=t, batch_size=4, resume=True), scorer).labeled == 0
+
+
+def test_malformed_lines_reported_others_labeled_exit_1(setup, tmp_path, capsys):
+    ckpt, rows, _ = setup
+    lines = rows.read_text().splitlines()[:3]
+    bad = json.loads(lines[1])
+    del bad["query"]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join([lines[0], "{not json", json.dumps(bad), lines[2]]) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert _label(ckpt, inp, out, "--json") == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["failed"] == 2 and summary["labeled"] == 2
+    assert [p["id"] for p in _read(out)] == [json.loads(lines[0])["id"], json.loads(lines[2])["id"]]
+    errors = _read(tmp_path / "out.jsonl.errors.jsonl")
+    assert [e["line"] for e in errors] == [2, 3]
+    assert "invalid JSON" in errors[0]["error"] and f"{inp}:2" in errors[0]["error"]
+    assert errors[1]["id"] == bad["id"] and "field 'query': missing" in errors[1]["error"]
+
+
+def test_existing_output_without_resume_exit_2(setup, tmp_path):
+    ckpt, rows, _ = setup
+    out = tmp_path / "out.jsonl"
+    out.write_text("")
+    assert _label(ckpt, rows, out) == 2
+    assert out.read_text() == ""
