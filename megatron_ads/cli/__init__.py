@@ -34,7 +34,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "data": ("megatron_ads.cli.data", "write a task's synthetic rows (data synth)"),
     "demo": ("megatron_ads.cli.demo", "end-to-end pipeline on the CPU default"),
     "generate": ("megatron_ads.cli.generate", "plain completions from a JSONL of prompts (KV-cache engine)"),
-    "label": ("megatron_ads.cli.label", "label a task's rows (label-only scoring or reasoning), resumable, cost report"),
+    "label": ("megatron_ads.cli.label", "label a task's rows: label-only scoring or reasoning, resumable, cost report"),
 }
 """The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
 imported: the verbs pull in megatron-core and transformers (seconds of imports), and they import this
