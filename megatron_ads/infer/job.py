@@ -151,9 +151,10 @@ def read_rows(job: LabelJob) -> tuple[list[tuple[int, dict]], list[dict]]:
     return rows, errors
 
 
-def done_ids(path: Path) -> set[str]:
+def done_ids(path: Path, expect: dict[str, Any] | None = None) -> set[str]:
     """Ids (as ``str``) of the rows already in an output. A last line without its newline (a write cut
-    short by a kill) is cut off the file, its row redone; any other unreadable line is ``BadInput``."""
+    short by a kill) is cut off the file, its row redone; any other unreadable line, or a row whose
+    ``expect`` keys (task, mode, precision) differ, is ``BadInput``."""
     done: set[str] = set()
     data = path.read_bytes()
     complete = data[:data.rfind(b"\n") + 1]  # everything up to the last newline
@@ -167,6 +168,10 @@ def done_ids(path: Path) -> set[str]:
                            f"on --resume") from None
         if not isinstance(row, dict) or "id" not in row:
             raise BadInput(f"{path}:{n}: expected an output row (a JSON object with an 'id')")
+        for key, want in (expect or {}).items():
+            if key in row and row[key] != want:
+                raise BadInput(f"{path}:{n}: field '{key}': the output was written with {row[key]!r}, this run "
+                               f"has {want!r}; resume with the same settings or write a new output")
         done.add(str(row["id"]))
     if len(complete) < len(data):
         with path.open("r+b") as f:
@@ -217,17 +222,24 @@ def predict_batch(job: LabelJob, scorer: EngineScorer, rows: list[dict]) -> list
 
 
 def _too_long(job: LabelJob, scorer: EngineScorer, rows: list[tuple[int, dict]]) -> tuple[list, list[dict]]:
-    """Rows whose generation would pass the model's max positions become error records."""
-    if job.mode == "label" and job.task.kind == "classification":
-        return rows, []
+    """Rows too long for the model's max positions become error records: generation needs prompt +
+    max_new_tokens; label scoring prompt + every field's longest candidate tag (the fields scored before
+    a field are part of its prompt)."""
     limit = scorer.engine.cfg.max_position_embeddings
-    max_new = job.task.max_new_tokens if job.mode == "label" else job.max_new_tokens
+    label_only = job.mode == "label"
+    if label_only and job.task.kind == "classification":
+        extra = sum(max(len(scorer.encode(f"<{f.tag}>{c}</{f.tag}>\n")) for c in f.allowed or ("",))
+                    for f in job.task.outputs)
+        what = "the label tags"
+    else:
+        extra = job.task.max_new_tokens if label_only else job.max_new_tokens
+        what = f"max_new_tokens {extra}"
     keep, errors = [], []
     for n, r in rows:
-        k = len(scorer.encode(job.task.prompt(r) + (THINK_EMPTY if job.mode == "label" else "")))
-        if k + max_new > limit:
-            errors.append({"id": r["id"], "line": n, "error": f"{job.input}:{n}: {k} prompt tokens + max_new_tokens "
-                                                              f"{max_new} exceed max_position_embeddings {limit}"})
+        k = len(scorer.encode(job.task.prompt(r) + (THINK_EMPTY if label_only else "")))
+        if k + extra > limit:
+            errors.append({"id": r["id"], "line": n, "error": f"{job.input}:{n}: {k} prompt tokens + {what} "
+                                                              f"({extra}) exceed max_position_embeddings {limit}"})
         else:
             keep.append((n, r))
     return keep, errors
@@ -250,7 +262,8 @@ def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None]
     rows, long_errors = _too_long(job, scorer, rows)
     errors = sorted(errors + long_errors, key=lambda e: e["line"])
     write_jsonl(job.errors_path, errors)
-    done = done_ids(job.output) if job.output.exists() else set()
+    expect = {"task": job.task.name, "mode": job.mode, "precision": job.precision}
+    done = done_ids(job.output, expect) if job.output.exists() else set()
     pending = [r for _, r in rows if str(r["id"]) not in done]
     job.output.parent.mkdir(parents=True, exist_ok=True)
     tokens_in = tokens_out = parse_failed = 0

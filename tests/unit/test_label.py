@@ -14,6 +14,7 @@ from megatron_ads.infer.job import LabelJob, done_ids, run_job
 from megatron_ads.infer.scorer import EngineScorer
 from megatron_ads.infer.weights import eos_ids, load_for_inference
 from megatron_ads.runtime.dist import destroy
+from megatron_ads.runtime.errors import BadInput
 
 N = 12
 
@@ -149,8 +150,10 @@ def test_resume_after_interruption_is_exactly_once_and_equal(setup, tmp_path):
     assert sorted(str(r["id"]) for r in resumed) == sorted(str(r["id"]) for r in _read(rows))  # exactly once
     assert resumed == _read(full)
     assert len(done_ids(out)) == N
-    # a second resume has nothing left to do
+    # a second resume has nothing left to do; one with other settings is refused
     assert run_job(LabelJob(input=rows, output=out, task=t, batch_size=4, resume=True), scorer).labeled == 0
+    with pytest.raises(BadInput, match="out.jsonl:1: field 'mode'"):
+        run_job(LabelJob(input=rows, output=out, task=t, mode="reasoning", resume=True), scorer)
 
 
 def test_malformed_lines_reported_others_labeled_exit_1(setup, tmp_path, capsys):
@@ -159,14 +162,16 @@ def test_malformed_lines_reported_others_labeled_exit_1(setup, tmp_path, capsys)
     bad = json.loads(lines[1])
     del bad["query"]
     inp = tmp_path / "in.jsonl"
-    inp.write_text("\n".join([lines[0], "{not json", json.dumps(bad), lines[2]]) + "\n")
+    long = {**json.loads(lines[0]), "id": "long", "query": "tents " * 3000}
+    inp.write_text("\n".join([lines[0], "{not json", json.dumps(bad), lines[2], json.dumps(long)]) + "\n")
     out = tmp_path / "out.jsonl"
     assert _label(ckpt, inp, out, "--json") == 1
     summary = json.loads(capsys.readouterr().out)
-    assert summary["failed"] == 2 and summary["labeled"] == 2
+    assert summary["failed"] == 3 and summary["labeled"] == 2
     assert [p["id"] for p in _read(out)] == [json.loads(lines[0])["id"], json.loads(lines[2])["id"]]
     errors = _read(tmp_path / "out.jsonl.errors.jsonl")
-    assert [e["line"] for e in errors] == [2, 3]
+    assert [e["line"] for e in errors] == [2, 3, 5]
+    assert errors[2]["id"] == "long" and "exceed max_position_embeddings 2048" in errors[2]["error"]
     assert "invalid JSON" in errors[0]["error"] and f"{inp}:2" in errors[0]["error"]
     assert errors[1]["id"] == bad["id"] and "field 'query': missing" in errors[1]["error"]
 
