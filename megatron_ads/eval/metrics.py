@@ -18,7 +18,6 @@ values SFT validation logs per interval and λ_t can follow).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -105,24 +104,19 @@ def read_jsonl(path: str | Path, strict: bool) -> ParsedJSONL:
 
 
 def _read_predictions(path: Path) -> ParsedJSONL:
-    # runtime.io.iter_jsonl stops at the first bad line; predictions must go on past one
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such JSONL file")
+    """Predictions keyed by ``id``; unreadable lines (and repeated ids) are recorded, not fatal."""
     rows: dict[str, dict] = {}
     errors: list[dict[str, Any]] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+
+    def bad(lineno: int, message: str) -> None:
+        errors.append({"line": lineno, "error": message})
+
+    for lineno, row in iter_jsonl(path, ("id",), on_error=bad):
+        key = str(row["id"])
+        if key in rows:
+            bad(lineno, f"{path}:{lineno}: duplicate id {key!r}")
             continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or "id" not in row:
-                raise ValueError("expected a JSON object with an 'id'")
-            key = str(row["id"])
-            if key in rows:
-                raise ValueError(f"duplicate id {key!r}")
-            rows[key] = row
-        except (json.JSONDecodeError, ValueError) as exc:
-            errors.append({"line": lineno, "error": str(exc)})
+        rows[key] = row
     return ParsedJSONL(rows, errors)
 
 

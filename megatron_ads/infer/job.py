@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 from megatron_ads.data.tasks import THINK_EMPTY, Task, parse_output, prediction_row, validate_row
 from megatron_ads.infer.scorer import EngineScorer
 from megatron_ads.runtime.errors import BadInput
-from megatron_ads.runtime.io import write_jsonl
+from megatron_ads.runtime.io import iter_jsonl, write_jsonl
 
 Mode = Literal["label", "reasoning"]
 MODES = ("label", "reasoning")
@@ -123,31 +123,20 @@ class JobResult:
 
 def read_rows(job: LabelJob) -> tuple[list[tuple[int, dict]], list[dict]]:
     """``(line, row)`` for each valid input row, and the error records of the others."""
-    if not job.input.is_file():
-        raise FileNotFoundError(f"{job.input}: no such JSONL file")
     rows, errors, seen = [], [], {}
-    with job.input.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{job.input}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append({"line": n, "error": f"{where}: invalid JSON ({exc.msg} at column {exc.colno})"})
-                continue
-            rid = row.get("id") if isinstance(row, dict) else None
-            problems = validate_row(job.task, row, with_targets=False)
-            if not problems and str(rid) in seen:
-                problems = [f"field 'id': duplicate {rid!r} (first on line {seen[str(rid)]})"]
-            if problems:
-                rec = {"line": n, "error": f"{where}: " + "; ".join(problems)}
-                if rid is not None:
-                    rec["id"] = rid
-                errors.append(rec)
-                continue
-            seen[str(rid)] = n
-            rows.append((n, row))
+    for n, row in iter_jsonl(job.input, on_error=lambda n, message: errors.append({"line": n, "error": message})):
+        rid = row.get("id")
+        problems = validate_row(job.task, row, with_targets=False)
+        if not problems and str(rid) in seen:
+            problems = [f"field 'id': duplicate {rid!r} (first on line {seen[str(rid)]})"]
+        if problems:
+            rec = {"line": n, "error": f"{job.input}:{n}: " + "; ".join(problems)}
+            if rid is not None:
+                rec["id"] = rid
+            errors.append(rec)
+            continue
+        seen[str(rid)] = n
+        rows.append((n, row))
     return rows, errors
 
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from megatron_ads.runtime.errors import BadInput
 
@@ -64,15 +64,24 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = (),
+               on_error: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)`` for each non-blank line of a JSONL file.
 
-    Raises ``BadInput`` naming ``FILE:LINE`` for invalid JSON, a line that is not an object, or a row
-    missing one of ``required``; ``FileNotFoundError`` if the file does not exist.
+    A line with invalid JSON, one that is not an object, or a row missing one of ``required`` raises
+    ``BadInput`` naming ``FILE:LINE``; with ``on_error``, ``on_error(line_number, message)`` is called
+    instead and the reading goes on (jobs that report bad rows and label the rest).
+    ``FileNotFoundError`` if the file does not exist.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such JSONL file")
+
+    def bad(n: int, message: str) -> None:
+        if on_error is None:
+            raise BadInput(message)
+        on_error(n, message)
+
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -80,12 +89,15 @@ def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = ()) -> Itera
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise BadInput(f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                bad(n, f"{path}:{n}: invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
             if not isinstance(row, dict):
-                raise BadInput(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                bad(n, f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                continue
             missing = [k for k in required if k not in row]
             if missing:
-                raise BadInput(f"{path}:{n}: missing field(s) {', '.join(missing)}; expected {', '.join(required)}")
+                bad(n, f"{path}:{n}: missing field(s) {', '.join(missing)}; expected {', '.join(required)}")
+                continue
             yield n, row
 
 

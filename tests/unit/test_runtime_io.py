@@ -80,3 +80,14 @@ def test_iter_jsonl_skips_blank_lines_and_gives_line_numbers(tmp_path):
     assert list(iter_jsonl(path)) == [(1, {"id": 1}), (4, {"id": 2})]
     with pytest.raises(FileNotFoundError, match="no such JSONL file"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_iter_jsonl_on_error_reports_bad_lines_and_goes_on(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"id": 1}\n{not json\n[1, 2]\n{"x": 3}\n\n{"id": 5}\n')
+    errors = []
+    rows = list(iter_jsonl(path, ("id",), on_error=lambda n, msg: errors.append((n, msg))))
+    assert rows == [(1, {"id": 1}), (6, {"id": 5})]
+    assert [n for n, _ in errors] == [2, 3, 4]
+    assert all(msg.startswith(f"{path}:{n}: ") for n, msg in errors)
+    assert "invalid JSON" in errors[0][1] and "JSON object" in errors[1][1] and "missing field(s) id" in errors[2][1]
