@@ -75,7 +75,7 @@ def run(args) -> int:
         log.info("%s: exit %d in %.1fs", title, rc, rows[-1][2])
         if rc:
             print(summary(rows))
-            print(f"demo stopped: stage '{title}' exited {rc}; artifacts so far in {out}")
+            log.error("demo stopped: stage '%s' exited %d; artifacts so far in %s", title, rc, out)
             return rc
     print(summary(rows))
     print(f"all stages passed; artifacts in {out}")
