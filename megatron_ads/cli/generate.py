@@ -1,5 +1,5 @@
 """``megatron-ads generate --model DIR --input prompts.jsonl --output out.jsonl [--max-new-tokens N]
-[--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size B] [--precision fp8|bf16|fp32] [--json]``
+[--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size B] [--cache static|latent] [--precision fp8|bf16|fp32] [--json]``
 
 Plain completions with the KV-cache engine (``infer.engine``) on one process. An input row is
 ``{"id", "prompt"}`` (needs a checkpoint with a tokenizer) or ``{"id", "input_ids": [...]}``; an output
@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from megatron_ads.cli import emit
+from megatron_ads.infer.cache import CACHE_KINDS
 from megatron_ads.infer.engine import Engine, SamplingParams
 from megatron_ads.infer.weights import PRECISIONS, eos_ids, load_for_inference, tokenizer_dir
 from megatron_ads.runtime.errors import BadInput
@@ -39,6 +40,10 @@ def register(p) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="row i samples with seed S + i (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward (default: %(default)s)")
+    p.add_argument("--cache", choices=CACHE_KINDS, default="static",
+                   help="generation KV cache: static (megatron-core's, full per-head K and V) or latent (MLA models: "
+                        "the absorbed kv_lora latent + rope key, 71x smaller for DeepSeek-V3; same tokens) "
+                        "(default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="compute precision (fp8: FP8 weights dequantized at load, bf16 compute; default fp32)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -97,7 +102,7 @@ def run(args) -> int:
     params.stop_ids = eos_ids(cfg, tok)
     if not params.stop_ids:
         log.info("%s: no eos_token_id in the tokenizer or config.json: rows run to --max-new-tokens", args.model)
-    engine = Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok)
+    engine = Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok, cache=args.cache)
     start = time.perf_counter()
     with progress(total=len(prompts), desc="generate", unit="row") as bar:
         gens = engine.generate(prompts, params, on_batch=bar.update)

@@ -1,5 +1,5 @@
 """``megatron-ads label --model DIR --input IN.jsonl --output OUT.jsonl --task TASK [--mode label|reasoning]
-[--precision fp8|bf16|fp32] [--batch-size B] [--max-new-tokens N] [--resume] [--gpu-cost-per-s X] [--json]``
+[--precision fp8|bf16|fp32] [--batch-size B] [--cache static|latent] [--max-new-tokens N] [--resume] [--gpu-cost-per-s X] [--json]``
 
 Batch labeling on one process with the inference engine (``infer.job``): label mode = the task's
 label-only prompt + candidate scoring (what SFT validation computes), reasoning mode = greedy
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from megatron_ads.cli import emit
 from megatron_ads.data.tasks import task, with_metric
+from megatron_ads.infer.cache import CACHE_KINDS
 from megatron_ads.infer.engine import Engine
 from megatron_ads.infer.job import MODES, LabelJob, run_job
 from megatron_ads.infer.scorer import EngineScorer
@@ -44,6 +45,10 @@ def register(p) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="compute precision (fp8: FP8 weights dequantized at load, bf16 compute; default fp32)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
+    p.add_argument("--cache", choices=CACHE_KINDS, default="static",
+                   help="generation KV cache: static (megatron-core's, full per-head K and V) or latent (MLA models: "
+                        "the absorbed kv_lora latent + rope key, 71x smaller for DeepSeek-V3; same tokens) "
+                        "(default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="reasoning mode: most generated tokens per row (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue an existing output, skipping its ids")
@@ -71,10 +76,12 @@ def run(args) -> int:
                    model=str(args.model), precision=args.precision, gpu_cost_per_s=args.gpu_cost_per_s)
     if job.output.exists() and not job.resume:  # before the model is read
         raise FileExistsError(f"{job.output}: output exists; pass --resume to continue it or remove it")
+    if not job.input.is_file():
+        raise FileNotFoundError(f"{job.input}: no such JSONL file")
     model, cfg, tok = load_for_inference(args.model, precision=args.precision)
     if tok is None:
         raise BadInput(f"{args.model}: the checkpoint has no tokenizer; label needs one for the task prompts")
-    scorer = EngineScorer(Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok), tok, eos_ids(cfg, tok))
+    scorer = EngineScorer(Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok, cache=args.cache), tok, eos_ids(cfg, tok))
     with progress(desc="label", unit="sample") as bar:
         res = run_job(job, scorer, on_batch=bar.update)
     result = {"task": job.task.name, "mode": job.mode, "model": job.model, "precision": job.precision,

@@ -54,6 +54,26 @@ def test_generate_ids_and_prompt_rows(tiny_ckpts, tmp_path, capsys):
         assert r["finish_reason"] == ("stop" if r["output_ids"][-1] == eos else "length")
 
 
+def test_latent_cache_gives_the_same_rows(tiny_ckpts, tmp_path, caplog):
+    ckpt = tiny_ckpts("tiny_deepseek_v3")
+    inp = _write(tmp_path / "in.jsonl", [{"id": 1, "input_ids": [5, 6, 7, 8]}, {"id": 2, "input_ids": [9, 10]},
+                                         {"id": 3, "input_ids": [11, 12, 13, 14]}])
+    outs = {}
+    for cache in ("static", "latent"):
+        outs[cache] = tmp_path / f"{cache}.jsonl"
+        assert main(["generate", "--model", str(ckpt), "--input", str(inp), "--output", str(outs[cache]),
+                     "--max-new-tokens", "6", "--batch-size", "2", "--cache", cache]) == 0
+    static, latent = _read(outs["static"]), _read(outs["latent"])
+    assert [r["output_ids"] for r in latent] == [r["output_ids"] for r in static]
+    for a, b in zip(static, latent):
+        assert a["finish_reason"] == b["finish_reason"]
+        assert max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"])) <= 1e-5
+    llama = tiny_ckpts("tiny_llama")
+    assert main(["generate", "--model", str(llama), "--input", str(inp), "--output", str(tmp_path / "l.jsonl"),
+                 "--cache", "latent"]) == 2
+    assert "latent" in caplog.text and not (tmp_path / "l.jsonl").exists()
+
+
 def test_generate_without_tokenizer_takes_ids_only(hf_saved, tmp_path):
     ckpt = tmp_path / "notok"
     shutil.copytree(hf_saved("llama_tied"), ckpt)  # save_pretrained of a model alone: no tokenizer files
