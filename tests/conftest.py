@@ -12,6 +12,16 @@ CONSOLE_NOISE = re.compile(r"Warning:|Traceback|File \"|return func\(|Loading we
 LOG_LINE = re.compile(r"^(\d\d:\d\d:\d\d )?\[[\w.-]+( r\d+)?\] ")
 
 
+@pytest.fixture(scope="module")
+def single_rank_module():
+    """For test modules whose inference loads start a 1-rank process group (``infer.weights.init_single_rank``):
+    the group lives for the module and is destroyed after it, so later modules start without one."""
+    from megatron_ads.runtime.dist import destroy
+
+    yield
+    destroy()
+
+
 @pytest.fixture
 def console_noise():
     """``check(stdout, stderr)`` -> the offending lines: noise anywhere, or a stderr line not from our logger

@@ -9,13 +9,9 @@ import pytest
 from megatron_ads.cli import main
 from megatron_ads.infer.engine import Engine, SamplingParams
 from megatron_ads.infer.weights import load_for_inference
-from megatron_ads.runtime.dist import destroy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_rank():
-    yield
-    destroy()
+pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
 def _write(path, rows):

@@ -48,8 +48,7 @@ def one_rank_group():
 
     from megatron_ads.runtime.launch import free_port
 
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialized in this process")
+    assert not dist.is_initialized(), "an earlier test left a process group initialized in this process"
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=77))
     yield dist

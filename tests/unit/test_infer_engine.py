@@ -9,7 +9,6 @@ from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
 from megatron_ads.cli import main
 from megatron_ads.infer.engine import Engine, SamplingParams, filter_logits
 from megatron_ads.infer.weights import eos_ids, load_for_inference
-from megatron_ads.runtime.dist import destroy
 
 LENGTHS = (4, 7, 4, 9, 7)  # ragged: two length-4 rows, two length-7 rows, one alone
 NEW = 6
@@ -17,10 +16,7 @@ PROB_TOL = 1e-5
 LOGPROB_TOL = 1e-5  # measured <= 9.6e-7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_rank():
-    yield
-    destroy()  # the process group load_for_inference started (MASTER_PORT: a free port)
+pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
 def _prompts(vocab: int, lengths=LENGTHS, seed=0) -> list[list[int]]:

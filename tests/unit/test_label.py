@@ -13,16 +13,12 @@ from megatron_ads.infer.engine import Engine
 from megatron_ads.infer.job import LabelJob, done_ids, run_job
 from megatron_ads.infer.scorer import EngineScorer
 from megatron_ads.infer.weights import eos_ids, load_for_inference
-from megatron_ads.runtime.dist import destroy
 from megatron_ads.runtime.errors import BadInput
 
 N = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_rank():
-    yield
-    destroy()
+pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
 @pytest.fixture(scope="module")

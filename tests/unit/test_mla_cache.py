@@ -11,17 +11,13 @@ from megatron_ads.config.flavors import flavor
 from megatron_ads.infer.cache import LatentCache, cache_bytes_per_token, cache_values_per_token
 from megatron_ads.infer.engine import Engine, SamplingParams
 from megatron_ads.infer.weights import load_for_inference
-from megatron_ads.runtime.dist import destroy
 
 LOGIT_TOL = 1e-5
 LENGTHS = (4, 7, 4, 9, 7)
 NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_rank():
-    yield
-    destroy()
+pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
 @pytest.fixture(scope="module")
