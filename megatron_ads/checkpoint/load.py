@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.hf_io import CheckpointError, FP8BlockScale, HFCheckpoint
 from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
 from megatron_ads.checkpoint.megatron_io import MegatronAsHF, MegatronShard, iter_dirname, read_layout, shard_dirname
 from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.kernels.fp8 import FP8_DTYPE, block_quant, expand_scale_rows, scale_shape
 from megatron_ads.layout.pipeline import stage_layers
 
 
@@ -36,6 +37,19 @@ def current_coord() -> RankCoord:
                      ep_rank=ps.get_expert_model_parallel_rank())
 
 
+def fp8_source(hf, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e4m3 codes [N, K], per-row inverse scales [N, ceil(K/128)]) of HF weight ``name``: as stored when
+    the checkpoint holds it in FP8, else block-quantized here (``kernels.fp8.block_quant``)."""
+    if getattr(hf, "is_fp8", None) is not None and hf.is_fp8(name):
+        q, s = hf.raw(name), hf.raw(FP8BlockScale.scale_name(name))
+        if q.dtype != FP8_DTYPE or q.dim() != 2 or tuple(s.shape) != scale_shape(tuple(q.shape)):
+            raise CheckpointError(f"{hf.dir}: {name} {q.dtype} {tuple(q.shape)} with scale {tuple(s.shape)}; expected "
+                                  f"{FP8_DTYPE} codes and a {FP8BlockScale.scale_name(name)} of 128x128 blocks")
+    else:
+        q, s = block_quant(hf.get(name))
+    return q, expand_scale_rows(s.to(torch.float32), q.shape[0])
+
+
 @torch.no_grad()
 def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfig, par: ParallelConfig,
                        coord: RankCoord) -> int:
@@ -50,11 +64,21 @@ def load_hf_into_chunk(model: torch.nn.Module, hf: HFCheckpoint, cfg: ModelConfi
     if cfg.num_mtp_layers:
         resolve_mtp(cfg, hf, "require", warn=False)
     targets = model_tensors(model)
+    modules = dict(model.named_modules())
     written: set[str] = set()
     for task in rank_tasks(cfg, par, coord):
         if task.mcore not in targets:
             raise CheckpointError(f"{hf.dir}: mapping produced {task.mcore!r} (from {task.hf}) which this rank's "
                                   f"model does not have")
+        owner, _, leaf = task.mcore.rpartition(".")
+        if leaf == "weight" and callable(getattr(modules.get(owner), "load_fp8", None)):
+            # an FP8 linear holding codes + scales (kernels.fp8_linear): no dense copy of the weight
+            parts = [fp8_source(hf, name) for name in task.hf]
+            codes = apply_transform(task, [q for q, _ in parts], cfg, par.tp, coord.tp_rank)
+            scales = apply_transform(task, [s for _, s in parts], cfg, par.tp, coord.tp_rank)
+            modules[owner].load_fp8(codes, scales, name=f"{hf.dir}: {task.hf} -> {task.mcore}")
+            written.add(task.mcore)
+            continue
         sources = [hf.get(name) for name in task.hf]
         value = apply_transform(task, sources, cfg, par.tp, coord.tp_rank)
         target = targets[task.mcore]

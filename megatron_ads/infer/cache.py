@@ -40,6 +40,7 @@ from megatron.core.models.common.embeddings import apply_rotary_pos_emb
 from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
 from megatron_ads.config.model import ModelConfig
+from megatron_ads.kernels.fp8_linear import dense_weight
 
 CacheKind = Literal["static", "latent"]
 CACHE_KINDS: tuple[str, ...] = ("static", "latent")
@@ -143,7 +144,7 @@ class _AbsorbedAttention(torch.nn.Module):
         lat_BTC = cache.latent[self.index][:, :t]
         k_pe_BTR = cache.k_pe[self.index][:, :t]
         # absorbed attention
-        w_HXC = a.linear_kv_up_proj.weight.view(h, n + v, c.kv_lora_rank)
+        w_HXC = dense_weight(a.linear_kv_up_proj, lat_BTC.dtype).view(h, n + v, c.kv_lora_rank)  # FP8: dequantized
         w_uk_HNC, w_uv_HVC = w_HXC[:, :n], w_HXC[:, n:]
         q_lat_BHSC = torch.einsum("sbhn,hnc->bhsc", q_nope_SBHN, w_uk_HNC)
         scores_BHST = (torch.einsum("bhsc,btc->bhst", q_lat_BHSC, lat_BTC)

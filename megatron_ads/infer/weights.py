@@ -10,15 +10,29 @@ Sources (detected from the directory):
   ``RUN/checkpoints/latest``: its newest complete step). Its config is ``hf_config.json``, its
   tokenizer ``tokenizer/``.
 
-Precision: ``fp32`` and ``bf16`` build the model in that dtype. ``fp8`` keeps the FP8 checkpoint's
-block-scaled weights only as far as the load: they are dequantized with DeepSeek's formula
-(``W = bf16(fp32(W_e4m3) * S)``, ``checkpoint.hf_io``) and the model computes in bf16. That is the CPU
-path (``torch._scaled_mm`` rejects block scales on CPU and is far slower than a dequantized matmul); FP8
-linears on GPU are a later step and will be selected through the ModuleSpec.
+Precision: ``fp32`` and ``bf16`` build the model in that dtype. ``fp8`` on an FP8 checkpoint builds the
+decoder with the FP8 linear of a backend (``kernels.fp8_linear``, selected through the ModuleSpec) and
+computes the rest in bf16:
+
+- ``reference`` (CPU default): the block-scaled weights are dequantized once at load with DeepSeek's
+  formula (``W = bf16(fp32(W_e4m3) * S)``, ``checkpoint.hf_io``) and multiplied in bf16 — the same
+  logits as a bf16 model of the dequantized weights (``torch._scaled_mm`` rejects block scales on CPU
+  and is far slower than a dequantized matmul);
+- ``triton`` / ``scaled_mm`` (CUDA default: ``scaled_mm`` where cuBLAS's blockwise call works, else
+  ``triton``): the e4m3 codes and ``weight_scale_inv`` go straight into the linears, no bf16 weight is
+  materialized; activations are quantized per token per 128 channels.
+
+``fp8_backend=`` or ``$MEGATRON_ADS_FP8_BACKEND`` forces one (``triton`` runs on CPU under
+``TRITON_INTERPRET=1``, for tests). With tp > 1 the weights are dequantized into the plain spec.
 
 MTP layers are never built for inference (``mtp=drop``): generation uses the main model's head only.
 
-Single rank today (tp = pp = ep = 1); the ``par`` argument is where a ParallelPlan will come in.
+Layouts: ``par`` (a ParallelConfig: tp, pp, ep, optional stage split) builds and loads this rank's chunk
+of the plan: inside a process group of ``pp * lcm(tp, ep)`` ranks or more (torchrun, srun, or
+``runtime.launch.spawn``), megatron's groups are created for ``par`` (``init_parallel``; reused when they
+already exist with these sizes) and the rank reads only the tensors it owns (HF checkpoints through the
+mapping registry; Megatron checkpoints as their own shards when written for this layout, else
+reassembled). ``infer.parallel.ParallelContext.from_megatron()`` then gives the engine this rank's place.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.tokenizer import load_tokenizer
 from megatron_ads.layout.groups import init_model_parallel
+from megatron_ads.kernels.fp8_linear import default_backend
 from megatron_ads.model.build import build_model_chunk
 from megatron_ads.model.specs import use_te_default
 from megatron_ads.runtime.dist import init_distributed, read_env
@@ -79,6 +94,37 @@ def init_single_rank(timeout_s: float = 600.0) -> Platform:
     return platform
 
 
+def init_parallel(par: ParallelConfig, timeout_s: float = 600.0) -> Platform:
+    """The process groups for ``par``: ``init_single_rank`` for tp = pp = ep = 1; otherwise the default
+    group from the launcher's environment (torchrun, srun, ``launch.spawn``) and megatron's groups for
+    ``par`` (kept when they exist with the same sizes). Returns the platform.
+
+    Raises:
+        ValueError: a multi-rank ``par`` in a single process, a world that does not fit ``par``, or
+            megatron groups that already exist with other sizes.
+    """
+    if (par.tp, par.pp, par.ep) == (1, 1, 1):
+        return init_single_rank(timeout_s)
+    want = f"tp={par.tp} pp={par.pp} ep={par.ep}"
+    if not dist.is_initialized() and read_env().launcher == "single":
+        raise ValueError(f"par: {want} needs several processes (a multiple of pp * lcm(tp, ep)); this is a single "
+                         f"process without a process group: start it under torchrun/srun or runtime.launch.spawn")
+    platform, _ = init_distributed(timeout_s=timeout_s)
+    if parallel_state.model_parallel_is_initialized():
+        have = (parallel_state.get_tensor_model_parallel_world_size(),
+                parallel_state.get_pipeline_model_parallel_world_size(),
+                parallel_state.get_expert_model_parallel_world_size())
+        if have == (par.tp, par.pp, par.ep):
+            return platform
+        raise ValueError(f"par: {want} requested, but megatron's process groups already exist with "
+                         f"tp={have[0]} pp={have[1]} ep={have[2]} in this process")
+    try:
+        init_model_parallel(par)
+    except ValueError as exc:
+        raise ValueError(f"par: {want} on {dist.get_world_size()} ranks: {exc}") from None
+    return platform
+
+
 def is_hf_dir(path: str | Path) -> bool:
     """True when ``path`` is an HF checkpoint directory (``config.json`` and safetensors)."""
     p = Path(path)
@@ -103,6 +149,18 @@ def tokenizer_dir(model_dir: str | Path) -> Path | None:
     return None
 
 
+def read_model_config(model_dir: str | Path) -> ModelConfig:
+    """The ModelConfig of the checkpoint in ``model_dir`` (HF ``config.json``, or a Megatron checkpoint's
+    layout), without reading any weights: for checks made before the model is loaded (e.g. by the parent
+    of spawned workers)."""
+    p = Path(model_dir)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint directory")
+    if is_hf_dir(p):
+        return ModelConfig.from_hf(p)
+    return read_layout(resolve_dir(p)).cfg
+
+
 def eos_ids(cfg: ModelConfig, tokenizer: Any = None) -> set[int]:
     """The ids generation stops at: the tokenizer's ``eos_token_id``, else config.json's ``eos_token_id``
     (an int or a list); empty when neither names one."""
@@ -115,33 +173,33 @@ def eos_ids(cfg: ModelConfig, tokenizer: Any = None) -> set[int]:
 
 
 def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: str | None = None,
-                       par: ParallelConfig | None = None) -> Loaded:
+                       par: ParallelConfig | None = None, fp8_backend: str | None = None) -> Loaded:
     """Build this rank's model chunk from the checkpoint in ``model_dir`` and load its weights.
 
     Args:
         model_dir: an HF checkpoint directory (BF16/FP32 or DeepSeek FP8) or a Megatron checkpoint
             (legacy converted directory, torch_dist step directory, training run or its ``latest``).
-        precision: ``fp32`` | ``bf16`` | ``fp8`` (fp8: block-scaled weights dequantized at load with
-            DeepSeek's formula, bf16 compute; the CPU path — see the module docstring).
+        precision: ``fp32`` | ``bf16`` | ``fp8`` (fp8: FP8 linears of ``fp8_backend`` on an FP8
+            checkpoint, bf16 elsewhere — see the module docstring).
         device: ``cpu`` | ``cuda``; None: the detected platform.
-        par: the parallel layout (default tp = pp = ep = 1, the only one supported so far).
+        par: the parallel layout (default tp = pp = ep = 1). Otherwise every rank of the process group
+            calls this and gets its own chunk (``init_parallel``); MLA models need tp = 1.
+        fp8_backend: ``reference`` | ``triton`` | ``scaled_mm`` for ``precision="fp8"``; None:
+            ``kernels.fp8_linear.default_backend(device)``.
     Returns:
         ``Loaded(model, cfg, tokenizer)``: the GPTModel chunk in eval mode, its config (MTP dropped),
         the tokenizer or None.
     Raises:
-        ValueError: unknown precision, a layout other than one rank. CheckpointError: not a
-        checkpoint, or tensors that do not match the config.
+        ValueError: unknown precision, a layout the process group does not fit (``init_parallel``).
+        CheckpointError: not a checkpoint, or tensors that do not match the config.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     par = par or ParallelConfig()
-    if (par.tp, par.pp, par.ep) != (1, 1, 1):
-        raise ValueError(f"par: inference runs on one rank so far (tp=pp=ep=1), got tp={par.tp} pp={par.pp} "
-                         f"ep={par.ep}")
     path = Path(model_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
-    platform = init_single_rank()
+    platform = init_parallel(par)
     device = device or platform.name
     if is_hf_dir(path):
         source: Any = HFCheckpoint(path)
@@ -155,12 +213,16 @@ def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: s
         fp8 = False
     if precision == "fp8" and not fp8:
         log.info("%s: precision fp8 requested for a checkpoint without FP8 weights: computing in bf16", path)
+    backend = None
+    if precision == "fp8" and fp8 and par.tp == 1:
+        backend = fp8_backend or default_backend(device)
     built_cfg, _ = resolve_mtp(cfg, source, "drop", warn=False)
     dtype = COMPUTE_DTYPE[precision]
-    model = build_model_chunk(built_cfg, par, dtype=dtype, device=device, use_te=use_te_default(device))
+    model = build_model_chunk(built_cfg, par, dtype=dtype, device=device, use_te=use_te_default(device),
+                              fp8_backend=backend)
     coord = current_coord()
     if mcore_dir is None or built_cfg.num_mtp_layers != cfg.num_mtp_layers:
-        n = load_hf_into_chunk(model, source, built_cfg, par, coord)  # FP8: dequantized by HFCheckpoint.get
+        n = load_hf_into_chunk(model, source, built_cfg, par, coord)  # FP8 codes: to the linears' load_fp8
     else:
         n = load_mcore_into_chunk(model, mcore_dir, par, coord)
     if dtype == "bf16":
@@ -173,7 +235,8 @@ def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: s
     tok_dir = tokenizer_dir(path)
     tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
     log.info("loaded %s (%s, %d tensors, %s%s)", path, built_cfg.model_type, n, dtype,
-             ", FP8 weights dequantized at load" if fp8 else "")
+             "" if not fp8 else f", FP8 linears: {backend}" if backend and backend != "reference"
+             else ", FP8 weights dequantized at load")
     return Loaded(model, built_cfg, tokenizer)
 
 

@@ -7,8 +7,12 @@ A weight W [M, N] is stored as E4M3 codes Q [M, N] and fp32 inverse scales S [ce
     dequant:  W = bf16( fp32(Q) * S[i // 128, j // 128] )        (edge blocks are partial)
     quant:    per block s = amax(|W_block|) / 448,  Q = e4m3(W / s)  (s = 1 for an all-zero block)
 
-This module is the bit-exact reference everywhere (CPU and CUDA). Triton kernels, when added,
-are checked against it with stated tolerances.
+    GEMM (fp8_gemm_ref): y = sum over 128-wide K blocks c of (Qx[:, c] @ Qw[:, c]^T) * sx[:, c] * sw[n, c]
+                         (activations per token per 128 channels, act_quant; fp32 accumulation)
+
+This module is the bit-exact reference everywhere (CPU and CUDA). The Triton kernels
+(``kernels.fp8_triton``) and cuBLAS's blockwise ``scaled_mm`` are checked against it with stated
+tolerances.
 """
 
 from __future__ import annotations
@@ -69,3 +73,51 @@ def act_quant(x_TK: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, tor
     scale = amax / E4M3_MAX
     q = (pad.view(*lead, c, block) / scale.unsqueeze(-1)).view(*lead, c * block)[..., :k].to(FP8_DTYPE)
     return q, scale
+
+
+def expand_scale_rows(scale_RC: torch.Tensor, rows: int, row_block: int = BLOCK) -> torch.Tensor:
+    """Block scales [ceil(rows/row_block), C] -> one scale row per weight row [rows, C]."""
+    return scale_RC.repeat_interleave(row_block, 0)[:rows]
+
+
+def compress_scale_rows(scale_NC: torch.Tensor, block: int = BLOCK) -> torch.Tensor | None:
+    """Per-row scales [N, C] -> [ceil(N/block), C] when every 128-row block shares its scales, else None."""
+    n = scale_NC.shape[0]
+    out = scale_NC[::block]
+    return out if torch.equal(expand_scale_rows(out, n, block), scale_NC) else None
+
+
+def fp8_gemm_ref(x_TK: torch.Tensor, q_NK: torch.Tensor, scale_RC: torch.Tensor, row_block: int = BLOCK,
+                 out_dtype: torch.dtype | None = None, block: int = BLOCK) -> torch.Tensor:
+    """The numerical spec of the FP8 GEMM ``y = x @ W^T`` in pure torch.
+
+    ``x`` is quantized per token per 128 channels (``act_quant``); for each 128-wide K block the e4m3
+    codes are multiplied in fp32 and the partial product is rescaled by the activation scale (per
+    token) times the weight scale (per ``row_block`` output rows: 128 for the checkpoint's 128x128
+    blocks, 1 for per-row scales), accumulated in fp32.
+
+    Args:
+        x_TK: activations [..., K] (any float dtype).
+        q_NK: e4m3 weight codes [N, K].
+        scale_RC: fp32 inverse scales [ceil(N/row_block), ceil(K/128)].
+        row_block: output rows per scale row (128 or 1).
+        out_dtype: result dtype (default: ``x``'s).
+    Returns:
+        y [..., N] in ``out_dtype``.
+    """
+    *lead, k = x_TK.shape
+    n = q_NK.shape[0]
+    if q_NK.shape[1] != k:
+        raise ValueError(f"fp8_gemm_ref: weight K={q_NK.shape[1]} does not match activations K={k}")
+    kb = (k + block - 1) // block
+    if tuple(scale_RC.shape) != ((n + row_block - 1) // row_block, kb):
+        raise ValueError(f"fp8_gemm_ref: scale shape {tuple(scale_RC.shape)}; expected "
+                         f"{((n + row_block - 1) // row_block, kb)} for weight {tuple(q_NK.shape)}, row_block={row_block}")
+    xq, xs_TC = act_quant(x_TK.reshape(-1, k), block)
+    ws_NC = expand_scale_rows(scale_RC.to(torch.float32), n, row_block)
+    acc = torch.zeros(xq.shape[0], n, dtype=torch.float32, device=x_TK.device)
+    for c in range(kb):
+        sl = slice(c * block, min(k, (c + 1) * block))
+        part = xq[:, sl].to(torch.float32) @ q_NK[:, sl].to(torch.float32).t()
+        acc += part * xs_TC[:, c:c + 1] * ws_NC[:, c][None, :]
+    return acc.to(out_dtype or x_TK.dtype).reshape(*lead, n)

@@ -134,14 +134,19 @@ def transformer_config(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32
 
 
 def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32", device: str = "cpu",
-                      use_te: bool = False, tconfig: TransformerConfig | None = None):
-    """The GPTModel chunk of this rank (megatron parallel state must be initialized for ``par``)."""
+                      use_te: bool = False, tconfig: TransformerConfig | None = None, fp8_backend: str | None = None):
+    """The GPTModel chunk of this rank (megatron parallel state must be initialized for ``par``).
+
+    ``fp8_backend`` (``reference`` | ``triton`` | ``scaled_mm``): FP8 linears of that backend in the
+    decoder layers (``model.specs.decoder_block_spec``; local spec, tp = 1); None: plain linears."""
     patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pre = parallel_state.is_pipeline_first_stage()
     post = parallel_state.is_pipeline_last_stage()
-    block = decoder_block_spec(tconfig, use_te=use_te, pp_rank=pp_rank)
+    block = decoder_block_spec(tconfig, use_te=use_te, pp_rank=pp_rank, fp8_backend=fp8_backend)
+    if fp8_backend is not None:
+        use_te = False  # the MTP spec follows the block's backend
     mtp = None
     if cfg.num_mtp_layers:
         mtp = get_gpt_mtp_block_spec(tconfig, block.layer_specs[-1] if block.layer_specs else block,

@@ -1,15 +1,25 @@
 """megatron-core ModuleSpecs: TransformerEngine spec when TE is importable (and on CUDA), local spec
-with the project's SDPA core attention otherwise. Backends are chosen here, never inside forward."""
+with the project's SDPA core attention otherwise; with ``fp8_backend``, the local spec with the FP8
+linear of that backend (``kernels.fp8_linear``) in every attention and MLP linear (routed and shared
+experts included). Backends are chosen here, never inside forward."""
 
 from __future__ import annotations
 
 import copy
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+from megatron.core.transformer.moe.experts import SequentialMLP
+from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_ads._compat import HAVE_TE
+from megatron_ads.kernels.fp8_linear import fp8_linear_class
 from megatron_ads.model.attention import SDPACoreAttention
+
+ATTENTION_LINEARS = ("linear_qkv", "linear_q_proj", "linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj",
+                     "linear_kv_up_proj", "linear_proj")
+"""The attention submodule fields that hold linears (GQA and MLA)."""
 
 
 def use_te_default(device_type: str) -> bool:
@@ -17,8 +27,16 @@ def use_te_default(device_type: str) -> bool:
     return device_type == "cuda" and HAVE_TE
 
 
-def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None) -> TransformerBlockSubmodules:
-    """The decoder block spec of this pipeline stage (dense/MoE layers per ``tconfig.moe_layer_freq``)."""
+def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None,
+                       fp8_backend: str | None = None) -> TransformerBlockSubmodules:
+    """The decoder block spec of this pipeline stage (dense/MoE layers per ``tconfig.moe_layer_freq``).
+
+    ``fp8_backend`` (``reference`` | ``triton`` | ``scaled_mm``): the local spec with that FP8 linear in
+    place of every attention/MLP linear (``use_te`` is ignored: TE's fused norm+linear has no FP8 twin
+    here); None: the plain spec.
+    """
+    if fp8_backend is not None:
+        use_te = False
     spec = get_gpt_decoder_block_spec(tconfig, use_transformer_engine=use_te, normalization="RMSNorm",
                                       pp_rank=pp_rank)
     if use_te:
@@ -26,4 +44,29 @@ def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None) -> Tra
     spec = copy.deepcopy(spec)
     for layer in spec.layer_specs:
         layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+        if fp8_backend is not None:
+            _use_fp8_linears(layer, fp8_backend)
     return spec
+
+
+def _use_fp8_linears(layer: ModuleSpec, backend: str) -> None:
+    """Swap the linears of one (deep-copied) layer spec for the FP8 linear of ``backend``."""
+    cls = fp8_linear_class(backend)
+    attn = layer.submodules.self_attention.submodules
+    for field in ATTENTION_LINEARS:
+        if getattr(attn, field, None) is not None:
+            setattr(attn, field, cls)
+    mlp = layer.submodules.mlp
+    if mlp.module is MoELayer:
+        experts = mlp.submodules.experts
+        if experts.module is not SequentialMLP or experts.submodules is None:
+            raise ValueError(f"fp8_backend={backend!r}: routed experts must be megatron's SequentialMLP "
+                             f"(moe_grouped_gemm=False), got {getattr(experts.module, '__name__', experts.module)}")
+        mlps = [experts.submodules]
+        if mlp.submodules.shared_experts is not None:
+            mlps.append(mlp.submodules.shared_experts.submodules)
+    else:
+        mlps = [mlp.submodules]
+    for sub in mlps:
+        sub.linear_fc1 = cls
+        sub.linear_fc2 = cls
