@@ -29,7 +29,17 @@ Log-probabilities returned are those of the chosen token under the model's distr
 temperature 1 (``log_softmax(logits)``), before temperature, top-k and top-p: what a policy-gradient
 loss recomputes.
 
-Shapes: B batch, S sequence, V vocab, C candidates.
+*Across ranks* (a ParallelPlan's tp x pp x ep x dp; ``infer.weights.load_for_inference(..., par=...)``
+builds this rank's chunk, ``infer.parallel.ParallelContext`` says where it sits): every forward runs
+forward-only through the pipeline stages (the first stage embeds, the others receive the previous stage's
+hidden states and ``set_input_tensor`` them, the last produces logits; each stage's generation context,
+static or latent, holds its own layers' cache). Every rank holds every row (EP's all-to-all needs every
+EP rank of a stage in every forward; DP replicas replicate the rows, they do not split them). The source
+rank, on a last stage, picks the next tokens and computes the log-likelihoods; these (not the logits) are
+broadcast, so every rank stops the same rows, makes the same number of forward calls and returns the
+same results. On one rank nothing is communicated.
+
+Shapes: B batch, S sequence, D hidden, V vocab, C candidates.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.infer.cache import CACHE_KINDS, CacheKind, LatentCache, latent_forward
+from megatron_ads.infer.parallel import ParallelContext
 
 FinishReason = Literal["stop", "length"]
 
@@ -64,6 +75,9 @@ class SamplingParams:
     """A row stops after generating one of these ids (kept in its output)."""
     stop_sequences: list[list[int]] = field(default_factory=list)
     """A row stops once its output ends with one of these id sequences (kept in its output)."""
+    stop_check: Callable[[list[int]], bool] | None = None
+    """Called with a row's output ids after each new token; True stops the row (e.g. a closing tag in the
+    decoded text, however it was tokenized: ``infer.scorer.text_stop``)."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -121,7 +135,8 @@ def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
 
 
 class Engine:
-    """Label scoring and generation with one megatron-core GPTModel chunk (a single rank so far).
+    """Label scoring and generation with this rank's megatron-core GPTModel chunk (one rank, or one of a
+    ParallelPlan's ranks: every rank constructs the engine and makes the same calls with the same rows).
 
     Args:
         model: the GPTModel (``infer.weights.load_for_inference``); put in eval mode here.
@@ -131,10 +146,13 @@ class Engine:
         cache: generation's KV cache: ``static`` (megatron-core's StaticInferenceContext, full per-head
             K and V) or ``latent`` (MLA models only: the absorbed-attention latent cache of
             ``infer.cache``, kv_lora_rank + qk_rope_head_dim values per token per layer).
+        parallel: this rank's place in the layout (``ParallelContext``); None: built here from megatron's
+            parallel state (``ParallelContext.from_megatron``: single-rank when none is initialized). With
+            tp, pp or ep > 1 every rank must construct its engine (one all-gather).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, *, batch_size: int = 8, tokenizer: Any = None,
-                 cache: CacheKind = "static"):
+                 cache: CacheKind = "static", parallel: ParallelContext | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         if cache not in CACHE_KINDS:
@@ -147,11 +165,37 @@ class Engine:
         self.batch_size = batch_size
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        self.parallel = parallel if parallel is not None else ParallelContext.from_megatron()
+        self._pipe_dtype = getattr(model.config, "pipeline_dtype", None) or next(model.parameters()).dtype
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, ids_BS: torch.Tensor, ctx: StaticInferenceContext | LatentCache | None = None):
+        """One forward of ``ids_BS`` through this rank's stage (positions from ``ctx.sequence_len_offset``,
+        0 without a context). Last stage: logits [B, S, V] (S = 1 for a static context, which keeps only
+        the last position); other stages: None, after sending their hidden states [S, B, D] on."""
+        par = self.parallel
+        b, s = ids_BS.shape
+        ids_BS = ids_BS.to(self.device)
+        if not par.first:
+            hidden_SBD = torch.empty(s, b, self.cfg.hidden_size, dtype=self._pipe_dtype, device=self.device)
+            self.model.set_input_tensor(par.recv_prev(hidden_SBD))
+        if isinstance(ctx, LatentCache):
+            out = latent_forward(self.model, ctx, ids_BS)
+        else:
+            off = 0 if ctx is None else ctx.sequence_len_offset
+            pos_BS = (torch.arange(s, device=self.device) + off).unsqueeze(0).expand(b, -1)
+            kwargs = {} if ctx is None else {"inference_context": ctx}
+            out = self.model(ids_BS, pos_BS, None, runtime_gather_output=True, **kwargs)
+        if not par.last:
+            par.send_next(out.to(self._pipe_dtype))
+            return None
+        return out
 
     # ------------------------------------------------------------------ scoring
-    def _logits(self, ids_BS: torch.Tensor) -> torch.Tensor:
-        pos_BS = torch.arange(ids_BS.shape[1], device=self.device).unsqueeze(0).expand_as(ids_BS)
-        return self.model(ids_BS.to(self.device), pos_BS, None).float()
+    def _logits(self, ids_BS: torch.Tensor) -> torch.Tensor | None:
+        """Logits [B, S, V] of a right-padded batch (no cache) on the last stage; None on other stages."""
+        out = self._forward(ids_BS)
+        return None if out is None else out.float()
 
     @torch.inference_mode()
     def candidate_loglik(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
@@ -182,25 +226,28 @@ class Engine:
             tasks.append(row)
         logprobs_of: dict[int, torch.Tensor] = {}  # seq index -> log_softmax rows from the prompt's last position
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
             chunk = order[start:start + self.batch_size]
             width = max(len(seqs[i]) for i in chunk)
             ids = torch.zeros(len(chunk), width, dtype=torch.long)
             for b, i in enumerate(chunk):
                 ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
             logits = self._logits(ids)
+            if logits is None or not self.parallel.is_src:
+                continue
             for b, i in enumerate(chunk):
                 plen = plens[i]
                 take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
                 logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
-        out = []
-        for row in tasks:
-            ll = []
-            for s, c in row:
-                lp = logprobs_of[s]
-                ll.append(sum(lp[k, t].item() for k, t in enumerate(candidates[c])))
-            out.append(ll)
-        return out
+        out_RC = torch.zeros(len(tasks), len(candidates), dtype=torch.float64)
+        if self.parallel.is_src:
+            for r, row in enumerate(tasks):
+                for s, c in row:
+                    lp = logprobs_of[s]
+                    out_RC[r, c] = sum(lp[k, t].item() for k, t in enumerate(candidates[c]))
+        if self.parallel.multi:
+            out_RC = self.parallel.share(out_RC.to(self.device)).cpu()
+        return out_RC.tolist()
 
     def score_candidates(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
         """Per row, the probability of each candidate: softmax over the candidates' log-likelihoods
@@ -209,18 +256,12 @@ class Engine:
         return ll.softmax(-1).tolist()
 
     # --------------------------------------------------------------- generation
-    def _step(self, ctx: StaticInferenceContext | LatentCache, ids_BS: torch.Tensor) -> torch.Tensor:
-        """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset``; the last position's logits [B, V]."""
-        s = ids_BS.shape[1]
-        if isinstance(ctx, LatentCache):
-            logits = latent_forward(self.model, ctx, ids_BS.to(self.device))
-            ctx.sequence_len_offset += s
-            return logits[:, -1, :].float()
-        pos_BS = (torch.arange(s, device=self.device) + ctx.sequence_len_offset).unsqueeze(0)
-        pos_BS = pos_BS.expand(ids_BS.shape[0], -1)
-        logits = self.model(ids_BS.to(self.device), pos_BS, None, inference_context=ctx, runtime_gather_output=True)
-        ctx.sequence_len_offset += s
-        return logits[:, -1, :].float()
+    def _step(self, ctx: StaticInferenceContext | LatentCache, ids_BS: torch.Tensor) -> torch.Tensor | None:
+        """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset`` (advanced here, on every stage);
+        the last position's logits [B, V] on the last stage, None on other stages."""
+        logits = self._forward(ids_BS, ctx)
+        ctx.sequence_len_offset += ids_BS.shape[1]
+        return None if logits is None else logits[:, -1, :].float()
 
     def _pick(self, logits_V: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
         if params.greedy:
@@ -229,11 +270,28 @@ class Engine:
         probs = torch.softmax(filtered.double().cpu(), dim=-1)
         return int(torch.multinomial(probs, 1, generator=gen).item())
 
+    def _pick_rows(self, logits_BV: torch.Tensor, active: list[int], params: SamplingParams,
+                   gens: list[torch.Generator]) -> torch.Tensor:
+        """The next token of every row and its log-probability at temperature 1, as one float64 tensor
+        [2, B] (ids are exact in float64). Greedy: one argmax over [B, V]; sampling: one draw per active
+        row from its own generator (finished rows draw nothing: a row's draws depend on its seed and its
+        own logits only). Inactive rows get token 0."""
+        if params.greedy:
+            tok_B = torch.argmax(logits_BV, dim=-1)
+        else:
+            tok_B = torch.zeros(logits_BV.shape[0], dtype=torch.long, device=logits_BV.device)
+            for j in active:
+                tok_B[j] = self._pick(logits_BV[j], params, gens[j])
+        logp_B = torch.log_softmax(logits_BV, dim=-1).gather(1, tok_B.unsqueeze(1)).squeeze(1)
+        return torch.stack([tok_B.double(), logp_B.double()])
+
     @staticmethod
     def _stopped(out: list[int], params: SamplingParams) -> bool:
         if out[-1] in params.stop_ids:
             return True
-        return any(len(out) >= len(s) and out[-len(s):] == list(s) for s in params.stop_sequences)
+        if any(len(out) >= len(s) and out[-len(s):] == list(s) for s in params.stop_sequences):
+            return True
+        return params.stop_check is not None and bool(params.stop_check(out))
 
     @torch.inference_mode()
     def _generate_batch(self, rows: list[int], prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -246,15 +304,22 @@ class Engine:
         outs: list[list[int]] = [[] for _ in rows]
         lps: list[list[float]] = [[] for _ in rows]
         done: list[FinishReason | None] = [None] * b
+        par = self.parallel
         logits = self._step(ctx, torch.tensor(prompts, dtype=torch.long))
-        while True:
-            logp = torch.log_softmax(logits, dim=-1)
+        while True:  # every rank: the same steps, decided from the shared picks
+            active = [j for j in range(b) if done[j] is None]
+            if par.is_src:
+                picks_2B = self._pick_rows(logits, active, params, gens)
+            else:
+                picks_2B = torch.zeros(2, b, dtype=torch.float64, device=self.device)
+            if par.multi:
+                picks_2B = par.share(picks_2B.to(self.device))
+            toks, logps = picks_2B.cpu().tolist()
             feed = []
             for j in range(b):
                 if done[j] is None:
-                    t = self._pick(logits[j], params, gens[j])
-                    outs[j].append(t)
-                    lps[j].append(float(logp[j, t].item()))
+                    outs[j].append(int(toks[j]))
+                    lps[j].append(logps[j])
                     if self._stopped(outs[j], params):
                         done[j] = "stop"
                     elif len(outs[j]) >= params.max_new_tokens:
