@@ -5,4 +5,6 @@
 set -euo pipefail
 NPROC=${1:?usage: launch/torchrun.sh NPROC megatron-ads-args...}
 shift
+# megatron-core's tensor-parallel linears want one CUDA work queue so communication overlaps in order
+export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 exec torchrun --standalone --nproc-per-node "$NPROC" -m megatron_ads "$@"

@@ -276,6 +276,9 @@ def activate_cpu_compat() -> None:
     torch.Tensor.record_stream = lambda self, stream: None
     # 6. CUDA type names seen from megatron.core
     torch.Tensor.type = _wrap_tensor_type(torch.Tensor.type)
+    # 7. megatron's tensor-parallel linears advise CUDA_DEVICE_MAX_CONNECTIONS=1 (a CUDA stream-ordering
+    # setting, meaningless here) with a UserWarning at tp > 1 unless it is set
+    os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     _ACTIVE = True
     _patch_megatron_modules()
     # 4. literal device='cuda' factories, inside megatron.core's namespaces only

@@ -192,10 +192,11 @@ def save(root: Path, step: int, sharded: dict[str, Any], common: dict[str, Any],
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / RANK_STATE).mkdir(parents=True)
+        tmp.mkdir(parents=True)  # empty: megatron warns about "overwriting" a non-empty directory
     dist.barrier()
     dist_checkpointing.save({**sharded, **common}, str(tmp), validate_access_integrity=True,
                             preprocess_common_before_consistancy_check=_without_param_state)
+    (tmp / RANK_STATE).mkdir(exist_ok=True)
     with atomic_path(tmp / RANK_STATE / f"rank_{rank:05d}.pt") as part:
         torch.save(rank_state, str(part))
     dist.barrier()
