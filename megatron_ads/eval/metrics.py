@@ -18,6 +18,7 @@ values SFT validation logs per interval and λ_t can follow).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +79,39 @@ def auc(labels_pos: list[bool], scores: list[float]) -> float:
         rank_sum += avg_rank * sum(1 for k in range(i, j + 1) if pairs[k][1])
         i = j + 1
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+ECE_BINS = 15
+"""Default number of equal-width confidence bins of ``expected_calibration_error`` (Guo et al., 2017)."""
+
+
+def expected_calibration_error(probs: list[list[float]], gold: list[int], n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error (top-label) of predicted distributions against gold class indices.
+
+    Each row's confidence is its largest probability, its prediction the first class with it, and it is
+    correct when that is the gold class. Rows fall into ``n_bins`` equal-width bins over [0, 1] by
+    confidence: bin b (0-based) holds confidences in (b/n_bins, (b+1)/n_bins], the first bin also 0.
+    ECE = sum over bins of (rows in bin / rows) * |accuracy(bin) - mean confidence(bin)|; empty bins add
+    nothing. 0 for a perfectly calibrated predictor; NaN without rows.
+    """
+    if len(probs) != len(gold):
+        raise ValueError(f"expected_calibration_error: {len(probs)} rows of probs vs {len(gold)} gold labels")
+    if n_bins < 1:
+        raise ValueError(f"n_bins: expected >= 1, got {n_bins}")
+    if not probs:
+        return float("nan")
+    count = [0] * n_bins
+    conf_sum = [0.0] * n_bins
+    correct_sum = [0] * n_bins
+    for p, g in zip(probs, gold):
+        conf = max(p)
+        pred = list(p).index(conf)
+        b = min(max(math.ceil(conf * n_bins) - 1, 0), n_bins - 1)
+        count[b] += 1
+        conf_sum[b] += conf
+        correct_sum[b] += int(pred == g)
+    n = len(probs)
+    return sum(abs(correct_sum[b] - conf_sum[b]) / n for b in range(n_bins) if count[b])
 
 
 # ------------------------------------------------------------------------------------ JSONL

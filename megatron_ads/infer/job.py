@@ -1,4 +1,4 @@
-"""The resumable JSONL labeling runner behind ``megatron-ads label`` (one worker).
+"""The resumable JSONL labeling runner behind ``megatron-ads label`` (one or several workers).
 
 How it works
 ------------
@@ -12,6 +12,17 @@ How it works
 3. *Batches*: pending rows are cut into batches of ``batch_size`` rows in input order; each batch is
    predicted, appended to the output, flushed and fsynced before the next starts. A run killed at
    any point therefore leaves whole rows plus at most one torn line.
+4. *Workers* (``run_job(..., rank=r, world=N)``, N > 1): the rows pending after every output file
+   already written (``OUT`` and every part file ``OUT.part-RRR-of-NNN.jsonl``, whatever N wrote them) are
+   shared round-robin, pending row i to worker i mod N; worker r appends its rows to its own part file
+   ``OUT.part-r-of-N.jsonl`` as in 3 (repairing only that file's torn line; a torn line elsewhere is
+   ignored and its row redone). Every worker reads the done ids before any of them writes (``sync``, a
+   barrier). When all are done, ``merge_outputs`` writes ``OUT`` from ``OUT`` + every part file in input
+   order (each id once) through a synced temporary file renamed last, then removes the part files. Killed
+   before the rename, the next ``--resume`` finds everything in the part files; after it, ``OUT`` holds
+   every row and the leftover part files only copies. So ``--resume`` works after a kill at any point,
+   with the same or another number of workers; a single worker (N = 1) appends to ``OUT`` itself and
+   merges leftover part files at its end.
 
 Modes. ``label``: ``Task.predict(rows, EngineScorer)`` — for classification tasks the label-only prompt
 (empty ``<think>``) and candidate scoring, the same computation as SFT validation; for generation tasks
@@ -22,26 +33,45 @@ Output row: ``id``, the task's prediction fields as ``megatron-ads eval`` reads 
 ``score`` / ``queries``), ``probs`` (label mode, classification), ``reasoning`` and ``raw`` (reasoning
 mode), ``parse`` (``ok`` | ``failed``) with ``parse_errors``, ``model``, ``precision``, ``task``,
 ``mode``, ``tokens_in`` (prompt tokens) and ``tokens_out`` (label mode: the chosen label tags' tokens;
-otherwise generated tokens).
+otherwise generated tokens); generated rows also ``finish_reason``. Generation stops at EOS,
+``max_new_tokens`` or the task's closing tag (``infer.scorer.closing_tag``). With ``temperatures``
+(``infer.calibrate``), ``probs`` are the calibrated ``softmax(loglik / T)`` per field and the row carries
+``temperature`` ``{field: T}``; the labels are unchanged.
+
+Test hook: ``MEGATRON_ADS_LABEL_KILL=POINT[:K][@RANK]`` SIGKILLs the job's whole process group at POINT:
+``batch:K`` (after the K-th batch of this run is synced), ``torn:K`` (after half of the K-th batch's
+bytes are written and synced), ``merge`` (merged temporary file written, before the rename), ``merged``
+(after the rename, before the part files are removed); ``@RANK`` limits batch/torn to one worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
+import math
 import os
+import re
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from megatron_ads.data.tasks import THINK_EMPTY, Task, parse_output, prediction_row, validate_row
-from megatron_ads.infer.scorer import EngineScorer
+from megatron_ads.data.tasks import THINK_EMPTY, Task, load_jsonl, parse_output, prediction_row, validate_row
+from megatron_ads.data.tasks import task as task_named
+from megatron_ads.infer.calibrate import Calibration, apply_temperature, fit_task, row_probs, set_row_probs
+from megatron_ads.infer.scorer import EngineScorer, closing_tag
 from megatron_ads.runtime.errors import BadInput
-from megatron_ads.runtime.io import iter_jsonl, write_jsonl
+from megatron_ads.runtime.io import atomic_path, iter_jsonl, write_jsonl
 
 Mode = Literal["label", "reasoning"]
 MODES = ("label", "reasoning")
 ERRORS_SUFFIX = ".errors.jsonl"
+CALIBRATION_SUFFIX = ".calibration.json"
+KILL_ENV = "MEGATRON_ADS_LABEL_KILL"
+"""Test hook (module docstring): where to SIGKILL the job."""
+_PART = re.compile(r"\.part-(\d{3,})-of-(\d{3,})\.jsonl")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -68,9 +98,13 @@ class LabelJob:
     """Precision recorded in each output row."""
     gpu_cost_per_s: float | None = None
     """$ per GPU-second for the cost report (None: no $ figure)."""
+    temperatures: dict[str, float] | None = None
+    """Label mode, classification: a temperature per field name (``infer.calibrate``); None: uncalibrated."""
 
     def __post_init__(self):
         self.input, self.output = Path(self.input), Path(self.output)
+        if isinstance(self.task, str):
+            self.task = task_named(self.task)
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
         if self.batch_size < 1:
@@ -81,11 +115,29 @@ class LabelJob:
             raise ValueError(f"task: {self.task.name!r} is a {self.task.kind} task; it has no labels")
         if self.gpu_cost_per_s is not None and self.gpu_cost_per_s < 0:
             raise ValueError(f"gpu_cost_per_s: expected >= 0, got {self.gpu_cost_per_s}")
+        if self.temperatures is not None:
+            if self.mode != "label" or self.task.kind != "classification":
+                raise ValueError("temperatures: calibration applies to label mode of classification tasks, got "
+                                 f"mode {self.mode!r} and a {self.task.kind} task")
+            bad = {k: t for k, t in self.temperatures.items() if not (math.isfinite(t) and t > 0)}
+            if bad:
+                raise ValueError(f"temperatures: expected finite values > 0, got {bad}")
 
     @property
     def errors_path(self) -> Path:
         """The side file of error records: ``OUT.errors.jsonl``."""
         return self.output.with_name(self.output.name + ERRORS_SUFFIX)
+
+    @property
+    def calibration_path(self) -> Path:
+        """Where ``label --calibrate`` writes the fitted temperatures: ``OUT.calibration.json``."""
+        return self.output.with_name(self.output.name + CALIBRATION_SUFFIX)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Picklable settings (the task by name) for worker processes; ``LabelJob(**d)`` rebuilds it."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d.update(input=str(self.input), output=str(self.output), task=self.task.name)
+        return d
 
 
 @dataclass(kw_only=True, slots=True)
@@ -107,6 +159,25 @@ class JobResult:
     seconds: float
     gpu_cost_per_s: float | None = None
     errors: list[dict] = field(default_factory=list)
+    started: float = 0.0
+    """Wall-clock time (``time.time()``) the labeling began (after loading and planning)."""
+    ended: float = 0.0
+
+    @classmethod
+    def combine(cls, results: list["JobResult"]) -> "JobResult":
+        """The whole job from its workers' results (rank 0 first): rows and errors as rank 0 saw them, counts
+        and tokens summed, ``seconds`` from the first worker's start to the last one's end (wall time)."""
+        first = results[0]
+        labeled = sum(r.labeled for r in results)
+        return cls(rows=first.rows, labeled=labeled, skipped=first.rows - labeled, failed=first.failed,
+                   parse_failed=sum(r.parse_failed for r in results), tokens_in=sum(r.tokens_in for r in results),
+                   tokens_out=sum(r.tokens_out for r in results),
+                   seconds=max(r.ended for r in results) - min(r.started for r in results),
+                   gpu_cost_per_s=first.gpu_cost_per_s, errors=first.errors, started=min(r.started for r in results),
+                   ended=max(r.ended for r in results))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def cost(self) -> dict[str, Any]:
         """The paper's Table 10 row for this run: avg input/output tokens, samples/s, $ per 1M samples."""
@@ -140,11 +211,45 @@ def read_rows(job: LabelJob) -> tuple[list[tuple[int, dict]], list[dict]]:
     return rows, errors
 
 
-def done_ids(path: Path, expect: dict[str, Any] | None = None) -> set[str]:
-    """Ids (as ``str``) of the rows already in an output. A last line without its newline (a write cut
-    short by a kill) is cut off the file, its row redone; any other unreadable line, or a row whose
-    ``expect`` keys (task, mode, precision) differ, is ``BadInput``."""
-    done: set[str] = set()
+def part_path(output: Path, rank: int, world: int) -> Path:
+    """Worker ``rank`` of ``world``'s part file: ``OUT.part-RRR-of-NNN.jsonl`` beside ``OUT``."""
+    return output.with_name(f"{output.name}.part-{rank:03d}-of-{world:03d}.jsonl")
+
+
+def part_files(output: Path) -> list[Path]:
+    """Every part file of ``output`` on disk (any number of workers wrote them), sorted by name."""
+    output = Path(output)
+    found = output.parent.glob(glob.escape(output.name) + ".part-*-of-*.jsonl")
+    return sorted(p for p in found if _PART.fullmatch(p.name[len(output.name):]))
+
+
+def output_files(output: Path) -> list[Path]:
+    """``output`` (when it exists) and its part files: where done rows are."""
+    output = Path(output)
+    return ([output] if output.exists() else []) + part_files(output)
+
+
+def _kill_here(point: str, k: int | None = None, rank: int = 0) -> bool:
+    """Whether the test hook ``MEGATRON_ADS_LABEL_KILL`` names this point (module docstring)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return False
+    m = re.fullmatch(r"(batch|torn|merge|merged)(?::(\d+))?(?:@(\d+))?", spec)
+    if m is None:
+        raise ValueError(f"{KILL_ENV}: expected batch:K|torn:K|merge|merged, optionally @RANK; got {spec!r}")
+    return (m.group(1) == point and (m.group(2) is None or int(m.group(2)) == k)
+            and (m.group(3) is None or int(m.group(3)) == rank))
+
+
+def _kill() -> None:
+    os.killpg(os.getpgrp(), signal.SIGKILL)  # the whole job, as `kill -9` of its process group
+
+
+def read_output(path: Path, expect: dict[str, Any] | None = None, repair: bool = False) -> list[tuple[str, bytes]]:
+    """``(id, line)`` of each complete row of an output or part file. A last line without its newline (a
+    write cut short by a kill) is not a row; with ``repair`` it is cut off the file. Any other unreadable
+    line, or a row whose ``expect`` keys (task, mode, precision, temperature) differ, is ``BadInput``."""
+    out: list[tuple[str, bytes]] = []
     data = path.read_bytes()
     complete = data[:data.rfind(b"\n") + 1]  # everything up to the last newline
     for n, raw in enumerate(complete.split(b"\n")[:-1], 1):
@@ -158,14 +263,21 @@ def done_ids(path: Path, expect: dict[str, Any] | None = None) -> set[str]:
         if not isinstance(row, dict) or "id" not in row:
             raise BadInput(f"{path}:{n}: expected an output row (a JSON object with an 'id')")
         for key, want in (expect or {}).items():
-            if key in row and row[key] != want:
-                raise BadInput(f"{path}:{n}: field '{key}': the output was written with {row[key]!r}, this run "
-                               f"has {want!r}; resume with the same settings or write a new output")
-        done.add(str(row["id"]))
-    if len(complete) < len(data):
+            if row.get(key) != want:
+                raise BadInput(f"{path}:{n}: field '{key}': the output was written with {row.get(key)!r}, this "
+                               f"run has {want!r}; resume with the same settings or write a new output")
+        out.append((str(row["id"]), raw))
+    if repair and len(complete) < len(data):
         with path.open("r+b") as f:
             f.truncate(len(complete))
-    return done
+            os.fsync(f.fileno())
+    return out
+
+
+def done_ids(path: Path, expect: dict[str, Any] | None = None, repair: bool = True) -> set[str]:
+    """Ids (as ``str``) of the rows already in an output (``read_output``; by default a torn last line is
+    cut off the file, its row redone)."""
+    return {rid for rid, _ in read_output(path, expect, repair)}
 
 
 def _tokens_out_label(scorer: EngineScorer, task: Task, pred: dict) -> int:
@@ -180,6 +292,11 @@ def _tokens_out_label(scorer: EngineScorer, task: Task, pred: dict) -> int:
     return total
 
 
+def _expect(job: LabelJob) -> dict[str, Any]:
+    """Row fields a resumed output must share with this run."""
+    return {"task": job.task.name, "mode": job.mode, "precision": job.precision, "temperature": job.temperatures}
+
+
 def predict_batch(job: LabelJob, scorer: EngineScorer, rows: list[dict]) -> list[dict]:
     """Output rows for one batch (see the module docstring)."""
     task = job.task
@@ -191,12 +308,16 @@ def predict_batch(job: LabelJob, scorer: EngineScorer, rows: list[dict]) -> list
             p.update(common, parse="ok", parse_errors=[],
                      tokens_in=len(scorer.encode(task.prompt(r) + THINK_EMPTY)),
                      tokens_out=_tokens_out_label(scorer, task, p))
+            if job.temperatures is not None:
+                for name, probs in row_probs(task, p).items():
+                    set_row_probs(task, p, name, apply_temperature(probs, job.temperatures[name]))
+                p["temperature"] = dict(job.temperatures)
             out.append(p)
         return out
     label_only = job.mode == "label"
     prompts = [task.prompt(r) + (THINK_EMPTY if label_only else "") for r in rows]
     max_new = task.max_new_tokens if label_only else job.max_new_tokens
-    gens = scorer.generate_full(prompts, max_new)
+    gens = scorer.generate_full(prompts, max_new, stop_text=closing_tag(task))
     for r, prompt, g in zip(rows, prompts, gens):
         text = scorer.text(g)
         full = THINK_EMPTY + text if label_only else text
@@ -234,7 +355,8 @@ def _too_long(job: LabelJob, scorer: EngineScorer, rows: list[tuple[int, dict]])
     return keep, errors
 
 
-def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None] | None = None) -> JobResult:
+def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None] | None = None, *,
+            rank: int = 0, world: int = 1, sync: Callable[[], Any] | None = None) -> JobResult:
     """Label the input into the output (resumable; see the module docstring).
 
     Args:
@@ -242,34 +364,121 @@ def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None]
         scorer: the engine scorer (model + tokenizer).
         on_batch: called with the number of rows after each batch is written and synced (progress bars;
             tests raise from it to interrupt a run).
+        rank, world: this worker and the number of workers. ``world == 1`` writes ``job.output`` (and merges
+            leftover part files at the end); otherwise rank r writes ``OUT.part-r-of-world.jsonl`` and the
+            caller runs ``merge_outputs`` once every rank is done.
+        sync: with ``world > 1``, a barrier over the workers (``torch.distributed.barrier``), called after
+            every worker has read the done ids and before any writes.
     Returns:
-        the run's ``JobResult``. Raises FileExistsError (output exists without resume) or BadInput.
+        the run's ``JobResult`` (this worker's part). Raises FileExistsError (an output or part file exists
+        without resume) or BadInput.
     """
-    if job.output.exists() and not job.resume:
-        raise FileExistsError(f"{job.output}: output exists; pass --resume to continue it or remove it")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank: expected 0 <= rank < world ({world}), got {rank}")
+    existing = output_files(job.output)
+    if existing and not job.resume:
+        raise FileExistsError(f"{existing[0]}: output exists; pass --resume to continue it or remove it")
     rows, errors = read_rows(job)
     rows, long_errors = _too_long(job, scorer, rows)
     errors = sorted(errors + long_errors, key=lambda e: e["line"])
-    write_jsonl(job.errors_path, errors)
-    expect = {"task": job.task.name, "mode": job.mode, "precision": job.precision}
-    done = done_ids(job.output, expect) if job.output.exists() else set()
-    pending = [r for _, r in rows if str(r["id"]) not in done]
+    if rank == 0:
+        write_jsonl(job.errors_path, errors)
+    own = job.output if world == 1 else part_path(job.output, rank, world)
+    done: set[str] = set()
+    for path in existing:
+        done |= done_ids(path, _expect(job), repair=path == own)
+    pending = [r for _, r in rows if str(r["id"]) not in done][rank::world]
+    if world > 1 and sync is not None:
+        sync()  # every worker has its share before any part file grows
     job.output.parent.mkdir(parents=True, exist_ok=True)
     tokens_in = tokens_out = parse_failed = 0
-    start = time.perf_counter()
-    with job.output.open("a", encoding="utf-8") as f:
-        for s in range(0, len(pending), job.batch_size):
+    started, start = time.time(), time.perf_counter()
+    with own.open("a", encoding="utf-8") as f:
+        for k, s in enumerate(range(0, len(pending), job.batch_size), 1):
             batch = pending[s:s + job.batch_size]
             preds = predict_batch(job, scorer, batch)
-            f.write("".join(json.dumps(p, sort_keys=True) + "\n" for p in preds))
+            text = "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds)
+            if _kill_here("torn", k, rank):
+                cut = len(text) // 2
+                f.write(text[:cut - 1 if text[cut - 1] == "\n" else cut])  # never a whole line
+                f.flush()
+                os.fsync(f.fileno())
+                _kill()
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
+            if _kill_here("batch", k, rank):
+                _kill()
             tokens_in += sum(p["tokens_in"] for p in preds)
             tokens_out += sum(p["tokens_out"] for p in preds)
             parse_failed += sum(p["parse"] != "ok" for p in preds)
             if on_batch is not None:
                 on_batch(len(batch))
     seconds = time.perf_counter() - start
-    return JobResult(rows=len(rows), labeled=len(pending), skipped=len(rows) - len(pending), failed=len(errors),
+    if world == 1 and part_files(job.output):
+        merge_outputs(job)
+    n_done = sum(1 for _, r in rows if str(r["id"]) in done)
+    return JobResult(rows=len(rows), labeled=len(pending), skipped=n_done, failed=len(errors),
                      parse_failed=parse_failed, tokens_in=tokens_in, tokens_out=tokens_out, seconds=seconds,
-                     gpu_cost_per_s=job.gpu_cost_per_s, errors=errors)
+                     gpu_cost_per_s=job.gpu_cost_per_s, errors=errors, started=started, ended=time.time())
+
+
+def merge_outputs(job: LabelJob) -> int:
+    """Write ``job.output`` from itself and every part file: each id once, in input order (ids the input no
+    longer has last, in file order), through a synced temporary file renamed last; then remove the part
+    files. Torn last lines are left out (their rows were not done). Returns the number of rows."""
+    order = {str(r["id"]): n for n, r in read_rows(job)[0]}
+    parts = part_files(job.output)
+    seen: set[str] = set()
+    lines: list[tuple[float, int, bytes]] = []
+    for path in output_files(job.output):
+        for rid, raw in read_output(path):
+            if rid not in seen:
+                seen.add(rid)
+                lines.append((order.get(rid, math.inf), len(lines), raw))
+    lines.sort()
+    with atomic_path(job.output) as tmp:
+        with tmp.open("wb") as f:
+            f.write(b"".join(raw + b"\n" for _, _, raw in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        if _kill_here("merge"):
+            _kill()
+    _fsync_dir(job.output.parent)
+    if _kill_here("merged"):
+        _kill()
+    for path in parts:
+        path.unlink()
+    _fsync_dir(job.output.parent)
+    return len(lines)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames and removals in ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def calibrate(job: LabelJob, scorer: EngineScorer, val: str | Path) -> Calibration:
+    """Fit a temperature per classification field on the labeled validation file ``val`` (the task's rows
+    with their gold fields): label it in memory with ``job``'s settings (uncalibrated), then
+    ``infer.calibrate.fit_task``. Invalid rows raise ValueError naming FILE:LINE and the field."""
+    if job.mode != "label" or job.task.kind != "classification":
+        raise ValueError(f"calibrate: temperature calibration needs label mode and a classification task, got mode "
+                         f"{job.mode!r} and {job.task.name!r} ({job.task.kind})")
+    gold = load_jsonl(val, job.task, with_targets=True)
+    if not gold:
+        raise BadInput(f"{val}: no rows to calibrate on")
+    plain = dataclasses.replace(job, temperatures=None)
+    preds = []
+    for s in range(0, len(gold), job.batch_size):
+        preds += predict_batch(plain, scorer, gold[s:s + job.batch_size])
+    return fit_task(job.task, preds, gold, source=str(val))

@@ -44,6 +44,8 @@ def test_verbs_keep_the_console_clean(tmp_path, console_noise):
         ["data", "synth", "--task", "ad_user", "--n", "5", "--out", str(tmp_path / "rows.jsonl")],
         ["generate", "--model", hf, "--input", prompts, "--output", str(tmp_path / "out.jsonl"),
          "--max-new-tokens", "4", "--precision", "fp8"],
+        ["label", "--model", hf, "--input", str(tmp_path / "rows.jsonl"), "--output", str(tmp_path / "lab.jsonl"),
+         "--task", "ad_user", "--workers", "2"],  # 2 label workers from the fork server, then the merge
         # bad input (exit 2), and a failure in the workers (exit 1): one tagged line each, no traceback
         ["verify", "parity", "--hf", str(tmp_path)],
         ["verify", "parity", "--hf", hf, "--tp", "2"],
@@ -51,8 +53,9 @@ def test_verbs_keep_the_console_clean(tmp_path, console_noise):
     r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(verbs), str(tmp_path / "rcs.json")],
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path / "rcs.json").read_text()) == [0, 0, 0, 0, 0, 0, 0, 0, 2, 1], r.stderr[-3000:]
+    assert json.loads((tmp_path / "rcs.json").read_text()) == [0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1], r.stderr[-3000:]
     assert r.stdout.count("PASS") == 2 and "pp=31 ep=8 dp=8" in r.stdout
     assert "wrote 5 ad_user rows" in r.stdout and "generated 2 rows" in r.stdout
+    assert "labeled 5 rows (0 already done, 0 malformed input lines, 0 unparsed outputs)" in r.stdout
     assert "config.json" in r.stderr and "FAILED: rank 0:" in r.stderr and "tp=1 only" in r.stderr
     assert console_noise(r.stdout, r.stderr) == []
