@@ -275,15 +275,18 @@ def load_model_weights(model_chunk, ckpt: Path) -> int:
     return len(loaded)
 
 
-def tokenizer_files(m) -> list[Path]:
-    """Tokenizer files of the initial checkpoint of model spec ``m`` (copied into every training checkpoint's
-    tokenizer/); none for a random init."""
+def tokenizer_files(m, run_dir: Path | None = None) -> list[Path]:
+    """Tokenizer files copied into every training checkpoint's tokenizer/ (so its HF export labels and
+    generates as it is): the initial checkpoint's of model spec ``m``; for a random init, the one the run
+    trained itself (``run_dir/tokenizer``, e.g. SFT's BPE), if any."""
     if m.init == "random":
-        return []
-    src = Path(m.path)
-    if m.init == "mcore" and not (src / LEGACY_LATEST).is_file():
-        src = resolve(src)
-    for d in (src, src / "tokenizer"):
+        dirs = [Path(run_dir) / "tokenizer"] if run_dir is not None else []
+    else:
+        src = Path(m.path)
+        if m.init == "mcore" and not (src / LEGACY_LATEST).is_file():
+            src = resolve(src)
+        dirs = [src, src / "tokenizer"]
+    for d in dirs:
         found = [d / f for f in TOKENIZER_FILES if (d / f).is_file()]
         if found:
             return found

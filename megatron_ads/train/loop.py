@@ -204,10 +204,10 @@ class Trainer:
     def save(self) -> Path:
         files = {"config.yaml": self.job.to_yaml(), ckpt.HF_CONFIG: json.dumps(self.cfg.to_hf_dict(), indent=2),
                  ckpt.LAYOUT: json.dumps(self.layout_info(), indent=2, sort_keys=True)}
+        tok = ckpt.tokenizer_files(self.job.model, self.out) if self.rank == 0 else []
         return self._phase("checkpoint", ckpt.save, self.ckpt_root, self.step,
                            ckpt.sharded_state(self.model.module, self.optimizer), self.checkpoint_common(),
-                           self.checkpoint_rank(), files, ckpt.tokenizer_files(self.job.model) if self.rank == 0 else [],
-                           self.job.checkpoint.keep_last)
+                           self.checkpoint_rank(), files, tok, self.job.checkpoint.keep_last)
 
     def load(self, path: Path) -> None:
         """Restore model, optimizer, schedule and trainer state from a checkpoint saved at any layout."""
