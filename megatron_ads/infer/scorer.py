@@ -1,9 +1,9 @@
 """``EngineScorer``: the ``data.tasks.Scorer`` protocol on the inference engine (``infer.engine``); the one
 scorer of labeling jobs and of SFT validation / test predictions (``cli.workers``).
 
-``score(prompts, targets)`` tokenizes prompt and target apart (no special tokens) and returns the summed log-probability of the target
-tokens after the prompt, computed by ``Engine.candidate_loglik``. Pairs are grouped by prompt, and
-prompts sharing the same candidate list are scored in one call (``Task.predict`` asks for every
+``score(prompts, targets)`` tokenizes prompt and target apart (no special tokens) and returns the summed
+log-probability of the target tokens after the prompt, computed by ``Engine.candidate_loglik``. Pairs are
+grouped by prompt, and prompts sharing the same candidate list are scored in one call (``Task.predict`` asks for every
 candidate of a field after each row's prompt: one call per field). ``generate(prompts, max_new_tokens)``
 is greedy KV-cache generation stopping at EOS; texts are decoded without the EOS token.
 

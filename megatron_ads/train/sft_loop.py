@@ -10,13 +10,15 @@ Loss (Eq. 2): per-sample mean NLL ℓ_{t,i}, instance weights w_{t,i} from perpl
 validation intervals (Eq. 3–5), task weights λ_t from validation difficulty (Eq. 6–7).
 
 Validation and test predictions go through the ``Scorer`` built by ``scorer_factory`` (the caller's
-choice; ``cli.workers`` hands in ``infer.pipeline_scoring.PipelineScorer``): label-candidate scoring
-through the pipeline for label tasks, greedy decoding for generation tasks.
+choice; ``cli.workers`` hands in the inference engine's ``EngineScorer`` over this rank's chunk, on the
+training layout): label-candidate scoring for label tasks, greedy decoding for generation tasks. The
+model is in eval mode while they run and back in train mode after.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Callable
 
@@ -36,7 +38,8 @@ from megatron_ads.train.sft_eval import test_report, validate_tasks, weight_summ
 log = get_logger(__name__)
 
 ScorerFactory = Callable[..., Scorer]
-"""Called as ``factory(model=, tokenizer=, seq_len=, micro_batch=, device=)`` once the model exists."""
+"""Called on every rank as ``factory(model=, cfg=, tokenizer=, seq_len=, micro_batch=)`` once the model (this
+rank's DDP-wrapped chunk) exists; ``cfg`` is its ModelConfig. The factory may leave the model in either mode."""
 
 
 class SFTTrainer(Trainer):
@@ -59,8 +62,9 @@ class SFTTrainer(Trainer):
         self.tasks = TaskReweighter(tasks=list(self.adaptive), alpha=s.alpha,
                                     general_task=GENERAL.name if s.general_path else None,
                                     general_weight=self.general_weight or 0.0)
-        self.scorer = scorer_factory(model=self.model, tokenizer=self.tokenizer, seq_len=t.seq_len,
-                                     micro_batch=t.micro_batch, device=self.device)
+        self.scorer = scorer_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer, seq_len=t.seq_len,
+                                     micro_batch=t.micro_batch)
+        self.model.train()  # a factory may leave it in eval mode (the inference engine does)
         self.val_path = self.out / "val_metrics.jsonl"
         self._interval_w: list[tuple[str, float]] = []
         """(task, instance weight) of every sample trained on since the last validation (last stage)."""
@@ -107,10 +111,20 @@ class SFTTrainer(Trainer):
         return loss, torch.tensor(1, dtype=torch.int), {"lm loss": report}
 
     # ------------------------------------------------------------------ validation and test
+    @contextmanager
+    def predicting(self):
+        """The model in eval mode for the scorer, back in train mode after (errors included)."""
+        self.model.eval()
+        try:
+            yield self.scorer
+        finally:
+            self.model.train()
+
     def validate(self) -> dict[str, Any]:
         """Score the validation rows of each task; returns metrics, λ_t and the interval's weight summary."""
         rec: dict[str, Any] = {"step": self.step}
-        values, norm = validate_tasks(self.adaptive, self.data, self.scorer, self.job.sft)
+        with self.predicting() as scorer:
+            values, norm = validate_tasks(self.adaptive, self.data, scorer, self.job.sft)
         rec.update(values)
         if self.job.sft.reweight_tasks:
             lam = self.tasks.update(norm)
@@ -125,7 +139,8 @@ class SFTTrainer(Trainer):
 
     def test_report(self) -> dict[str, Any]:
         """Held-out test predictions and metrics in ``eval/`` (see ``sft_eval.test_report``)."""
-        return test_report(self.adaptive, self.data, self.scorer, self.job.sft, self.out, self.step, self.rank == 0)
+        with self.predicting() as scorer:
+            return test_report(self.adaptive, self.data, scorer, self.job.sft, self.out, self.step, self.rank == 0)
 
     def run(self) -> dict[str, Any]:
         summary = super().run()

@@ -109,8 +109,9 @@ def _generate_worker(job_dict):
     tr.run()
     spec = task("query_gen")
     prompts = [spec.prompt(r) + "<think></think>\n" for r in tr.data["query_gen"]["val"][:3]]
-    generated = tr.scorer.generate_ids(prompts, 10)
-    texts = tr.scorer.generate(prompts, 10)
+    with tr.predicting() as scorer:
+        generated = [g.output_ids for g in scorer.generate_full(prompts, 10)]
+        texts = scorer.generate(prompts, 10)
     consistent = None
     if tr.ps.get_pipeline_model_parallel_world_size() == 1:  # greedy = argmax of one full forward, token by token
         consistent = True
@@ -127,7 +128,7 @@ def _generate_worker(job_dict):
     return {"texts": texts, "ids": generated, "consistent": consistent}
 
 
-@pytest.mark.slow  # ~4 min on a busy 2-core machine
+# ~25 s on a busy 2-core machine (~4 min when validation re-ran the full sequence per generated token)
 def test_greedy_generation_and_query_gen_validation(tiny_ckpts, tmp_path):
     # same HF weights for both layouts (random init differs per pipeline rank), so their greedy texts must agree
     common = [*SMALL, "sft.tasks=[query_gen]", "train.steps=2", "sft.eval_every=2", "checkpoint.save_at_end=false",
