@@ -23,6 +23,13 @@ How it works
    every row and the leftover part files only copies. So ``--resume`` works after a kill at any point,
    with the same or another number of workers; a single worker (N = 1) appends to ``OUT`` itself and
    merges leftover part files at its end.
+5. *A model split across ranks* (tp, pp or ep > 1: one worker made of several processes): every process
+   of the worker calls ``run_job(..., rank=0, world=1)`` and runs the same batches through the engine
+   (its forwards are collective; every process holds every row and the shared results), reading the
+   input and the done ids identically; only the process with ``write=True`` (global rank 0) writes
+   ``OUT``, the errors file and merges, the others (``write=False``) compute and write nothing. The
+   ``sync`` barrier after reading the done ids keeps the writer from appending before every process
+   has read them.
 
 Modes. ``label``: ``Task.predict(rows, EngineScorer)`` — for classification tasks the label-only prompt
 (empty ``<think>``) and candidate scoring, the same computation as SFT validation; for generation tasks
@@ -46,6 +53,7 @@ bytes are written and synced), ``merge`` (merged temporary file written, before 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -179,8 +187,10 @@ class JobResult:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def cost(self) -> dict[str, Any]:
-        """The paper's Table 10 row for this run: avg input/output tokens, samples/s, $ per 1M samples."""
+    def cost(self, devices: int = 1) -> dict[str, Any]:
+        """The paper's Table 10 row for this run: avg input/output tokens, samples/s, $ per 1M samples
+        (``gpu_cost_per_s`` x ``devices``, the GPUs the whole job held — workers, or the ranks of a split
+        model — per sample)."""
         n = self.labeled
         sps = n / self.seconds if self.seconds > 0 and n else None
         out: dict[str, Any] = {"avg_input_tokens": round(self.tokens_in / n, 1) if n else None,
@@ -188,7 +198,8 @@ class JobResult:
                                "samples_per_s": round(sps, 3) if sps else None}
         if self.gpu_cost_per_s is not None:
             out["gpu_cost_per_s"] = self.gpu_cost_per_s
-            out["usd_per_1m_samples"] = round(self.gpu_cost_per_s * 1e6 / sps, 2) if sps else None
+            out["gpus"] = devices
+            out["usd_per_1m_samples"] = round(self.gpu_cost_per_s * devices * 1e6 / sps, 2) if sps else None
         return out
 
 
@@ -356,7 +367,7 @@ def _too_long(job: LabelJob, scorer: EngineScorer, rows: list[tuple[int, dict]])
 
 
 def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None] | None = None, *,
-            rank: int = 0, world: int = 1, sync: Callable[[], Any] | None = None) -> JobResult:
+            rank: int = 0, world: int = 1, sync: Callable[[], Any] | None = None, write: bool = True) -> JobResult:
     """Label the input into the output (resumable; see the module docstring).
 
     Args:
@@ -367,8 +378,11 @@ def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None]
         rank, world: this worker and the number of workers. ``world == 1`` writes ``job.output`` (and merges
             leftover part files at the end); otherwise rank r writes ``OUT.part-r-of-world.jsonl`` and the
             caller runs ``merge_outputs`` once every rank is done.
-        sync: with ``world > 1``, a barrier over the workers (``torch.distributed.barrier``), called after
-            every worker has read the done ids and before any writes.
+        sync: a barrier over the job's processes (``torch.distributed.barrier``; needed with ``world > 1``
+            or a model split across ranks), called after every process has read the done ids and before
+            any writes.
+        write: False on the processes of a model split across ranks other than the writer (module
+            docstring, 5): they label the same rows (the engine's collective forwards) and write no file.
     Returns:
         the run's ``JobResult`` (this worker's part). Raises FileExistsError (an output or part file exists
         without resume) or BadInput.
@@ -381,41 +395,43 @@ def run_job(job: LabelJob, scorer: EngineScorer, on_batch: Callable[[int], None]
     rows, errors = read_rows(job)
     rows, long_errors = _too_long(job, scorer, rows)
     errors = sorted(errors + long_errors, key=lambda e: e["line"])
-    if rank == 0:
+    if rank == 0 and write:
         write_jsonl(job.errors_path, errors)
     own = job.output if world == 1 else part_path(job.output, rank, world)
     done: set[str] = set()
     for path in existing:
-        done |= done_ids(path, _expect(job), repair=path == own)
+        done |= done_ids(path, _expect(job), repair=write and path == own)
     pending = [r for _, r in rows if str(r["id"]) not in done][rank::world]
-    if world > 1 and sync is not None:
-        sync()  # every worker has its share before any part file grows
-    job.output.parent.mkdir(parents=True, exist_ok=True)
+    if sync is not None:
+        sync()  # every process has its share before any output file grows
+    if write:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
     tokens_in = tokens_out = parse_failed = 0
     started, start = time.time(), time.perf_counter()
-    with own.open("a", encoding="utf-8") as f:
+    with own.open("a", encoding="utf-8") if write else contextlib.nullcontext() as f:
         for k, s in enumerate(range(0, len(pending), job.batch_size), 1):
             batch = pending[s:s + job.batch_size]
             preds = predict_batch(job, scorer, batch)
-            text = "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds)
-            if _kill_here("torn", k, rank):
-                cut = len(text) // 2
-                f.write(text[:cut - 1 if text[cut - 1] == "\n" else cut])  # never a whole line
+            if f is not None:
+                text = "".join(json.dumps(p, sort_keys=True) + "\n" for p in preds)
+                if _kill_here("torn", k, rank):
+                    cut = len(text) // 2
+                    f.write(text[:cut - 1 if text[cut - 1] == "\n" else cut])  # never a whole line
+                    f.flush()
+                    os.fsync(f.fileno())
+                    _kill()
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-                _kill()
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-            if _kill_here("batch", k, rank):
-                _kill()
+                if _kill_here("batch", k, rank):
+                    _kill()
             tokens_in += sum(p["tokens_in"] for p in preds)
             tokens_out += sum(p["tokens_out"] for p in preds)
             parse_failed += sum(p["parse"] != "ok" for p in preds)
             if on_batch is not None:
                 on_batch(len(batch))
     seconds = time.perf_counter() - start
-    if world == 1 and part_files(job.output):
+    if write and world == 1 and part_files(job.output):
         merge_outputs(job)
     n_done = sum(1 for _, r in rows if str(r["id"]) in done)
     return JobResult(rows=len(rows), labeled=len(pending), skipped=n_done, failed=len(errors),
