@@ -5,6 +5,11 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Triton kernels run in its interpreter on a machine without CUDA. Triton reads the variable when a kernel
+# is decorated, i.e. when kernels.fp8_triton is first imported, by whichever test gets there first: set it
+# here, before any test module is collected (worker processes inherit it). torch's CPU paths never use Triton.
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # What must never reach the console of a CLI run: a Python warning, a traceback fragment, a third-party bar.
 CONSOLE_NOISE = re.compile(r"Warning:|Traceback|File \"|return func\(|Loading weights|Writing model shards|\d+it/s\]")

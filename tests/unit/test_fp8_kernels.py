@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+if not torch.cuda.is_available():  # tests/conftest.py sets it first; this covers a run of the file alone
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from megatron_ads.kernels.fp8 import (FP8_DTYPE, act_quant, block_dequant, block_quant, expand_scale_rows,  # noqa: E402
