@@ -172,3 +172,29 @@ def test_megatron_checkpoint_generates_like_hf(fmt, tiny_ckpts, tmp_path):
     params = SamplingParams(max_new_tokens=5)
     assert [g.output_ids for g in Engine(model, cfg).generate(prompts, params)] == \
         [g.output_ids for g in Engine(hf_model, hf_cfg).generate(prompts, params)]
+
+
+@pytest.mark.parametrize("source", ["ds_qlora:bf16", "ds_noqlora:bf16", "llama_tied:bf16", "init_fp8"])
+def test_bf16_and_fp8_checkpoints_match_transformers(source, hf_saved, tiny_ckpts, tmp_path):
+    """Peer check on BF16 checkpoints written by transformers' save_pretrained and an FP8 (DeepSeek block-scaled)
+    checkpoint: the engine computing in fp32 from those weights vs transformers in fp32 from the same weights
+    (for FP8: its dequantized copy, DeepSeek's formula): greedy tokens exact batched (ragged) and alone, label
+    probabilities <= PROB_TOL."""
+    if source == "init_fp8":
+        path = tiny_ckpts("tiny_deepseek_v3", fp8=True)
+        ref_path = write_dequantized_copy(HFCheckpoint(path), tmp_path / "dequantized")
+    else:
+        name, dtype = source.split(":")
+        path = ref_path = hf_saved(name, dtype=dtype)
+    model, cfg, _ = load_for_inference(path, precision="fp32")
+    eng, ref = Engine(model, cfg, batch_size=2), _hf_model(ref_path)
+    prompts = _prompts(cfg.vocab_size, lengths=(4, 7, 4, 7))
+    batched = eng.generate(prompts, SamplingParams(max_new_tokens=NEW))
+    for p, b in zip(prompts, batched):
+        assert b.output_ids == eng.generate([p], SamplingParams(max_new_tokens=NEW))[0].output_ids
+        assert b.output_ids == _hf_greedy(ref, p)[0], source
+    cands = [[3], [11], [17, 42, 5]]
+    probs = eng.score_candidates(prompts[:2], cands)
+    for p, row in zip(prompts[:2], probs):
+        ref_p = torch.tensor([_hf_loglik(ref, p, c) for c in cands], dtype=torch.float64).softmax(-1)
+        assert (torch.tensor(row, dtype=torch.float64) - ref_p).abs().max().item() <= PROB_TOL, source
