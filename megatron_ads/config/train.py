@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ Dtype = Literal["fp32", "bf16"]
 StubImpl = Literal["megatron", "project"]
 StubPart = Literal["optimizer", "metrics"]
 TaskWeighting = Literal["loss", "sampling"]
+KlEstimator = Literal["k1", "k2", "k3"]
+GrpoAggregation = Literal["token_mean", "seq_mean", "task_token_mean"]
 DTYPES = get_args(Dtype)
 
 
@@ -248,6 +251,89 @@ class SFTSpec:
 
 
 @dataclass(kw_only=True, slots=True)
+class GRPOSpec:
+    """GRPO with downstream rewards (AdNanny §4.3; defaults from papers_spec.md §A.1): rollouts, advantages,
+    PPO-clip loss, KL to the frozen reference. The math is ``train.grpo``."""
+
+    group_size: int = 8
+    """G: rollouts sampled per prompt (one advantage group)."""
+    temperature: float = 1.0
+    """Rollout sampling temperature (> 0)."""
+    top_p: float = 1.0
+    """Rollout nucleus sampling mass, in (0, 1]."""
+    max_new_tokens: int = 128
+    """Rollout length limit (generation also stops at EOS or the task's closing tag)."""
+    eps_low: float = 0.2
+    """PPO clip range below 1: ρ is clipped at 1 − eps_low (spec ε = 0.2)."""
+    eps_high: float = 0.2
+    """PPO clip range above 1: ρ is clipped at 1 + eps_high (may differ from eps_low, e.g. 0.28)."""
+    dual_clip: float | None = None
+    """Dual clip constant c > 1: for A < 0 the objective is bounded below by c·A; None: off."""
+    kl_estimator: KlEstimator = "k3"
+    """Per-token KL(π_θ‖π_ref) estimator with r = π_ref/π_θ: k1 = −log r, k2 = ½(log r)², k3 = r − 1 − log r."""
+    kl_beta: float = 0.02
+    """β: KL coefficient (0: no KL term; the spec suggests 0.01–0.04)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (0: off)."""
+    ppo_epochs: int = 1
+    """μ: optimizer passes over each rollout batch."""
+    leave_one_out: bool = False
+    """Baseline each rollout with the mean of the other members of its group instead of the group mean."""
+    adv_eps: float = 1e-6
+    """eps in A = (r − baseline)/(std + eps)."""
+    token_alpha: float = 0.0
+    """α in A_{i,t} = A_i + α·r_token_{i,t} (0: plain GRPO, one advantage per completion)."""
+    aggregation: GrpoAggregation = "task_token_mean"
+    """Loss denominator: token_mean (global token count), seq_mean (mean over rollouts of each rollout's token
+    mean) or task_token_mean (token mean within each task, tasks combined by task_weights) so that a
+    long-answer task does not drown a label task."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """λ per task for task_token_mean (empty: equal weights over the batch's tasks)."""
+    rewards: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per-task reward combination {task: {reward_name: weight}}, each channel normalized within its group
+    before the weighted sum; reward names are checked against the rewards registry by ``train grpo``."""
+    expert_bias_update: bool = False
+    """Keep updating the MoE aux-loss-free expert bias during GRPO (off by default)."""
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size: expected >= 2 (a group of 1 has no relative advantage), "
+                             f"got {self.group_size}")
+        for name in ("max_new_tokens", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo.{name}: expected >= 1, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise ValueError(f"grpo.temperature: expected > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"grpo.top_p: expected (0, 1], got {self.top_p}")
+        if not 0.0 <= self.eps_low < 1.0:
+            raise ValueError(f"grpo.eps_low: expected [0, 1), got {self.eps_low}")
+        if not self.eps_high >= 0.0:
+            raise ValueError(f"grpo.eps_high: expected >= 0, got {self.eps_high}")
+        if self.dual_clip is not None and not self.dual_clip > 1.0:
+            raise ValueError(f"grpo.dual_clip: expected null (off) or > 1, got {self.dual_clip}")
+        _one_of("grpo", self, "kl_estimator", KlEstimator)
+        _one_of("grpo", self, "aggregation", GrpoAggregation)
+        for name in ("kl_beta", "entropy_coef", "adv_eps"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"grpo.{name}: expected >= 0, got {getattr(self, name)}")
+        if not math.isfinite(self.token_alpha):
+            raise ValueError(f"grpo.token_alpha: expected a finite number, got {self.token_alpha}")
+        for t, w in self.task_weights.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not w >= 0:
+                raise ValueError(f"grpo.task_weights.{t}: expected a weight >= 0, got {w!r}")
+        if not isinstance(self.rewards, dict):
+            raise ValueError(f"grpo.rewards: expected {{task: {{reward_name: weight}}}}, got {self.rewards!r}")
+        for t, combo in self.rewards.items():
+            if not isinstance(combo, dict) or not combo:
+                raise ValueError(f"grpo.rewards.{t}: expected a non-empty mapping {{reward_name: weight}}, "
+                                 f"got {combo!r}")
+            for name, w in combo.items():
+                if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+                    raise ValueError(f"grpo.rewards.{t}.{name}: expected a finite weight, got {w!r}")
+
+
+@dataclass(kw_only=True, slots=True)
 class JobConfig:
     """A training job: what, how, where. Saved as YAML beside every checkpoint."""
 
@@ -262,6 +348,7 @@ class JobConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
+    grpo: GRPOSpec = field(default_factory=GRPOSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,7 +360,8 @@ class JobConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "JobConfig":
         d = dict(d or {})
         nested = {"model": ModelSpec, "parallel": ParallelConfig, "data": DataSpec, "optim": OptimSpec,
-                  "train": TrainSpec, "checkpoint": CheckpointSpec, "sft": SFTSpec}
+                  "train": TrainSpec, "checkpoint": CheckpointSpec, "sft": SFTSpec,
+                  "grpo": GRPOSpec}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in d.items():
