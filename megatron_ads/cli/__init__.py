@@ -35,6 +35,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "demo": ("megatron_ads.cli.demo", "end-to-end pipeline on the CPU default"),
     "generate": ("megatron_ads.cli.generate", "plain completions from a JSONL of prompts (KV-cache engine)"),
     "label": ("megatron_ads.cli.label", "label a task's rows: label-only scoring or reasoning, resumable, cost report"),
+    "quantize": ("megatron_ads.cli.quantize", "per-tensor FP8 PTQ with nvidia-modelopt, calibrated on task rows"),
 }
 """The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
 imported: the verbs pull in megatron-core and transformers (seconds of imports), and they import this

@@ -177,6 +177,13 @@ THIRD_PARTY_WARNINGS: list[tuple[str, str, type[Warning]]] = [
     (r"torch\.distributed\.c10d_logger", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning),
     (r"torch\.distributed\.c10d_logger", r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning),
     (r"torch\.distributed", r".*TypedStorage is deprecated", UserWarning),
+    # nvidia-modelopt 0.47 (the quant extra) at import: it was released against transformers < 5.15
+    (r"modelopt\.torch", r"transformers \S+ is not tested with current version of modelopt", UserWarning),
+    # ... its megatron-core plugin, imported with it, checks a GPTModel method it patches (we quantize HF models)
+    (r"modelopt\.torch\.quantization\.plugins\.megatron", r"GPTModel\.sharded_state_dict is not the version",
+     UserWarning),
+    # ... and its HF export copies a scale with torch.tensor(tensor)
+    (r"modelopt\.torch\.export\.", r"To copy construct from a tensor", UserWarning),
 ]
 """Warnings the CLI filters where it starts (and every worker); everything else (ours included) still shows."""
 
