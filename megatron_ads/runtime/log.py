@@ -177,6 +177,11 @@ THIRD_PARTY_WARNINGS: list[tuple[str, str, type[Warning]]] = [
     (r"torch\.distributed\.c10d_logger", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning),
     (r"torch\.distributed\.c10d_logger", r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning),
     (r"torch\.distributed", r".*TypedStorage is deprecated", UserWarning),
+    # loading a torch_dist checkpoint (resume, init from a training checkpoint): megatron-core 0.16.1 calls
+    # torch DCP's deprecated load_state_dict, and DCP's planner warns about megatron's ShardedTensor use
+    (r"megatron\.core\.dist_checkpointing\.strategies\.torch", r"`load_state_dict` is deprecated", FutureWarning),
+    (r"torch\.distributed\.checkpoint\.", r"Please use DTensor instead and we are deprecating ShardedTensor",
+     FutureWarning),
     # nvidia-modelopt 0.47 (the quant extra) at import: it was released against transformers < 5.15
     (r"modelopt\.torch", r"transformers \S+ is not tested with current version of modelopt", UserWarning),
     # ... its megatron-core plugin, imported with it, checks a GPTModel method it patches (we quantize HF models)

@@ -59,3 +59,21 @@ def test_verbs_keep_the_console_clean(tmp_path, console_noise):
     assert "labeled 5 rows (0 already done, 0 malformed input lines, 0 unparsed outputs)" in r.stdout
     assert "config.json" in r.stderr and "FAILED: rank 0:" in r.stderr and "tp=1 only" in r.stderr
     assert console_noise(r.stdout, r.stderr) == []
+
+
+def test_train_save_and_resume_keep_the_console_clean(tmp_path, console_noise):
+    """A training run that saves a checkpoint, then one that resumes from it (megatron-core's torch_dist save
+    and load, torch DCP underneath): tagged lines only, none of their deprecation or overwrite warnings."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny_cpu.yaml"
+    common = [sys.executable, "-m", "megatron_ads", "train", "lm", "--config", str(config), f"out_dir={tmp_path / 'run'}",
+              "parallel.ep=1", "parallel.pp=1", "parallel.stage_layers=null", "checkpoint.every=2"]
+    first = subprocess.run([*common, "train.steps=2"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run([*common, "train.steps=3", "resume=auto"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr
+    for r in (first, again):
+        assert "warning" not in r.stderr.lower(), r.stderr[-3000:]
+        assert console_noise(r.stdout, r.stderr) == []
