@@ -13,12 +13,23 @@ generated from the same rules, so it is faithful to the label:
 
 Size, seed, class balance (``match_rate``) and defect rate are configurable per dataset, so the
 defect rate varies like the paper's datasets A–F. ``split`` gives deterministic train/val/test.
+
+Two fixed corpora serve the RL rewards (``rewards/`` takes them as arguments; it never imports ``data``):
+
+- ``ad_corpus``: the retrieval corpus of the recall@K reward (AdNanny Eq. 8) — one ad per (category,
+  brand, item, price) = 144 ads, and per query_gen keyword (a category name) its relevant ads: the 18 ads
+  of that category.
+- ``click_logs``: impressions and clicks of (keyword, ad text) pairs whose true click probability
+  ``true_ctr`` is a known function of keyword coverage, a call to action and the text length: what the
+  frozen CTR model of the CTR-uplift reward is trained on, so tests can check reward and truth agree.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -70,9 +81,9 @@ class SyntheticConfig:
 
 
 def _make_ad(rng: random.Random, category: str, price: str, city: str, defect: str | None,
-             brand: str | None = None) -> dict:
+             brand: str | None = None, item: str | None = None) -> dict:
     c = CATALOGUE[category]
-    brand, item = brand or rng.choice(c["brands"]), rng.choice(c["items"])
+    brand, item = brand or rng.choice(c["brands"]), item or rng.choice(c["items"])
     # the category is named once (in the title); description and URL speak of the brand and item
     title = f"{brand} {item} - {PRICE.get(price, 'great')} {category}"
     desc = f"Shop {brand} {item} in {city}. {PRICE.get(price, 'fair').capitalize()} prices, fast shipping."
@@ -203,6 +214,87 @@ def generate(task_name: str, cfg: SyntheticConfig) -> list[dict]:
                 if randomize is not None:
                     randomize(noise, row)
                 row["noisy_label"] = True
+    return rows
+
+
+# ------------------------------------------------------------------------------------ reward corpora
+AD_PRICES = ("cheap", "mid", "luxury")
+"""Price levels of the retrieval corpus (one ad per category x brand x item x price)."""
+
+
+def ad_corpus(seed: int = 0) -> dict:
+    """The fixed ad corpus of the recall@K reward, deterministic in ``seed`` (which only picks each ad's city).
+
+    Returns ``{"ads": [{"id", "title", "description", "url", "category"}], "relevant": {keyword: [ad id]}}``:
+    one well-formed ad per (category, brand, item, price) of ``CATALOGUE`` (8 x 3 x 2 x 3 = 144 ads, all
+    texts distinct), and for each query_gen keyword (a category name) the ids of that category's ads (18).
+    """
+    rng = random.Random(f"ad_corpus:{seed}")
+    ads, relevant = [], {}
+    for cat in sorted(CATALOGUE):
+        c = CATALOGUE[cat]
+        for brand in c["brands"]:
+            for item in c["items"]:
+                for price in AD_PRICES:
+                    ad = _make_ad(rng, cat, price, rng.choice(CITIES), None, brand=brand, item=item)
+                    ad_id = f"ad{len(ads)}"
+                    ads.append({"id": ad_id, "title": ad["title"], "description": ad["description"],
+                                "url": ad["url"], "category": cat})
+                    relevant.setdefault(cat, []).append(ad_id)
+    return {"ads": ads, "relevant": relevant}
+
+
+CTA_PHRASES = ("shop now", "buy now", "order today", "get yours today", "book now", "try it free")
+"""Calls to action that raise the true click probability (``true_ctr``)."""
+_WORD = re.compile(r"[\w']+")
+_FILLERS = ("Fast shipping.", "Free returns.", "Top rated by customers.", "Limited stock.", "New season styles.",
+            "Compare models and reviews.", "Trusted since 1990.", "Easy setup at home.")
+
+
+def keyword_coverage(keyword: str, text: str) -> float:
+    """Share of the keyword's words (lower-cased) that occur in ``text``: 0 when the keyword has none."""
+    kw, words = _WORD.findall(keyword.lower()), set(_WORD.findall(text.lower()))
+    return sum(w in words for w in kw) / len(kw) if kw else 0.0
+
+
+def true_ctr(keyword: str, text: str) -> float:
+    """The synthetic world's click probability of ad ``text`` shown for ``keyword``:
+    ``sigmoid(-2 + 1.5·coverage + 1.0·cta - min(((chars - 80) / 50)², 2))`` — keyword coverage
+    (``keyword_coverage``), a call to action from ``CTA_PHRASES`` (case-insensitive), and a length in
+    characters near 80. Ranges from about 0.02 to 0.62."""
+    low = text.lower()
+    cta = any(p in low for p in CTA_PHRASES)
+    length = min(((len(text) - 80) / 50) ** 2, 2.0)
+    logit = -2.0 + 1.5 * keyword_coverage(keyword, text) + 1.0 * cta - length
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+def click_logs(n: int, seed: int = 0, impressions: int = 20) -> list[dict]:
+    """``n`` synthetic click-log rows ``{"id", "keyword", "text", "impressions", "clicks", "p_click"}``,
+    deterministic in ``seed``: an ad text (title + description, built from the catalogue with or without
+    the category words, a call to action and 0–4 filler sentences) shown ``impressions`` times for a
+    keyword (its own category 80 % of the time, another one otherwise); ``clicks`` ~ Binomial(impressions,
+    ``true_ctr``), ``p_click`` the true probability (for evaluation only)."""
+    if n < 1 or impressions < 1:
+        raise ValueError(f"click_logs: expected n >= 1 and impressions >= 1, got n={n}, impressions={impressions}")
+    rng = random.Random(f"click_logs:{seed}")
+    cats = sorted(CATALOGUE)
+    rows = []
+    for i in range(n):
+        cat = rng.choice(cats)
+        c = CATALOGUE[cat]
+        brand, item = rng.choice(c["brands"]), rng.choice(c["items"])
+        title = rng.choice([f"{brand} {item}", f"{brand} {item} - {cat}", f"{cat} by {brand}",
+                            f"{PRICE.get(rng.choice(AD_PRICES), 'great').capitalize()} {item}"])
+        parts = rng.sample(_FILLERS, rng.randint(0, 4))
+        if rng.random() < 0.5:
+            parts.insert(rng.randint(0, len(parts)), rng.choice(CTA_PHRASES).capitalize() + rng.choice([".", "!"]))
+        text = " ".join([title + "."] + parts)
+        keyword = cat if rng.random() < 0.8 else rng.choice([x for x in cats if x != cat])
+        p = true_ctr(keyword, text)
+        clicks = sum(rng.random() < p for _ in range(impressions))
+        rows.append({"id": f"cl{seed}-{i}", "keyword": keyword, "text": text, "impressions": impressions,
+                     "clicks": clicks, "p_click": p})
     return rows
 
 

@@ -1,0 +1,17 @@
+"""Rewards for RL (AdNanny §4.3): functions ``fn(prompts, completions, task, meta) -> list[float | None]``
+registered by name (``registry.REWARDS``) and combined per task with weights (``registry.RewardCombination``).
+
+- ``rules``: ``label`` (label correctness, format penalty when malformed) and ``format``.
+- ``retrieval``: the frozen MiniLM embedder, the faiss ad index, and ``recall_at_k`` (Eq. 8, per-sample or batch).
+- ``ctr``: the frozen CTR model trained on click logs, and ``ctr_uplift``.
+
+Importing this package registers every reward. ``rewards`` sits beside ``data`` and ``eval`` in the layer
+order and imports neither: task parsers, gold labels and corpora come in through ``RewardResources``.
+"""
+
+from megatron_ads.rewards import ctr, retrieval, rules  # noqa: F401  (registers the rewards)
+from megatron_ads.rewards.registry import (REWARDS, RewardCombination, RewardOutput, RewardResources, build,
+                                           call, check_combination, get)
+
+__all__ = ["REWARDS", "RewardCombination", "RewardOutput", "RewardResources", "build", "call",
+           "check_combination", "get", "ctr", "retrieval", "rules"]
