@@ -1,7 +1,8 @@
 """``megatron-ads train lm --config FILE.yaml [key=value ...] [--nproc N]``
 
 Runs under torchrun/srun (each process is one rank) or alone; with ``--nproc N`` on CPU it starts
-N gloo workers itself. ``sft`` trains the multi-task label+reasoning model (grpo, rm and ppo are not available yet).
+N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``grpo`` aligns it with downstream
+rewards (rollouts on the inference engine in-process; rm and ppo are not available yet).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_ads.cli import emit
-from megatron_ads.cli.workers import sft_worker, train_worker
+from megatron_ads.cli.workers import grpo_worker, sft_worker, train_worker
 from megatron_ads.config.model import MTP_POLICIES
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime import log as logs
@@ -18,8 +19,9 @@ from megatron_ads.runtime.launch import spawn
 
 
 def register(p) -> None:
-    p.add_argument("mode", choices=("lm", "sft"),
-                   help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting")
+    p.add_argument("mode", choices=("lm", "sft", "grpo"),
+                   help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting; "
+                   "grpo: GRPO with downstream rewards (init from an SFT checkpoint: model.init=mcore model.path=DIR)")
     p.add_argument("--config", required=True, help="job YAML (see launch/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10 out_dir=runs/x resume=auto")
     p.add_argument("--nproc", type=int, default=None, help="start N local gloo workers (CPU)")
@@ -39,7 +41,7 @@ def run(args) -> int:
     if args.mtp is not None:
         overrides.append(f"model.mtp={args.mtp}")
     job = JobConfig.load(args.config, overrides)
-    worker = sft_worker if args.mode == "sft" else train_worker
+    worker = {"sft": sft_worker, "grpo": grpo_worker}.get(args.mode, train_worker)
     world_needed = job.parallel.tp * job.parallel.pp
     log_dir = Path(job.out_dir) / "logs"  # every rank's full log (DEBUG): <out_dir>/logs/rank_R.log
     if read_env().launcher != "single" or (args.nproc or 1) == 1:

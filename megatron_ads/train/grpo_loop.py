@@ -1,0 +1,496 @@
+"""GRPO on the Trainer (AdNanny §4.3; spec ``papers_spec.md`` §A.1; the math is ``train.grpo``).
+
+One step:
+1. Prompts: ``global_batch / group_size`` rows of the SFT tasks (``sft.tasks``, the SFT data loading), tasks
+   taken round-robin, rows drawn with an RNG seeded by (data seed, model seed, step): every rank draws the
+   same batch and a resumed run draws what the uninterrupted one drew (the data position is the step).
+2. Rollouts: ``group_size`` completions per prompt through the ``Rollout`` the caller hands in
+   (``train.rollout``; ``cli.workers`` runs the inference engine in-process over this rank's chunk), seeded
+   per step; model in eval mode during it, back in train mode after. Every rank holds every rollout.
+3. Rewards per task from the rewards registry (``grpo.rewards``: {task: {reward: weight}}; defaults: ``label``
+   for the labeling tasks, ``recall_at_k`` + ``format`` for query_gen), group advantages per channel, then
+   the weighted sum (``train.grpo.combine_advantages``).
+4. Old-policy log-probs: one forward-only pass of the trainer's model over this rank's rollouts (megatron's
+   pipeline schedule); ``token_mult_prob_error`` against the engine's log-probs is logged. Reference
+   log-probs (``grpo.kl_beta > 0``): the same pass over a frozen copy of the initial policy (a second chunk
+   built the same way, weights copied before any resume, no grad); skipped when β = 0.
+5. ``grpo.ppo_epochs`` passes of the PPO-clip loss through megatron's forward_backward_func (1F1B), each
+   followed by an optimizer step. Each micro-batch returns its share of the *global* loss (denominators over
+   the whole batch: every rank holds every rollout, so the global token / sequence / per-task counts are
+   known on every rank without an all-reduce); megatron divides a micro-batch's loss by the number of
+   micro-batches and DDP averages gradients over DP ranks, so the share is multiplied by both.
+
+MoE: the aux-loss-free expert-bias update is off unless ``grpo.expert_bias_update`` (it would chase the
+rollouts' routing). MTP layers are not trained by GRPO (``model.mtp=drop``).
+
+Shapes: B rollouts in a micro-batch, S = train.seq_len, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
+from megatron_ads.config.train import JobConfig, ModelSpec
+from megatron_ads.data.packing import model_forward
+from megatron_ads.data.sft_data import load_sft_data, sft_tokenizer
+from megatron_ads.data.synthetic import ad_corpus
+from megatron_ads.data.tasks import check_sft, parse_output, sft_tasks, task
+from megatron_ads.runtime.log import get_logger
+from megatron_ads.train import ckpt, grpo
+from megatron_ads.train.build import load_initial_weights
+from megatron_ads.train.loop import Trainer, TrainingAborted
+from megatron_ads.train.moe import track_moe_metrics
+from megatron_ads.train.rollout import Completion, RolloutFactory, RolloutSettings, check_groups
+
+log = get_logger(__name__)
+
+DEFAULT_REWARDS = {"query_ad": {"label": 1.0}, "ad_user": {"label": 1.0},
+                   "query_gen": {"recall_at_k": 1.0, "format": 0.5}}
+"""Reward combination of a task ``grpo.rewards`` does not name."""
+STATS = ("share", "pg", "kl", "clip_low", "clip_high", "dual", "entropy", "tokens")
+"""Per-micro-batch sums reduced after each pass (masked sums; ``tokens`` the mask count)."""
+
+
+def reward_weights(job: JobConfig, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """{task: {reward: weight}} for ``tasks``: ``grpo.rewards`` or the defaults; ValueError naming the field."""
+    out = {}
+    for t in tasks:
+        combo = job.grpo.rewards.get(t) or DEFAULT_REWARDS.get(t)
+        if not combo:
+            raise ValueError(f"grpo.rewards.{t}: no reward for task {t!r} (no default either); "
+                             f"give {{reward_name: weight}}")
+        out[t] = dict(combo)
+    extra = sorted(set(job.grpo.rewards) - set(tasks))
+    if extra:
+        raise ValueError(f"grpo.rewards: task(s) {extra} not in sft.tasks {tasks} (the tasks prompts come from)")
+    return out
+
+
+def _gold(t: str, row: dict) -> dict[str, Any]:
+    """Gold value of each closed-set output field of task ``t`` in ``row`` ({} when there are none)."""
+    out = {}
+    for f in task(t).outputs:
+        if f.allowed is None:
+            continue
+        cur: Any = row
+        for part in f.key.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                cur = None
+                break
+            cur = cur[part]
+        if cur is not None:
+            out[f.name] = str(cur)
+    return out
+
+
+def build_rewards(weights: dict[str, dict[str, float]], seed: int):
+    """The reward functions ``weights`` uses, bound to the task parser, the gold labels and (recall@K) the
+    synthetic ad corpus. Returns {reward name: fn}."""
+    from megatron_ads.rewards import registry, rules  # noqa: F401  (rules registers label and format)
+
+    used = {n for combo in weights.values() for n in combo}
+    if "recall_at_k" in used:
+        from megatron_ads.rewards import retrieval  # noqa: F401  (registers recall_at_k; loads the embedder)
+    resources = registry.RewardResources(
+        parse=lambda t, text: parse_output(task(t), text), gold=_gold,
+        ad_corpus=ad_corpus(seed) if "recall_at_k" in used else None)
+    combo = registry.RewardCombination(tasks=weights, where="grpo.rewards")
+    return combo.build_all(resources)
+
+
+def tokenizer_source(job: JobConfig) -> ModelSpec:
+    """The model spec whose checkpoint holds the tokenizer: an mcore training run's checkpoints root (or its
+    ``latest``) resolved to the step directory, which carries ``tokenizer/``."""
+    m = job.model
+    if m.init == "mcore" and not (Path(m.path) / "tokenizer").is_dir() and not (Path(m.path) / LEGACY_LATEST).is_file():
+        return dataclasses.replace(m, path=str(ckpt.resolve(m.path)))
+    return m
+
+
+def stop_text(name: str) -> str | None:
+    """Where a rollout of task ``name`` may stop besides EOS: its last output field's closing tag."""
+    outs = task(name).outputs
+    return None if not outs or outs[-1].repeated else f"</{outs[-1].tag}>"
+
+
+class GRPOTrainer(Trainer):
+    """Trainer whose step is a GRPO iteration (``job.grpo``) over the SFT tasks' prompts (``job.sft``)."""
+
+    def __init__(self, job: JobConfig, rollout_factory: RolloutFactory):
+        check_sft(job.sft)
+        g, t = job.grpo, job.train
+        if g.max_new_tokens >= t.seq_len:
+            raise ValueError(f"grpo.max_new_tokens: {g.max_new_tokens} must be below train.seq_len {t.seq_len} "
+                             f"(prompt + completion are trained as one sequence)")
+        super().__init__(job)
+        if self.global_batch % g.group_size:
+            raise ValueError(f"train.micro_batch x train.num_microbatches x dp = {self.global_batch} rollouts per "
+                             f"step: expected a multiple of grpo.group_size={g.group_size}")
+        if self.cfg.num_mtp_layers:
+            raise ValueError(f"model: {self.cfg.num_mtp_layers} MTP layer(s); GRPO trains without them "
+                             f"(set model.mtp=drop)")
+        self.n_prompts = self.global_batch // g.group_size
+        self.task_names = sft_tasks(job.sft)
+        self.data = load_sft_data(job.sft)
+        self.tokenizer = sft_tokenizer(tokenizer_source(job), self.cfg.vocab_size, self.data,
+                                       self.out / "tokenizer" if self.rank == 0 else None)
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        self.weights = reward_weights(job, self.task_names)
+        missing = sorted(set(g.task_weights) - set(self.task_names))
+        if missing:
+            raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
+        self.reward_fns = build_rewards(self.weights, job.sft.data_seed)
+        self.rollout = rollout_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer,
+                                       batch_size=self.global_batch)
+        self.model.train()  # a factory may leave it in eval mode (the inference engine does)
+        if not g.expert_bias_update:
+            self.tconfig.moe_router_enable_expert_bias = False  # finalize_model_grads skips the bias update
+        self.logits_path = self.par.tp == 1
+        """Log-probs (and entropy) from the full logits (TP 1); else -NLL from megatron's vocab-parallel CE."""
+        self.ref = self._build_reference() if g.kl_beta > 0 else None
+
+    # ------------------------------------------------------------------ reference
+    def _build_reference(self):
+        """A frozen copy of the initial policy: a second chunk built the same way, the policy's weights copied
+        in now (before any resume), eval mode, no grad."""
+        from megatron_ads.model.build import build_model_chunk, transformer_config
+        from megatron_ads.model.specs import use_te_default
+
+        o = self.job.optim
+        tconfig = transformer_config(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
+                                     calculate_per_token_loss=False)
+
+        chunk = build_model_chunk(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
+                                  use_te=use_te_default(self.platform.name), tconfig=tconfig)
+        if self.job.model.init == "random":
+            chunk.load_state_dict(self.model.module.state_dict())
+        else:
+            load_initial_weights(chunk, self.job.model, self.cfg, self.job)
+        for p in chunk.parameters():
+            p.requires_grad_(False)
+        return chunk.eval()
+
+    # ------------------------------------------------------------------ prompts and rollouts
+    def draw_prompts(self, step: int) -> list[tuple[str, dict]]:
+        """The (task, row) of each prompt of ``step`` (module docstring, step 1)."""
+        s = self.job.sft
+        rng = random.Random(f"grpo:{s.data_seed}:{self.job.train.seed}:{step}")
+        out = []
+        for k in range(self.n_prompts):
+            name = self.task_names[(step * self.n_prompts + k) % len(self.task_names)]
+            out.append((name, rng.choice(self.data[name]["train"])))
+        return out
+
+    def rollout_seed(self, step: int) -> int:
+        """Sampling seed of ``step``'s rollouts (row r of the batch samples with seed + r)."""
+        return (self.job.train.seed * 1_000_003 + step * 7_919 * max(self.global_batch, 1)) % (2**31 - 1)
+
+    def encode_prompt(self, name: str, row: dict) -> list[int]:
+        g, t = self.job.grpo, self.job.train
+        ids = list(self.tokenizer(task(name).prompt(row), add_special_tokens=False)["input_ids"])
+        return ids[-(t.seq_len + 1 - g.max_new_tokens):]
+
+    def run_rollouts(self, prompts: list[tuple[str, dict]], step: int) -> tuple[list[list[int]], list[Completion]]:
+        """Prompt ids and G completions per prompt (flattened: rollout i = prompt i // G, member i % G)."""
+        g = self.job.grpo
+        G = g.group_size
+        prompt_ids = [self.encode_prompt(n, r) for n, r in prompts]
+        comps: list[Completion | None] = [None] * (len(prompts) * G)
+        base = self.rollout_seed(step)
+        self.model.eval()
+        try:
+            for name in self.task_names:  # one call per task: its own stop text
+                idx = [k for k, (n, _) in enumerate(prompts) if n == name]
+                if not idx:
+                    continue
+                settings = RolloutSettings(max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                                           top_p=g.top_p, seed=base + idx[0] * G,
+                                           stop_ids={self.eos} if self.eos is not None else set(),
+                                           stop_text=stop_text(name))
+                groups = check_groups(self.rollout.generate([prompt_ids[k] for k in idx], settings, G), len(idx), G)
+                for k, grp in zip(idx, groups):
+                    for j, c in enumerate(grp):
+                        comps[k * G + j] = c
+        finally:
+            self.model.train()
+        return prompt_ids, comps  # type: ignore[return-value]
+
+    def compute_rewards(self, prompts, comps: list[Completion]):
+        """Reward channels per rollout (None where a channel does not score that rollout's task)."""
+        from megatron_ads.rewards.registry import call
+
+        G = self.job.grpo.group_size
+        tasks = [prompts[i // G][0] for i in range(len(comps))]
+        texts = [self.tokenizer.decode([x for x in c.output_ids if x != self.eos]) for c in comps]
+        rewards: dict[str, list[float | None]] = {}
+        token_values: dict[str, list[list[float] | None]] = {}
+        for name in self.task_names:
+            idx = [i for i, t in enumerate(tasks) if t == name]
+            if not idx:
+                continue
+            spec = task(name)
+            p_text = [spec.prompt(prompts[i // G][1]) for i in idx]
+            meta = [dict(prompts[i // G][1], group=i // G, rollout=i % G) for i in idx]
+            for ch in self.weights[name]:
+                out = call(self.reward_fns[ch], p_text, [texts[i] for i in idx], name, meta)
+                vals = rewards.setdefault(ch, [None] * len(comps))
+                for i, v in zip(idx, out.values):
+                    vals[i] = v
+                if out.token_values is not None:
+                    tv = token_values.setdefault(ch, [None] * len(comps))
+                    for i, v in zip(idx, out.token_values):
+                        tv[i] = v
+        return tasks, texts, rewards, token_values
+
+    # ------------------------------------------------------------------ batches
+    def build_batch(self, prompt_ids, comps: list[Completion], tasks, adv_B: torch.Tensor,
+                    token_values: dict[str, list]) -> dict[str, Any]:
+        """Full-batch tensors: tokens/labels/mask [N, S] (mask on completion tokens), engine log-probs and
+        token advantages on the mask."""
+        g, S = self.job.grpo, self.job.train.seq_len
+        G = g.group_size
+        N = len(comps)
+        tokens = torch.full((N, S + 1), self.pad, dtype=torch.long)
+        mask = torch.zeros(N, S)
+        elp = torch.zeros(N, S, dtype=torch.float64)
+        for i, c in enumerate(comps):
+            p = prompt_ids[i // G]
+            ids = (p + c.output_ids)[:S + 1]
+            tokens[i, :len(ids)] = torch.tensor(ids)
+            n_out = len(ids) - len(p)
+            mask[i, len(p) - 1:len(p) - 1 + n_out] = 1.0
+            elp[i, len(p) - 1:len(p) - 1 + n_out] = torch.tensor(c.logprobs[:n_out], dtype=torch.float64)
+        tok_r = None
+        if g.token_alpha and token_values:
+            tok_r = torch.zeros(N, S)
+            for ch, vals in token_values.items():
+                w = torch.tensor([self.weights[t].get(ch, 0.0) for t in tasks])
+                tok_r += w[:, None] * grpo.pack_token_rewards(vals, mask)
+        adv = grpo.token_advantages(adv_B, mask, tok_r, g.token_alpha)
+        return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(), "loss_mask": mask,
+                "adv": adv, "engine_logp": elp, "tasks": list(tasks)}
+
+    def _my_microbatches(self, full: dict[str, Any]) -> list[dict[str, Any]]:
+        t = self.job.train
+        per_rank = t.num_microbatches * t.micro_batch
+        start = self.ps.get_data_parallel_rank() * per_rank
+        out = []
+        for m in range(t.num_microbatches):
+            lo, hi = start + m * t.micro_batch, start + (m + 1) * t.micro_batch
+            out.append({k: v[lo:hi] for k, v in full.items()})
+        return out
+
+    # ------------------------------------------------------------------ forward passes
+    def _token_logp(self, b: dict, out: torch.Tensor, entropy: bool = False):
+        """Log-prob of each label [B, S] (and the entropy [B, S] when asked and on the logits path)."""
+        labels = b["labels"].to(out.device)
+        if self.logits_path:
+            logits = out.float()
+            lp_BSV = torch.log_softmax(logits, dim=-1)
+            logp = lp_BSV.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            ent = -(lp_BSV.exp() * lp_BSV).sum(-1) if entropy else None
+            return logp, ent
+        return -out.float(), None
+
+    def _model_out(self, model, b: dict):
+        return model_forward(model, b, self.device, with_labels=not self.logits_path)
+
+    def _logp_step(self, data_iterator, model):
+        b = next(data_iterator)
+        return self._model_out(model, b), partial(self._collect_logp, b)
+
+    def _collect_logp(self, b: dict, out: torch.Tensor):
+        logp, _ = self._token_logp(b, out)
+        return torch.zeros((), device=out.device), torch.tensor(1, dtype=torch.int), {"logp": logp.detach()}
+
+    def forward_logp(self, model, mbs: list[dict[str, Any]]) -> list[torch.Tensor | None]:
+        """Per-token log-probs of each micro-batch (last stage; None elsewhere): one forward-only pass."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        t = self.job.train
+        with torch.no_grad():
+            store = self._phase("logp-forward", get_forward_backward_func(), forward_step_func=self._logp_step,
+                                data_iterator=iter(mbs), model=[model], num_microbatches=len(mbs),
+                                seq_length=t.seq_len, micro_batch_size=t.micro_batch, forward_only=True)
+        if not self.ps.is_pipeline_last_stage():
+            return [None] * len(mbs)
+        return [d["logp"].double() for d in store]
+
+    def _forward_step(self, data_iterator, model):
+        b = next(data_iterator)
+        return self._model_out(model, b), partial(self._grpo_loss, b)
+
+    def _grpo_loss(self, b: dict, out: torch.Tensor):
+        """This micro-batch's share of the global GRPO loss (module docstring, step 5) and its statistics."""
+        g = self.job.grpo
+        mask = b["loss_mask"].to(out.device)
+        logp, ent = self._token_logp(b, out, entropy=True)
+        loss_BT, pl, kl_BT = grpo.grpo_token_loss(
+            logp, b["old_logp"].to(logp), b["adv"].to(logp),
+            ref_logp_BT=b["ref_logp"].to(logp) if "ref_logp" in b else None,
+            entropy_BT=ent, eps_low=g.eps_low, eps_high=g.eps_high, dual_clip=g.dual_clip,
+            kl_estimator=g.kl_estimator, kl_beta=g.kl_beta, entropy_coef=g.entropy_coef if ent is not None else 0.0)
+        d = self._denoms
+        share = grpo.aggregate_loss(loss_BT, mask, g.aggregation, num_tokens=d["tokens"], num_seqs=d["seqs"],
+                                    tasks=b["tasks"], task_tokens=d["task_tokens"], task_weights=d["task_weights"])
+        m = mask.bool()
+        with torch.no_grad():
+            zero = torch.zeros((), dtype=torch.float64)
+            stats = torch.stack([
+                share.detach().double(), (pl.loss_BT * mask).sum().double(),
+                (kl_BT * mask).sum().double() if kl_BT is not None else zero,
+                (pl.clipped_low_BT & m).sum().double(), (pl.clipped_high_BT & m).sum().double(),
+                (pl.dual_clipped_BT & m).sum().double(),
+                (ent * mask).sum().double() if ent is not None else zero, mask.sum().double()]).cpu()
+        scaled = share * self.job.train.num_microbatches * self.dp  # undo megatron's /num_microbatches and DDP's /dp
+        return scaled, torch.tensor(1, dtype=torch.int), {"grpo": stats}
+
+    def _denominators(self, full: dict[str, Any]) -> dict[str, Any]:
+        """Global loss denominators over the whole batch (every rank holds every rollout)."""
+        m = full["loss_mask"]
+        task_tokens: dict[str, float] = {}
+        for t, n in zip(full["tasks"], m.sum(1).tolist()):
+            task_tokens[t] = task_tokens.get(t, 0.0) + n
+        tw = self.job.grpo.task_weights
+        if tw:
+            total = sum(tw.get(t, 0.0) for t in task_tokens) or 1.0
+            weights = {t: tw.get(t, 0.0) / total for t in task_tokens}
+        else:
+            weights = {t: 1.0 / len(task_tokens) for t in task_tokens}
+        return {"tokens": float(m.sum()), "seqs": float((m.sum(1) > 0).sum()), "task_tokens": task_tokens,
+                "task_weights": weights}
+
+    def _reduce_last(self, buf: torch.Tensor) -> torch.Tensor:
+        """Sum ``buf`` (float64, filled on last-stage ranks) over DP and broadcast it from the last rank."""
+        if self.ps.is_pipeline_last_stage():
+            dist.all_reduce(buf, group=self.ps.get_data_parallel_group())
+        dist.broadcast(buf, src=dist.get_world_size() - 1)
+        return buf
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self) -> dict[str, Any]:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        g, t = self.job.grpo, self.job.train
+        G = g.group_size
+        t0 = time.time()
+        prompts = self.draw_prompts(self.step)
+        prompt_ids, comps = self._phase("rollout", self.run_rollouts, prompts, self.step)
+        t_roll = time.time() - t0
+        tasks, texts, rewards, token_values = self.compute_rewards(prompts, comps)
+        adv = grpo.combine_advantages(rewards, [i // G for i in range(len(comps))], tasks, self.weights,
+                                      eps=g.adv_eps, leave_one_out=g.leave_one_out)
+        full = self.build_batch(prompt_ids, comps, tasks, adv.adv_B, token_values)
+        self._denoms = self._denominators(full)
+        mbs = self._my_microbatches(full)
+        old = self.forward_logp(self.model, mbs)
+        ref = self.forward_logp(self.ref, mbs) if self.ref is not None else None
+        err = torch.zeros(3, dtype=torch.float64)
+        for k, b in enumerate(mbs):
+            if old[k] is not None:
+                b["old_logp"] = old[k]
+                if ref is not None:
+                    b["ref_logp"] = ref[k]
+                m = b["loss_mask"].bool()
+                diff = (b["engine_logp"] - old[k])[m]
+                err += torch.stack([torch.expm1(diff).abs().sum(), torch.tensor(float(m.sum()), dtype=torch.float64),
+                                    diff.abs().max() if diff.numel() else torch.zeros((), dtype=torch.float64)])
+            else:
+                b["old_logp"] = torch.zeros_like(b["loss_mask"], dtype=torch.float64)
+        max_diff = err[2].clone()
+        err = self._reduce_last(err)
+        if self.ps.is_pipeline_last_stage():
+            dist.all_reduce(max_diff, op=dist.ReduceOp.MAX, group=self.ps.get_data_parallel_group())
+        dist.broadcast(max_diff, src=dist.get_world_size() - 1)
+        t1 = time.time()
+        epoch_stats, ok, grad_norm, finite = [], True, None, True
+        for _epoch in range(g.ppo_epochs):
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            self.expert_load.reset()
+            losses = self._phase("forward-backward", get_forward_backward_func(),
+                                 forward_step_func=self._forward_step, data_iterator=iter(mbs), model=[self.model],
+                                 num_microbatches=t.num_microbatches, seq_length=t.seq_len,
+                                 micro_batch_size=t.micro_batch, forward_only=False)
+            buf = torch.zeros(len(STATS), dtype=torch.float64)
+            if self.ps.is_pipeline_last_stage():
+                for item in losses:
+                    buf += item["grpo"]
+            buf = self._phase("loss-report", self._reduce_last, buf)
+            epoch_stats.append(dict(zip(STATS, buf.tolist())))
+            finite = math.isfinite(epoch_stats[-1]["share"])
+            if not finite:
+                ok = False
+                break
+            ok, grad_norm, _zeros = self._phase("optimizer", self.optimizer.step)
+            if not ok:
+                break
+        if ok and finite:
+            self.scheduler.step(increment=1)
+        if not finite:
+            self.nan_steps += 1
+        moe = {}
+        if self.cfg.is_moe:
+            if t.moe_metrics:
+                self._phase("moe-metrics", track_moe_metrics, self.cfg, self.step, "metrics" in self.stub_parts)
+            moe = self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0)
+        t_train = time.time() - t1
+        dt = time.time() - t0
+        st = epoch_stats[0]
+        n_tok = max(st["tokens"], 1.0)
+        lens = [len(c.output_ids) for c in comps]
+        gen_tokens = sum(lens)
+        rec: dict[str, Any] = {
+            "step": self.step + 1, "loss": epoch_stats[-1]["share"],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "lr": float(self.optimizer.param_groups[0]["lr"]), "skipped": not (finite and ok),
+            "nan_steps": self.nan_steps, "pg_loss": st["pg"] / n_tok,
+            "kl": st["kl"] / n_tok if self.ref is not None else None,
+            "clip_frac_low": st["clip_low"] / n_tok, "clip_frac_high": st["clip_high"] / n_tok,
+            "clip_frac_dual": st["dual"] / n_tok, "entropy": st["entropy"] / n_tok if self.logits_path else None,
+            "frac_reward_zero_std": adv.frac_reward_zero_std,
+            **{f"frac_reward_zero_std/{c}": v for c, v in adv.frac_reward_zero_std_by_channel.items()},
+            **grpo.reward_stats(rewards, tasks),
+            "response_len_mean": gen_tokens / len(lens), "response_len_max": max(lens),
+            "finish_stop_frac": sum(c.finish_reason == "stop" for c in comps) / len(comps),
+            "token_mult_prob_error": float(err[0] / err[1]) if err[1] > 0 else 0.0,
+            "logprob_max_abs_diff": float(max_diff),
+            "rollout_time_s": t_roll, "rollout_tokens_per_s": gen_tokens / max(t_roll, 1e-9),
+            "train_time_s": t_train,
+            "train_tokens_per_s": self.global_batch * t.seq_len * g.ppo_epochs / max(t_train, 1e-9),
+            "tokens_per_s": self.global_batch * t.seq_len / dt, "step_time_s": dt}
+        if g.ppo_epochs > 1:
+            rec["loss_first_epoch"] = st["share"]
+        rec.update(moe)
+        self.last_texts = texts
+        self.step += 1
+        if not finite and self.nan_steps > t.max_nan_steps:
+            raise TrainingAborted(f"{self.nan_steps} steps with a non-finite GRPO loss (limit train.max_nan_steps="
+                                  f"{t.max_nan_steps}); last at step {self.step}. Lower optim.lr.")
+        return rec
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_common(self) -> dict[str, Any]:
+        # prompts and rollout seeds are functions of the step (draw_prompts, rollout_seed): the step is the
+        # data position and the rollout RNG state; both saved explicitly for inspection
+        return {**super().checkpoint_common(),
+                "grpo": {"prompts_drawn": self.step * self.n_prompts, "next_rollout_seed": self.rollout_seed(self.step)}}
+
+    def restore_common(self, state: dict[str, Any]) -> None:
+        super().restore_common(state)
+        saved = state.get("grpo")
+        if saved is not None and saved["next_rollout_seed"] != self.rollout_seed(self.step):
+            raise ValueError(f"checkpoint: rollout seed {saved['next_rollout_seed']} at step {self.step} differs from "
+                             f"this run's {self.rollout_seed(self.step)} (train.seed or the batch shape changed)")
+
