@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_ads.checkpoint.parity import default_nproc
 from megatron_ads.cli import emit
+from megatron_ads.cli.engine_args import add_engine_args, read_layout
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.tokenizer import load_tokenizer
-from megatron_ads.infer.cache import CACHE_KINDS
 from megatron_ads.infer.engine import Engine, SamplingParams
-from megatron_ads.infer.weights import PRECISIONS, eos_ids, load_for_inference, read_model_config, tokenizer_dir
+from megatron_ads.infer.weights import eos_ids, load_for_inference, read_model_config, tokenizer_dir
 from megatron_ads.runtime import launch
 from megatron_ads.runtime.dist import read_env
 from megatron_ads.runtime.errors import BadInput
@@ -53,18 +52,7 @@ def register(p) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="row i samples with seed S + i (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward (default: %(default)s)")
-    p.add_argument("--cache", choices=CACHE_KINDS, default="static",
-                   help="generation KV cache: static (megatron-core's, full per-head K and V) or latent (MLA models: "
-                        "the absorbed kv_lora latent + rope key, 71x smaller for DeepSeek-V3; same tokens) "
-                        "(default: %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="compute precision (fp8: FP8 weights dequantized at load, bf16 compute; default fp32)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default: %(default)s)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default: %(default)s)")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel size (default: %(default)s)")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="start N gloo workers (CPU) for the layout; default: pp * lcm(tp, ep) (every rank holds "
-                        "every row); ignored under torchrun/srun")
+    add_engine_args(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -146,11 +134,7 @@ def run(args) -> int:
                             top_p=args.top_p, seed=args.seed)  # flag errors before any model is read
     if args.batch_size < 1:
         raise BadInput(f"--batch-size: expected >= 1, got {args.batch_size}")
-    par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep)  # ValueError naming the flag's field
-    nproc = args.nproc if args.nproc is not None else default_nproc(par.tp, par.pp, par.ep)
-    if nproc < 1 or nproc % default_nproc(par.tp, par.pp, par.ep):
-        raise BadInput(f"--nproc: expected a multiple of pp * lcm(tp, ep) = {default_nproc(par.tp, par.pp, par.ep)}, "
-                       f"got {nproc}")
+    par, nproc = read_layout(args)
     rows = read_prompts(args.input, tokenizer_dir(args.model) is not None)
     cfg = read_model_config(args.model)
     tok_dir = tokenizer_dir(args.model)

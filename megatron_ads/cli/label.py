@@ -47,14 +47,14 @@ from typing import Any, Callable
 
 from megatron_ads.checkpoint.parity import default_nproc
 from megatron_ads.cli import emit
+from megatron_ads.cli.engine_args import add_engine_args, read_layout
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.tasks import task, with_metric
-from megatron_ads.infer.cache import CACHE_KINDS
 from megatron_ads.infer.calibrate import Calibration
 from megatron_ads.infer.engine import Engine
 from megatron_ads.infer.job import MODES, JobResult, LabelJob, calibrate, merge_outputs, output_files, run_job
 from megatron_ads.infer.scorer import EngineScorer
-from megatron_ads.infer.weights import PRECISIONS, eos_ids, load_for_inference
+from megatron_ads.infer.weights import eos_ids, load_for_inference
 from megatron_ads.runtime import launch
 from megatron_ads.runtime.dist import read_env
 from megatron_ads.runtime.errors import BadInput
@@ -78,25 +78,14 @@ def register(p) -> None:
     p.add_argument("--task", required=True, choices=with_metric(), help="task to label")
     p.add_argument("--mode", choices=MODES, default="label",
                    help="label: label-only prompt + candidate scoring (default); reasoning: generate + parse")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="compute precision (fp8: FP8 weights dequantized at load, bf16 compute; default fp32)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
-    p.add_argument("--cache", choices=CACHE_KINDS, default="static",
-                   help="generation KV cache: static (megatron-core's, full per-head K and V) or latent (MLA models: "
-                        "the absorbed kv_lora latent + rope key, 71x smaller for DeepSeek-V3; same tokens) "
-                        "(default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="reasoning mode: most generated tokens per row (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes, each with its own model, labeling every W-th pending row into "
                         "OUT.part-RRR-of-WWW.jsonl, merged into OUT at the end (under torchrun/srun: one per rank; "
                         "must be 1 with --tp/--pp/--ep > 1; default: %(default)s)")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the model (default: %(default)s)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the model (default: %(default)s)")
-    p.add_argument("--ep", type=int, default=1, help="expert-parallel size of the model (default: %(default)s)")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="with --tp/--pp/--ep: start N gloo workers (CPU) that together hold the model; default: "
-                        "pp * lcm(tp, ep) (every rank holds every row); ignored under torchrun/srun")
+    add_engine_args(p)
     cal = p.add_mutually_exclusive_group()
     cal.add_argument("--calibrate", default=None, metavar="VAL.jsonl",
                      help="fit a temperature per label field on this labeled validation file first (written to "
@@ -211,22 +200,16 @@ def _split_worker(spec: dict) -> dict | None:
 def run(args) -> int:
     if args.workers < 1:
         raise BadInput(f"--workers: expected >= 1, got {args.workers}")
-    try:
-        par = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep)
-    except ValueError as exc:
-        raise BadInput(f"--{exc}") from None  # "--pp: expected an integer >= 1, got 0"
+    if args.nproc is not None and (args.tp, args.pp, args.ep) == (1, 1, 1):
+        raise BadInput(f"--nproc: only with a model split across ranks (--tp/--pp/--ep > 1); for independent "
+                       f"workers use --workers, got --nproc {args.nproc}")
+    par, nproc = read_layout(args)
     model_ranks = default_nproc(par.tp, par.pp, par.ep)
     split = (par.tp, par.pp, par.ep) != (1, 1, 1)
     if split and args.workers != 1:
         raise BadInput(f"--workers: expected 1 with a model split across ranks (--tp {par.tp} --pp {par.pp} "
                        f"--ep {par.ep}), got {args.workers}: the ranks of one model label the same rows; run "
                        f"separate jobs on separate inputs for more replicas")
-    nproc = args.nproc if args.nproc is not None else model_ranks
-    if args.nproc is not None and not split:
-        raise BadInput(f"--nproc: only with a model split across ranks (--tp/--pp/--ep > 1); for independent "
-                       f"workers use --workers, got --nproc {args.nproc}")
-    if nproc < 1 or nproc % model_ranks:
-        raise BadInput(f"--nproc: expected a multiple of pp * lcm(tp, ep) = {model_ranks}, got {nproc}")
     spec = _spec(args)  # flag errors before any model is read
     job = LabelJob(**spec["job"])
     existing = output_files(job.output)
