@@ -1,7 +1,7 @@
 """Labeling throughput: label-only vs reasoning mode, our KV-cache generation vs transformers, MLA cache bytes.
 
     python benchmarks/label.py [--flavors tiny_deepseek_v3,tiny_llama] [--rows 8] [--new-tokens 64]
-                               [--batch-size 4] [--repeat 2] [--json]
+                               [--batch-size 4] [--repeat 2] [--threads N] [--json]
 
 For each tiny flavor, a random-weight HF checkpoint (``megatron-ads init-model``) and synthetic query-ad
 rows (``megatron-ads data synth``) in a temporary directory, then, all in one process and one run:
@@ -10,17 +10,24 @@ rows (``megatron-ads data synth``) in a temporary directory, then, all in one pr
    reasoning mode (greedy generation of at most ``--new-tokens`` tokens, parsed) on the same rows:
    samples/s of each and the ratio label / reasoning (paper: 2.3x; issue 13 target >= 10x). A random
    tiny model rarely emits EOS or the closing tag, so reasoning rows mostly run to the token limit: the
-   average output tokens are printed with it.
-2. greedy generation of ``--new-tokens`` tokens for ``--batch-size`` prompts of equal length:
-   ``Engine.generate`` (megatron-core GPTModel, static KV cache) vs transformers ``generate`` on the
-   same HF directory (float32, ``do_sample=False``, left padding + attention mask; the prompts are of
-   equal length, as the engine batches only equal lengths, so no pad is used): new tokens/s and the
-   ratio ours / transformers (target >= 1.0), and whether the greedy tokens agree for one unpadded row.
+   average output tokens are printed with it. Reasoning mode runs twice: with megatron's static cache
+   (rows of one prompt length per batch: the synthetic rows all differ, so batches of one) and with our
+   cache (``latent`` for MLA flavors, ``kv`` for the others: ragged batches of ``--batch-size``).
+2. greedy generation of ``--new-tokens`` tokens for ``--batch-size`` prompts: ``Engine.generate``
+   (megatron-core GPTModel; megatron's static cache, and ours: latent or kv) vs transformers
+   ``generate`` on the same HF directory (float32, ``do_sample=False``, left padding + attention mask):
+   new tokens/s and the ratio ours / transformers (target >= 1.0), once with prompts of equal length
+   (``--prompt-len``, no pad) and once ragged (lengths spread over prompt-len/2 .. prompt-len: the static
+   cache runs one batch per length, ours one batch, transformers one left-padded batch), and
+   whether the greedy tokens agree with transformers for one unpadded row.
 3. KV-cache values per token per layer for the real DeepSeek-V3 config: megatron-core's static MLA cache
    (per-head K and V: heads * (qk_head_dim + v_head_dim)) vs the compressed latent
    (kv_lora_rank + qk_rope_head_dim) - arithmetic from the config.
 
-Each timing is the best of ``--repeat`` runs after one warm-up run. Nothing is asserted.
+Each timing is the best of ``--repeat`` runs after one warm-up run, both sides of a ratio measured in this
+process, interleaved. ``--threads`` sets torch's intra-op threads (default: torch's own choice); on a
+loaded 2-core machine one thread is often faster for both sides (OpenMP waits on a descheduled peer).
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -65,28 +73,40 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
     return best, out
 
 
+def caches(cfg) -> tuple[str, ...]:
+    """megatron's static cache, and ours: the latent cache (MLA) or the KV cache (others)."""
+    return ("static", "latent") if cfg.family == "deepseek_v3" else ("static", "kv")
+
+
 def label_modes(model_dir: Path, rows: Path, work: Path, args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     model, cfg, tok = load_for_inference(model_dir, precision="fp32")
-    scorer = EngineScorer(Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok), tok, eos_ids(cfg, tok))
+    scorers = {c: EngineScorer(Engine(model, cfg, batch_size=args.batch_size, tokenizer=tok, cache=c), tok,
+                               eos_ids(cfg, tok)) for c in caches(cfg)}
     out: dict = {}
-    for mode in ("label", "reasoning"):
-        n = [0]
+    modes = [("label", "label", "static")] + [(f"reasoning_{c}", "reasoning", c) for c in caches(cfg)]
+    n = [0]
 
-        def once(mode=mode, n=n):
-            n[0] += 1
-            job = LabelJob(input=rows, output=work / f"{mode}-{n[0]}.jsonl", task=task("query_ad"), mode=mode,
-                           batch_size=args.batch_size, max_new_tokens=args.new_tokens, model=str(model_dir))
-            return run_job(job, scorer)
+    def once(key, mode, cache):
+        n[0] += 1
+        job = LabelJob(input=rows, output=work / f"{key}-{n[0]}.jsonl", task=task("query_ad"), mode=mode,
+                       batch_size=args.batch_size, max_new_tokens=args.new_tokens, model=str(model_dir))
+        return run_job(job, scorers[cache])
 
-        once()  # warm-up
-        runs = [once() for _ in range(args.repeat)]
-        best = min(runs, key=lambda r: r.seconds)
+    for m in modes:  # warm-up
+        once(*m)
+    runs: dict = {m[0]: [] for m in modes}
+    for _ in range(args.repeat):  # interleaved: each mode sees the same load
+        for m in modes:
+            runs[m[0]].append(once(*m))
+    for key, _, _ in modes:
+        best = min(runs[key], key=lambda r: r.seconds)
         c = best.cost()
-        out[mode] = {"samples_per_s": best.labeled / best.seconds, "seconds": best.seconds, "rows": best.labeled,
-                     "avg_input_tokens": c["avg_input_tokens"], "avg_output_tokens": c["avg_output_tokens"],
-                     "parse_failed": best.parse_failed}
-    out["ratio_label_over_reasoning"] = out["label"]["samples_per_s"] / out["reasoning"]["samples_per_s"]
+        out[key] = {"samples_per_s": best.labeled / best.seconds, "seconds": best.seconds, "rows": best.labeled,
+                    "avg_input_tokens": c["avg_input_tokens"], "avg_output_tokens": c["avg_output_tokens"],
+                    "parse_failed": best.parse_failed}
+    for c in caches(cfg):
+        out[f"ratio_label_over_reasoning_{c}"] = out["label"]["samples_per_s"] / out[f"reasoning_{c}"]["samples_per_s"]
     return out
 
 
@@ -94,37 +114,44 @@ def generation(model_dir: Path, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     model, cfg, _ = load_for_inference(model_dir, precision="fp32")
-    engine = Engine(model, cfg, batch_size=args.batch_size)
+    engines = {c: Engine(model, cfg, batch_size=args.batch_size, cache=c) for c in caches(cfg)}
     hf = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(0)
-    plen = args.prompt_len
-    prompts = torch.randint(3, cfg.vocab_size, (args.batch_size, plen), generator=g).tolist()
-    n_new = args.new_tokens
+    plen, n_new, b = args.prompt_len, args.new_tokens, args.batch_size
+    equal = torch.randint(3, cfg.vocab_size, (b, plen), generator=g).tolist()
+    lens = [plen - (plen // 2) * i // max(1, b - 1) for i in range(b)]  # plen .. plen/2
+    ragged = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in lens]
     params = SamplingParams(max_new_tokens=n_new)  # greedy, no stop ids: every row runs n_new tokens
-
-    def ours():
-        return engine.generate(prompts, params)
-
     pad = 0
 
     @torch.inference_mode()
-    def theirs(batch=prompts):
+    def theirs(batch):
         width = max(len(p) for p in batch)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
         return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
                            do_sample=False, pad_token_id=pad, eos_token_id=None)
 
-    t_ours, gens = best_of(ours, args.repeat)
-    t_hf, _ = best_of(theirs, args.repeat)
-    tokens = args.batch_size * n_new
-    one_ours = engine.generate(prompts[:1], params)[0].output_ids
-    one_hf = theirs(prompts[:1])[0, plen:].tolist()
-    return {"batch": args.batch_size, "prompt_len": plen, "new_tokens": n_new,
-            "ours_tokens_per_s": tokens / t_ours, "transformers_tokens_per_s": tokens / t_hf,
-            "ratio_ours_over_transformers": t_hf / t_ours,
-            "ours_tokens_generated": sum(len(x.output_ids) for x in gens),
-            "greedy_identical_single_row": one_ours == one_hf}
+    out: dict = {"batch": b, "prompt_len": plen, "ragged_prompt_lens": lens, "new_tokens": n_new}
+    tokens = b * n_new
+    for case, prompts in (("equal", equal), ("ragged", ragged)):
+        fns = {"transformers": lambda p=prompts: theirs(p)}
+        fns.update({c: (lambda e=e, p=prompts: e.generate(p, params)) for c, e in engines.items()})
+        best = {k: float("inf") for k in fns}
+        for f in fns.values():  # warm-up
+            f()
+        for _ in range(args.repeat):  # interleaved: each side sees the same load
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t)
+        r = {f"{k}_tokens_per_s": tokens / v for k, v in best.items()}
+        r.update({f"ratio_{c}_over_transformers": best["transformers"] / best[c] for c in engines})
+        out[case] = r
+    one_hf = theirs(equal[:1])[0, plen:].tolist()
+    out["greedy_identical_single_row"] = {c: e.generate(equal[:1], params)[0].output_ids == one_hf
+                                          for c, e in engines.items()}
+    return out
 
 
 def cache_bytes() -> dict:
@@ -148,9 +175,12 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens in the generation comparison")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs after one warm-up; the best is kept")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="megatron_ads_bench_label_"))
     results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads(), "flavors": {}}
     try:
@@ -164,18 +194,29 @@ def main() -> int:
             results["flavors"][name] = r
             if not args.json:
                 lj, gen = r["label_job"], r["generation"]
-                print(f"== {name} (fp32, {results['torch_threads']} torch threads, best of {args.repeat})")
+                kinds = [k for k in ("static", "latent", "kv") if f"reasoning_{k}" in lj]
+                print(f"== {name} (fp32, {results['torch_threads']} torch threads, best of {args.repeat}, "
+                      f"load average {os.getloadavg()[0]:.1f})")
                 print("| measure | value |\n|---|---|")
-                for mode in ("label", "reasoning"):
-                    m = lj[mode]
-                    print(f"| {mode} mode samples/s ({m['rows']} rows, avg in/out tokens "
+                for key in ["label"] + [f"reasoning_{k}" for k in kinds]:
+                    m = lj[key]
+                    print(f"| {key} mode samples/s ({m['rows']} rows, avg in/out tokens "
                           f"{m['avg_input_tokens']}/{m['avg_output_tokens']}) | {m['samples_per_s']:.2f} |")
-                print(f"| **ratio label / reasoning** | **{lj['ratio_label_over_reasoning']:.1f}** |")
-                print(f"| ours generate tokens/s (batch {gen['batch']}, prompt {gen['prompt_len']}, "
-                      f"{gen['new_tokens']} new) | {gen['ours_tokens_per_s']:.0f} |")
-                print(f"| transformers generate tokens/s (same) | {gen['transformers_tokens_per_s']:.0f} |")
-                print(f"| **ratio ours / transformers** | **{gen['ratio_ours_over_transformers']:.2f}** |")
-                print(f"| greedy tokens identical, single unpadded row | {gen['greedy_identical_single_row']} |")
+                for k in kinds:
+                    ratio = lj[f"ratio_label_over_reasoning_{k}"]
+                    print(f"| **ratio label / reasoning ({k} cache)** | **{ratio:.1f}** |")
+                for case in ("equal", "ragged"):
+                    g = gen[case]
+                    what = (f"prompt {gen['prompt_len']}" if case == "equal"
+                            else f"prompts {min(gen['ragged_prompt_lens'])}..{max(gen['ragged_prompt_lens'])}")
+                    print(f"| transformers generate tokens/s (batch {gen['batch']}, {what}, {gen['new_tokens']} new) "
+                          f"| {g['transformers_tokens_per_s']:.0f} |")
+                    for k in kinds:
+                        print(f"| ours generate tokens/s, {k} cache (same) | {g[f'{k}_tokens_per_s']:.0f} |")
+                        print(f"| **ratio ours ({k}) / transformers, {case} prompts** | "
+                              f"**{g[f'ratio_{k}_over_transformers']:.2f}** |")
+                print(f"| greedy tokens identical to transformers, single unpadded row | "
+                      f"{gen['greedy_identical_single_row']} |")
         results["cache"] = cb = cache_bytes()
         if not args.json:
             print("== DeepSeek-V3 KV cache per token per layer (config arithmetic)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from megatron_ads.checkpoint.parity import default_nproc
 from megatron_ads.config.parallel import ParallelConfig
-from megatron_ads.infer.cache import CACHE_KINDS
+from megatron_ads.infer.cache import CACHE_CHOICES
 from megatron_ads.infer.weights import PRECISIONS
 from megatron_ads.runtime.errors import BadInput
 
@@ -15,10 +15,11 @@ def add_engine_args(p) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="compute precision; fp8: an FP8 checkpoint's E4M3 blocks in FP8 linears (Triton or "
                         "_scaled_mm block GEMMs on CUDA, dequantized at load on CPU) (default: %(default)s)")
-    p.add_argument("--cache", choices=CACHE_KINDS, default="static",
-                   help="generation KV cache: static (megatron-core's, full per-head K and V) or latent (MLA models: "
-                        "the absorbed kv_lora latent + rope key, 71x smaller for DeepSeek-V3; same tokens) "
-                        "(default: %(default)s)")
+    p.add_argument("--cache", choices=CACHE_CHOICES, default="auto",
+                   help="generation KV cache: latent (MLA models: the absorbed kv_lora latent + rope key, 71x smaller "
+                        "for DeepSeek-V3) or kv (other models), both batching prompts of any length, tp 1 only; "
+                        "static (megatron-core's: full per-head K and V, one prompt length per batch); auto: latent "
+                        "or kv at tp 1, else static. Same tokens either way (default: %(default)s)")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the model (default: %(default)s)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the model (default: %(default)s)")
     p.add_argument("--ep", type=int, default=1, help="expert-parallel size of the model (default: %(default)s)")

@@ -13,13 +13,22 @@ length and cut into batches of ``batch_size`` (length bucketing: little padding)
 ``model(ids, pos, None, inference_context=ctx, runtime_gather_output=True)`` returns the last
 position's logits and fills the context's KV cache; ``ctx.sequence_len_offset`` is advanced by the
 number of tokens fed. One offset serves the whole batch (RoPE positions come from it and decode steps
-run without a mask), so a batch holds rows of the *same* prompt length only: rows are grouped by exact
-prompt length, each group cut into batches of ``batch_size``, each batch with its own context. Rows
-stop on their own (a stop id, a stop sequence, ``max_new_tokens``); a finished row keeps being fed
-(its last token) until the batch is done, but its output is frozen. A batched row therefore gives
-what it gives alone. ``Engine(..., cache="latent")`` (MLA models) swaps the context for
-``infer.cache.LatentCache``: absorbed attention over the kv_lora latent + rope key per token, the same
-logits (fp32 <= 1e-5) with 71x less cache for DeepSeek-V3.
+run without a mask), so with this cache a batch holds rows of the *same* prompt length only: rows are
+grouped by exact prompt length, each group cut into batches of ``batch_size``, each batch with its own
+context. Our caches (``infer.cache``) replace the context: ``Engine(..., cache="latent")`` (MLA models)
+with ``LatentCache``, absorbed attention over the kv_lora latent + rope key per token, the same logits
+(fp32 <= 1e-5) with 71x less cache for DeepSeek-V3; ``cache="kv"`` (standard / GQA attention) with
+``KVCache``, K and V per KV head. Their attention is ours, so they take *ragged* batches: rows are sorted
+by prompt length and cut into batches of ``batch_size``; a batch is prefilled right-padded (each row's
+logits taken at its last real position), then each row decodes at its own position
+(``RowCache.row_offsets``) and attends to its own positions only, so padding is never seen. Rows stop
+on their own (a stop id, a stop sequence, ``max_new_tokens``); a finished row keeps being fed (its last
+token) until the batch is done, but its output is frozen. A batched row therefore gives what it gives
+alone (tokens exact; log-probs to fp32 rounding of another batch shape).
+
+Every engine call runs under ``infer.lean.lean(model)``: TP-1 linears, one-rank MoE layers and sequential
+experts are swapped for lean twins that compute the same values without megatron's training-only
+per-module costs (on a tiny model these, not the math, set the speed of a decode step).
 
 Sampling: temperature 0 (or top_k 1) is greedy (argmax). Otherwise logits / temperature, then top-k,
 then top-p (the smallest set of most likely tokens whose probability reaches top_p), then one draw
@@ -33,7 +42,7 @@ loss recomputes.
 builds this rank's chunk, ``infer.parallel.ParallelContext`` says where it sits): every forward runs
 forward-only through the pipeline stages (the first stage embeds, the others receive the previous stage's
 hidden states and ``set_input_tensor`` them, the last produces logits; each stage's generation context,
-static or latent, holds its own layers' cache). Every rank holds every row (EP's all-to-all needs every
+static, latent or kv, holds its own layers' cache). Every rank holds every row (EP's all-to-all needs every
 EP rank of a stage in every forward; DP replicas replicate the rows, they do not split them). The source
 rank, on a last stage, picks the next tokens and computes the log-likelihoods; these (not the logits) are
 broadcast, so every rank stops the same rows, makes the same number of forward calls and returns the
@@ -44,6 +53,7 @@ Shapes: B batch, S sequence, D hidden, V vocab, C candidates.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -51,7 +61,9 @@ import torch
 from megatron.core.inference.contexts import StaticInferenceContext
 
 from megatron_ads.config.model import ModelConfig
-from megatron_ads.infer.cache import CACHE_KINDS, CacheKind, LatentCache, latent_forward
+from megatron_ads.infer.cache import (CacheKind, KVCache, LatentCache, RowCache, attached, cache_forward,
+                                      check_cache_kind, default_cache_kind)
+from megatron_ads.infer.lean import lean
 from megatron_ads.infer.parallel import ParallelContext
 
 FinishReason = Literal["stop", "length"]
@@ -144,32 +156,36 @@ class Engine:
         batch_size: most rows per forward.
         tokenizer: optional, kept for callers (``Engine.tokenizer``); the engine works on ids.
         cache: generation's KV cache: ``static`` (megatron-core's StaticInferenceContext, full per-head
-            K and V) or ``latent`` (MLA models only: the absorbed-attention latent cache of
-            ``infer.cache``, kv_lora_rank + qk_rope_head_dim values per token per layer).
+            K and V; batches of one prompt length), ``latent`` (MLA models only: the absorbed-attention
+            latent cache of ``infer.cache``, kv_lora_rank + qk_rope_head_dim values per token per layer;
+            ragged batches) or ``kv`` (non-MLA models: ``infer.cache.KVCache``, K and V per KV head;
+            ragged batches). ``latent`` and ``kv`` need TP 1. ``auto``: ``infer.cache.default_cache_kind``
+            (latent / kv at TP 1, static otherwise).
         parallel: this rank's place in the layout (``ParallelContext``); None: built here from megatron's
             parallel state (``ParallelContext.from_megatron``: single-rank when none is initialized). With
             tp, pp or ep > 1 every rank must construct its engine (one all-gather).
     """
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, *, batch_size: int = 8, tokenizer: Any = None,
-                 cache: CacheKind = "static", parallel: ParallelContext | None = None):
+                 cache: CacheKind | Literal["auto"] = "static", parallel: ParallelContext | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-        if cache not in CACHE_KINDS:
-            raise ValueError(f"cache: expected one of {CACHE_KINDS}, got {cache!r}")
-        if cache == "latent" and cfg.family != "deepseek_v3":
-            raise ValueError(f"cache 'latent': only for MLA models (deepseek_v3 family), got {cfg.model_type}")
+        self.parallel = parallel if parallel is not None else ParallelContext.from_megatron()
+        if cache == "auto":
+            cache = default_cache_kind(cfg, self.parallel.tp)
+        check_cache_kind(cfg, cache)
+        if cache != "static" and self.parallel.tp > 1:
+            raise ValueError(f"cache {cache!r}: needs tensor-parallel size 1, got tp={self.parallel.tp}; use 'static'")
         self.cache = cache
         self.model = model.eval()
         self.cfg = cfg
         self.batch_size = batch_size
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.parallel = parallel if parallel is not None else ParallelContext.from_megatron()
         self._pipe_dtype = getattr(model.config, "pipeline_dtype", None) or next(model.parameters()).dtype
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, ids_BS: torch.Tensor, ctx: StaticInferenceContext | LatentCache | None = None):
+    def _forward(self, ids_BS: torch.Tensor, ctx: StaticInferenceContext | RowCache | None = None):
         """One forward of ``ids_BS`` through this rank's stage (positions from ``ctx.sequence_len_offset``,
         0 without a context). Last stage: logits [B, S, V] (S = 1 for a static context, which keeps only
         the last position); other stages: None, after sending their hidden states [S, B, D] on."""
@@ -179,8 +195,8 @@ class Engine:
         if not par.first:
             hidden_SBD = torch.empty(s, b, self.cfg.hidden_size, dtype=self._pipe_dtype, device=self.device)
             self.model.set_input_tensor(par.recv_prev(hidden_SBD))
-        if isinstance(ctx, LatentCache):
-            out = latent_forward(self.model, ctx, ids_BS)
+        if isinstance(ctx, RowCache):
+            out = cache_forward(self.model, ctx, ids_BS)
         else:
             off = 0 if ctx is None else ctx.sequence_len_offset
             pos_BS = (torch.arange(s, device=self.device) + off).unsqueeze(0).expand(b, -1)
@@ -226,19 +242,20 @@ class Engine:
             tasks.append(row)
         logprobs_of: dict[int, torch.Tensor] = {}  # seq index -> log_softmax rows from the prompt's last position
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
-            chunk = order[start:start + self.batch_size]
-            width = max(len(seqs[i]) for i in chunk)
-            ids = torch.zeros(len(chunk), width, dtype=torch.long)
-            for b, i in enumerate(chunk):
-                ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
-            logits = self._logits(ids)
-            if logits is None or not self.parallel.is_src:
-                continue
-            for b, i in enumerate(chunk):
-                plen = plens[i]
-                take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
-                logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
+        with lean(self.model):
+            for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
+                chunk = order[start:start + self.batch_size]
+                width = max(len(seqs[i]) for i in chunk)
+                ids = torch.zeros(len(chunk), width, dtype=torch.long)
+                for b, i in enumerate(chunk):
+                    ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
+                logits = self._logits(ids)
+                if logits is None or not self.parallel.is_src:
+                    continue
+                for b, i in enumerate(chunk):
+                    plen = plens[i]
+                    take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
+                    logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
         out_RC = torch.zeros(len(tasks), len(candidates), dtype=torch.float64)
         if self.parallel.is_src:
             for r, row in enumerate(tasks):
@@ -256,12 +273,25 @@ class Engine:
         return ll.softmax(-1).tolist()
 
     # --------------------------------------------------------------- generation
-    def _step(self, ctx: StaticInferenceContext | LatentCache, ids_BS: torch.Tensor) -> torch.Tensor | None:
-        """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset`` (advanced here, on every stage);
-        the last position's logits [B, V] on the last stage, None on other stages."""
+    def _step(self, ctx: StaticInferenceContext | RowCache, ids_BS: torch.Tensor,
+              last_B: list[int] | None = None) -> torch.Tensor | None:
+        """Feed ``ids_BS`` at positions from ``ctx.sequence_len_offset`` (per row from our cache's
+        ``row_offsets`` when set; advanced here, on every stage); the last position's logits [B, V] on the
+        last stage, None on other stages. ``last_B`` (ragged prefill of an empty latent / kv cache,
+        rows right-padded): each row's last real position, whose logits are returned; the cache's
+        ``row_offsets`` become ``last_B + 1``."""
+        b, s = ids_BS.shape
         logits = self._forward(ids_BS, ctx)
-        ctx.sequence_len_offset += ids_BS.shape[1]
-        return None if logits is None else logits[:, -1, :].float()
+        ctx.sequence_len_offset += s
+        if last_B is not None:
+            ctx.row_offsets = torch.tensor(last_B, dtype=torch.long) + 1
+        elif getattr(ctx, "row_offsets", None) is not None:
+            ctx.row_offsets += s
+        if logits is None:
+            return None
+        if last_B is None:
+            return logits[:, -1, :].float()
+        return logits[torch.arange(b), torch.tensor(last_B, device=logits.device)].float()
 
     def _pick(self, logits_V: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> int:
         if params.greedy:
@@ -295,61 +325,87 @@ class Engine:
 
     @torch.inference_mode()
     def _generate_batch(self, rows: list[int], prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        b, plen = len(rows), len(prompts[0])
-        if self.cache == "latent":
-            ctx = LatentCache.allocate(self.model, b, plen + params.max_new_tokens)
+        b = len(rows)
+        lens = [len(p) for p in prompts]
+        width = max(lens)
+        ragged = min(lens) != width
+        if self.cache != "static":
+            ctx = (LatentCache if self.cache == "latent" else KVCache).allocate(self.model, b,
+                                                                                width + params.max_new_tokens)
+        elif ragged:
+            raise ValueError(f"static cache: one batch needs prompts of one length, got lengths {sorted(set(lens))}")
         else:
-            ctx = StaticInferenceContext(b, plen + params.max_new_tokens)
+            ctx = StaticInferenceContext(b, width + params.max_new_tokens)
+        ids_BS = torch.zeros(b, width, dtype=torch.long)
+        for j, p in enumerate(prompts):
+            ids_BS[j, :len(p)] = torch.tensor(p, dtype=torch.long)
         gens = [torch.Generator().manual_seed(params.seed + r) for r in rows]
         outs: list[list[int]] = [[] for _ in rows]
         lps: list[list[float]] = [[] for _ in rows]
         done: list[FinishReason | None] = [None] * b
         par = self.parallel
-        logits = self._step(ctx, torch.tensor(prompts, dtype=torch.long))
-        while True:  # every rank: the same steps, decided from the shared picks
-            active = [j for j in range(b) if done[j] is None]
-            if par.is_src:
-                picks_2B = self._pick_rows(logits, active, params, gens)
-            else:
-                picks_2B = torch.zeros(2, b, dtype=torch.float64, device=self.device)
-            if par.multi:
-                picks_2B = par.share(picks_2B.to(self.device))
-            toks, logps = picks_2B.cpu().tolist()
-            feed = []
-            for j in range(b):
-                if done[j] is None:
-                    outs[j].append(int(toks[j]))
-                    lps[j].append(logps[j])
-                    if self._stopped(outs[j], params):
-                        done[j] = "stop"
-                    elif len(outs[j]) >= params.max_new_tokens:
-                        done[j] = "length"
-                feed.append(outs[j][-1])
-            if all(d is not None for d in done):
-                break
-            logits = self._step(ctx, torch.tensor(feed, dtype=torch.long).unsqueeze(1))
+        # our caches: their attention twins stay swapped in for the whole batch
+        with attached(self.model, ctx) if isinstance(ctx, RowCache) else contextlib.nullcontext():
+            logits = self._step(ctx, ids_BS, [n - 1 for n in lens] if ragged else None)
+            while True:  # every rank: the same steps, decided from the shared picks
+                active = [j for j in range(b) if done[j] is None]
+                if par.is_src:
+                    picks_2B = self._pick_rows(logits, active, params, gens)
+                else:
+                    picks_2B = torch.zeros(2, b, dtype=torch.float64, device=self.device)
+                if par.multi:
+                    picks_2B = par.share(picks_2B.to(self.device))
+                toks, logps = picks_2B.cpu().tolist()
+                feed = []
+                for j in range(b):
+                    if done[j] is None:
+                        outs[j].append(int(toks[j]))
+                        lps[j].append(logps[j])
+                        if self._stopped(outs[j], params):
+                            done[j] = "stop"
+                        elif len(outs[j]) >= params.max_new_tokens:
+                            done[j] = "length"
+                    feed.append(outs[j][-1])
+                if all(d is not None for d in done):
+                    break
+                logits = self._step(ctx, torch.tensor(feed, dtype=torch.long).unsqueeze(1))
         return [Generation(output_ids=o, logprobs=lp, finish_reason=d) for o, lp, d in zip(outs, lps, done)]
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  on_batch: Callable[[int], None] | None = None) -> list[Generation]:
         """Generate for each prompt (ragged lengths allowed); results in input order, each what the row
         gives alone. ``on_batch(n_rows)`` is called after each batch (progress bars)."""
+        with lean(self.model):
+            return self._generate(prompt_ids, params, on_batch)
+
+    def _batches(self, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Row indices per generation batch: our caches (latent, kv) take ragged rows (sorted by length:
+        little padding); megatron's static context one prompt length per batch (rows grouped by exact
+        length)."""
+        if self.cache != "static":
+            order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+            return [order[k:k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+        by_len: dict[int, list[int]] = {}
+        for i, p in enumerate(prompt_ids):
+            by_len.setdefault(len(p), []).append(i)
+        out = []
+        for n in sorted(by_len):
+            idx = by_len[n]
+            out += [idx[k:k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
+        return out
+
+    def _generate(self, prompt_ids: list[list[int]], params: SamplingParams,
+                  on_batch: Callable[[int], None] | None) -> list[Generation]:
         _check_ids(prompt_ids, self.cfg.vocab_size, "prompt_ids")
         limit = self.cfg.max_position_embeddings
         for i, p in enumerate(prompt_ids):
             if len(p) + params.max_new_tokens > limit:
                 raise ValueError(f"prompt_ids[{i}]: {len(p)} prompt tokens + max_new_tokens {params.max_new_tokens} "
                                  f"exceed the model's max_position_embeddings {limit}")
-        by_len: dict[int, list[int]] = {}
-        for i, p in enumerate(prompt_ids):
-            by_len.setdefault(len(p), []).append(i)
         results: list[Generation | None] = [None] * len(prompt_ids)
-        for n in sorted(by_len):
-            idx = by_len[n]
-            for start in range(0, len(idx), self.batch_size):
-                rows = idx[start:start + self.batch_size]
-                for r, g in zip(rows, self._generate_batch(rows, [prompt_ids[r] for r in rows], params)):
-                    results[r] = g
-                if on_batch is not None:
-                    on_batch(len(rows))
+        for rows in self._batches(prompt_ids):
+            for r, g in zip(rows, self._generate_batch(rows, [prompt_ids[r] for r in rows], params)):
+                results[r] = g
+            if on_batch is not None:
+                on_batch(len(rows))
         return results  # type: ignore[return-value]

@@ -77,6 +77,20 @@ def test_greedy_matches_transformers_batched_and_alone(name, engines):
         assert max(abs(x - y) for x, y in zip(b.logprobs, alone.logprobs)) <= 1e-5
 
 
+@pytest.mark.parametrize("name,cache", [("ds_qlora", "latent"), ("ds_noqlora", "latent"), ("llama_tied", "kv")])
+def test_our_caches_ragged_batch_matches_transformers(name, cache, engines):
+    """Our caches batch rows of different prompt lengths together: each row's greedy tokens are
+    transformers' for that row alone, log-probs within fp32 rounding."""
+    eng, ref = engines(name)
+    ours = Engine(eng.model, eng.cfg, batch_size=len(LENGTHS), cache=cache)
+    prompts = _prompts(eng.cfg.vocab_size)
+    assert len(ours._batches(prompts)) == 1  # one ragged batch
+    for p, g in zip(prompts, ours.generate(prompts, SamplingParams(max_new_tokens=NEW))):
+        hf_ids, hf_logp = _hf_greedy(ref, p)
+        assert g.output_ids == hf_ids, name
+        assert max(abs(x - y) for x, y in zip(g.logprobs, hf_logp)) <= LOGPROB_TOL
+
+
 @pytest.mark.parametrize("name", ["ds_qlora", "llama_tied"])
 def test_label_probabilities_match_transformers(name, engines):
     eng, ref = engines(name)

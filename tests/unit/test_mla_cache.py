@@ -1,6 +1,7 @@
 """infer.cache: the absorbed MLA latent cache against megatron-core's static (non-absorbed) cache on tiny
 real DeepSeek-V3 checkpoints (with and without q_lora): logits at prefill and decode steps (fp32),
-greedy generation token for token (batched, ragged prompt lengths), and bytes per token."""
+greedy generation token for token (batched, ragged prompt lengths: rows of different lengths in one
+batch give what they give alone), and bytes per token; the per-row KV cache likewise on a tiny Llama."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
 from megatron_ads.config.flavors import flavor
-from megatron_ads.infer.cache import LatentCache, cache_bytes_per_token, cache_values_per_token
+from megatron_ads.infer.cache import KVCache, LatentCache, cache_bytes_per_token, cache_values_per_token
 from megatron_ads.infer.engine import Engine, SamplingParams
 from megatron_ads.infer.weights import load_for_inference
 
@@ -103,3 +104,55 @@ def test_latent_allocated_bytes_and_errors(engines):
         cache_values_per_token(llama, "latent")
     with pytest.raises(ValueError, match="MLA"):
         Engine(static.model, llama, cache="latent")
+    with pytest.raises(ValueError, match="cache 'kv'"):
+        Engine(static.model, cfg, cache="kv")  # MLA models use the latent cache
+    assert cache_values_per_token(llama, "kv") == cache_values_per_token(llama, "static")
+
+
+@pytest.mark.parametrize("name", ["llama_tied"])
+def test_kv_cache_ragged_batch_equals_rows_alone(name, hf_saved):
+    """The per-row KV cache (standard / GQA attention): a ragged batch gives, per row, the tokens of the row
+    alone and of megatron's static cache, log-probs within fp32 rounding; bytes as megatron's."""
+    model, cfg, _ = load_for_inference(hf_saved(name), precision="fp32")
+    static, kv = Engine(model, cfg, batch_size=8), Engine(model, cfg, batch_size=8, cache="kv")
+    prompts = _prompts(cfg.vocab_size, lengths=(4, 7, 1, 9, 7, 13))
+    params = SamplingParams(max_new_tokens=NEW + 2)
+    assert len(kv._batches(prompts)) == 1
+    batched = kv.generate(prompts, params)
+    worst = 0.0
+    for p, b in zip(prompts, batched):
+        alone, ref = kv.generate([p], params)[0], static.generate([p], params)[0]
+        assert b.output_ids == alone.output_ids == ref.output_ids
+        worst = max([worst] + [abs(x - y) for x, y in zip(b.logprobs, alone.logprobs)]
+                    + [abs(x - y) for x, y in zip(b.logprobs, ref.logprobs)])
+    assert worst <= LOGIT_TOL, worst
+    cache = KVCache.allocate(model, 2, 10)
+    assert cache.nbytes() == 2 * 10 * cfg.num_layers * cache_bytes_per_token(cfg, "kv", torch.float32)
+
+
+@pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora"])
+def test_latent_ragged_batch_equals_rows_alone(name, engines):
+    """Rows of different prompt lengths share one latent-cache batch (right-padded prefill, per-row decode
+    positions and key masks): each row gives what it gives alone and what the static cache gives."""
+    static, _ = engines(name)
+    ragged = Engine(static.model, static.cfg, batch_size=8, cache="latent")
+    prompts = _prompts(static.cfg.vocab_size, lengths=(4, 7, 1, 9, 7, 13))
+    params = SamplingParams(max_new_tokens=NEW + 2)
+    assert len(ragged._batches(prompts)) == 1  # one batch of six lengths
+    batched = ragged.generate(prompts, params)
+    worst = 0.0
+    for p, b in zip(prompts, batched):
+        alone, ref = ragged.generate([p], params)[0], static.generate([p], params)[0]
+        assert b.output_ids == alone.output_ids == ref.output_ids
+        assert b.finish_reason == "length" and len(b.logprobs) == NEW + 2
+        worst = max([worst] + [abs(x - y) for x, y in zip(b.logprobs, alone.logprobs)]
+                    + [abs(x - y) for x, y in zip(b.logprobs, ref.logprobs)])
+    assert worst <= LOGIT_TOL, worst
+    # stops per row in a ragged batch: row 1 stops at its stop id, the others run on
+    stop = batched[1].output_ids[2]
+    if all(stop not in g.output_ids for i, g in enumerate(batched) if i != 1):
+        out = ragged.generate(prompts, SamplingParams(max_new_tokens=NEW + 2, stop_ids={stop}))
+        cut = batched[1].output_ids.index(stop) + 1
+        assert out[1].output_ids == batched[1].output_ids[:cut] and out[1].finish_reason == "stop"
+        assert [g.output_ids for i, g in enumerate(out) if i != 1] == \
+            [g.output_ids for i, g in enumerate(batched) if i != 1]
