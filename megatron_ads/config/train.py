@@ -22,6 +22,7 @@ StubPart = Literal["optimizer", "metrics"]
 TaskWeighting = Literal["loss", "sampling"]
 KlEstimator = Literal["k1", "k2", "k3"]
 GrpoAggregation = Literal["token_mean", "seq_mean", "task_token_mean"]
+Experts = Literal["grouped", "sequential"]
 DTYPES = get_args(Dtype)
 
 
@@ -31,6 +32,12 @@ def _one_of(section: str, obj: Any, name: str, kind: Any) -> None:
     value = getattr(obj, name)
     if value not in allowed:
         raise ValueError(f"{section}.{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def _default_experts() -> str:
+    import torch  # heavy: only when a ModelSpec is made without ``experts``
+
+    return "grouped" if hasattr(torch, "_grouped_mm") else "sequential"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -47,10 +54,14 @@ class ModelSpec:
     """MTP layers config.json declares (num_nextn_predict_layers): require (the init=hf checkpoint must hold
     them), auto (build without them when the checkpoint holds none, as transformers' save_pretrained writes
     it; with a warning) or drop (never build them)."""
+    experts: Experts = field(default_factory=lambda: _default_experts())
+    """Routed experts module: grouped (``model.experts``: one ``torch._grouped_mm`` per projection; the
+    default where torch has it) or sequential (megatron-core's per-expert loop, ``SequentialMLP``)."""
 
     def __post_init__(self):
         _one_of("model", self, "init", Init)
         _one_of("model", self, "mtp", MtpPolicy)
+        _one_of("model", self, "experts", Experts)
         if self.init != "random" and not self.path:
             raise ValueError(f"model.path: required for model.init={self.init}")
 
@@ -208,6 +219,13 @@ class SFTSpec:
     """Instance weight upper clip."""
     alpha: float = 1.0
     """Task reweighting exponent α (Eq. 7)."""
+    lambda_min: float = 0.05
+    """Floor on every adaptive task's λ_t, as a fraction of the adaptive tasks' share (renormalized:
+    λ_t = share · (λ_min + (1 − n·λ_min) · p_t)). A stated deviation from Eq. 7, where a task whose validation
+    metric reaches 1 gets λ = 0 and no gradient until it degrades; 0 = the literal Eq. 7."""
+    lambda_ema: float = 0.0
+    """Smoothing of Eq. 7's task proportions over validations (EMA: p ← ema · p_prev + (1 − ema) · p_new);
+    0 = none (the literal Eq. 7)."""
     reweight_instances: bool = True
     """Apply Eq. 5 instance weights."""
     reweight_tasks: bool = True
@@ -240,6 +258,11 @@ class SFTSpec:
                 raise ValueError(f"sft.{name}: expected >= 1, got {getattr(self, name)}")
         if self.test_rows < 0:
             raise ValueError(f"sft.test_rows: expected >= 0, got {self.test_rows}")
+        if not 0.0 <= self.lambda_min < 1.0 / max(len(self.tasks), 1):
+            raise ValueError(f"sft.lambda_min: expected 0 <= lambda_min < 1 / {len(self.tasks)} (the number of "
+                             f"sft.tasks), got {self.lambda_min}")
+        if not 0.0 <= self.lambda_ema < 1.0:
+            raise ValueError(f"sft.lambda_ema: expected 0 <= ema < 1, got {self.lambda_ema}")
         if not 0.0 <= self.prompt_loss_weight <= 1.0:
             raise ValueError(f"sft.prompt_loss_weight: expected [0, 1], got {self.prompt_loss_weight}")
         _one_of("sft", self, "task_weighting", TaskWeighting)

@@ -88,6 +88,11 @@ class TaskReweighter:
     """Optional fixed-weight task (public instruction data)."""
     general_weight: float = 0.0
     """λ of the general task; the adaptive tasks share 1 − general_weight."""
+    lambda_min: float = 0.0
+    """Floor on each adaptive task's λ as a fraction of the adaptive share: λ_t = share · (λ_min + (1 − n·λ_min)
+    · p_t), p_t the (smoothed) Eq. 7 proportions; 0 = the literal Eq. 7 (a solved task gets λ = 0)."""
+    lambda_ema: float = 0.0
+    """Smoothing of the proportions over validations: p ← ema · p_prev + (1 − ema) · p_new; 0 = none."""
     lambdas: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     """λ_t after every update (for logs and plots)."""
@@ -99,6 +104,11 @@ class TaskReweighter:
             raise ValueError("tasks: expected at least one adaptive task")
         if self.general_task is not None and not 0 <= self.general_weight < 1:
             raise ValueError(f"general_weight: expected 0 <= w < 1, got {self.general_weight}")
+        if not 0.0 <= self.lambda_min * len(self.tasks) < 1.0:
+            raise ValueError(f"lambda_min: expected 0 <= lambda_min < 1 / {len(self.tasks)} (the adaptive tasks), "
+                             f"got {self.lambda_min}")
+        if not 0.0 <= self.lambda_ema < 1.0:
+            raise ValueError(f"lambda_ema: expected 0 <= ema < 1, got {self.lambda_ema}")
         if not self.lambdas:
             share = 1.0 - (self.general_weight if self.general_task else 0.0)
             self.lambdas = {t: share / len(self.tasks) for t in self.tasks}
@@ -115,11 +125,14 @@ class TaskReweighter:
                 raise ValueError(f"metrics[{t!r}]: expected a normalized value in [0, 1], got {metrics[t]}")
         d = {t: (1.0 - metrics[t]) ** self.alpha for t in self.tasks}
         total = sum(d.values())
+        n = len(self.tasks)
         share = 1.0 - (self.general_weight if self.general_task else 0.0)
-        if total == 0:
-            lam = {t: share / len(self.tasks) for t in self.tasks}
-        else:
-            lam = {t: share * d[t] / total for t in self.tasks}
+        p = {t: d[t] / total for t in self.tasks} if total > 0 else {t: 1.0 / n for t in self.tasks}
+        if self.lambda_ema > 0:  # the previous proportions, recovered from the previous λ
+            spread = 1.0 - n * self.lambda_min
+            prev = {t: (self.lambdas[t] / share - self.lambda_min) / spread for t in self.tasks}
+            p = {t: self.lambda_ema * prev[t] + (1.0 - self.lambda_ema) * p[t] for t in self.tasks}
+        lam = {t: share * (self.lambda_min + (1.0 - n * self.lambda_min) * p[t]) for t in self.tasks}
         if self.general_task:
             lam[self.general_task] = self.general_weight
         self.lambdas = lam

@@ -59,7 +59,8 @@ class SFTTrainer(Trainer):
                                label_only_fraction=s.label_only_fraction)
         self.instance = InstanceReweighter(beta=s.beta, w_min=s.w_min, w_max=s.w_max)
         self.general_weight = s.general_weight if s.general_path else None
-        self.tasks = TaskReweighter(tasks=list(self.adaptive), alpha=s.alpha,
+        self.tasks = TaskReweighter(tasks=list(self.adaptive), alpha=s.alpha, lambda_min=s.lambda_min,
+                                    lambda_ema=s.lambda_ema,
                                     general_task=GENERAL.name if s.general_path else None,
                                     general_weight=self.general_weight or 0.0)
         self.scorer = scorer_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer, seq_len=t.seq_len,

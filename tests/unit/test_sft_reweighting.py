@@ -62,3 +62,47 @@ def test_eq2_weighted_loss():
     w = torch.tensor([1.0, 0.5, 2.0, 1.0])
     out = weighted_loss(loss, ["a", "a", "b", "b"], w, {"a": 0.25, "b": 0.75})
     assert out.item() == pytest.approx(0.25 * (1.0 + 1.0) / 2 + 0.75 * (6.0 + 4.0) / 2)
+
+
+def test_lambda_floor_keeps_a_solved_task_training():
+    # literal Eq. 7: a task at metric 1.0 gets lambda 0
+    literal = TaskReweighter(tasks=["a", "b"])
+    assert literal.update({"a": 1.0, "b": 0.4}) == {"a": 0.0, "b": 1.0}
+    # floor 0.05 of the share: lambda_t = 0.05 + (1 - 2 * 0.05) * p_t with p = (0, 1)
+    floored = TaskReweighter(tasks=["a", "b"], lambda_min=0.05)
+    lam = floored.update({"a": 1.0, "b": 0.4})
+    assert lam["a"] == pytest.approx(0.05) and lam["b"] == pytest.approx(0.95)
+    # with a general task the floor is a fraction of the adaptive share (1 - 0.1)
+    g = TaskReweighter(tasks=["a", "b"], lambda_min=0.05, general_task="general", general_weight=0.1)
+    lam = g.update({"a": 1.0, "b": 1.0})  # both solved: equal split, nothing below the floor
+    assert lam == pytest.approx({"a": 0.45, "b": 0.45, "general": 0.1})
+    lam = g.update({"a": 1.0, "b": 0.0})
+    assert lam["a"] == pytest.approx(0.9 * 0.05) and sum(lam.values()) == pytest.approx(1.0)
+
+
+def test_lambda_ema_smooths_the_proportions_by_hand():
+    r = TaskReweighter(tasks=["a", "b"], lambda_ema=0.5)
+    # previous p = (0.5, 0.5) (initial split); new p = (0.2, 0.8) from d = (0.2, 0.8)
+    lam = r.update({"a": 0.8, "b": 0.2})
+    assert lam == pytest.approx({"a": 0.35, "b": 0.65})
+    # next: new p = (1, 0) -> 0.5 * (0.35, 0.65) + 0.5 * (1, 0)
+    lam = r.update({"a": 0.0, "b": 1.0})
+    assert lam == pytest.approx({"a": 0.675, "b": 0.325})
+    # with a floor too: p is recovered from lambda through the floor, so the smoothing is on p
+    f = TaskReweighter(tasks=["a", "b"], lambda_ema=0.5, lambda_min=0.1)
+    lam = f.update({"a": 1.0, "b": 0.0})  # p = 0.5 * (0.5, 0.5) + 0.5 * (0, 1) = (0.25, 0.75)
+    assert lam == pytest.approx({"a": 0.1 + 0.8 * 0.25, "b": 0.1 + 0.8 * 0.75})
+
+
+def test_lambda_settings_are_checked():
+    with pytest.raises(ValueError, match="lambda_min"):
+        TaskReweighter(tasks=["a", "b"], lambda_min=0.5)  # 2 * 0.5 leaves nothing to distribute
+    with pytest.raises(ValueError, match="lambda_ema"):
+        TaskReweighter(tasks=["a"], lambda_ema=1.0)
+    from megatron_ads.config.train import SFTSpec
+
+    with pytest.raises(ValueError, match="sft.lambda_min"):
+        SFTSpec(tasks=["query_ad", "ad_user"], lambda_min=0.6)
+    with pytest.raises(ValueError, match="sft.lambda_ema"):
+        SFTSpec(lambda_ema=-0.1)
+    assert SFTSpec().lambda_min == 0.05 and SFTSpec().lambda_ema == 0.0
