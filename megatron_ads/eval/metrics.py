@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from megatron_ads.eval.querygen import HFEmbedder, evaluate_query_gen
+from megatron_ads.eval.querygen import RECALL_K, HFEmbedder, Retriever, evaluate_query_gen
 from megatron_ads.runtime.errors import BadInput
 from megatron_ads.runtime.io import iter_jsonl
 
@@ -272,7 +272,12 @@ def _score_markdown(r: dict[str, Any]) -> list[str]:
 
 def _queries_markdown(r: dict[str, Any]) -> list[str]:
     cols = ["Relevance", "Diversity", "Difficulty", "Distinct1", "Distinct2"]
-    return ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|", "| " + " | ".join(_pct(r[c]) for c in cols) + " |"]
+    heads = list(cols)
+    if "recall_at_k" in r:  # with a retriever (eval --task query_gen)
+        k = r["recall_k"]
+        cols += ["recall_at_k", "recall_at_k_keyword", "recall_at_k_gain"]
+        heads += [f"Recall@{k}", f"Recall@{k} keyword", f"Recall@{k} gain"]
+    return ["| " + " | ".join(heads) + " |", "|---" * len(cols) + "|", "| " + " | ".join(_pct(r[c]) for c in cols) + " |"]
 
 
 def _views_summary(r: dict[str, Any]) -> dict[str, float]:
@@ -289,6 +294,7 @@ def _score_summary(r: dict[str, Any]) -> dict[str, float]:
 def _queries_summary(r: dict[str, Any]) -> dict[str, float]:
     out = {k: r[k] for k in ("Relevance", "Diversity", "Difficulty", "Distinct2")}
     out["malformed"] = r["malformed"] / max(1, r["n"])
+    out.update({k: r[k] for k in ("recall_at_k", "recall_at_k_gain") if k in r})
     return out
 
 
@@ -302,7 +308,7 @@ class Metric:
     summary: Callable[[dict[str, Any]], dict[str, float]]
     """The flat values SFT validation logs (``<task>/<key>``) and λ_t can follow."""
     embedder: bool = False
-    """Takes an embedder (``--embedder``)."""
+    """Takes an embedder (``--embedder``) and a retriever (``--ads``, ``--recall-k``: recall@K)."""
 
 
 METRICS: dict[str, Metric] = {
@@ -322,17 +328,21 @@ def metric(name: str) -> Metric:
     return METRICS[name]
 
 
-def evaluate(name: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None) -> dict[str, Any]:
+def evaluate(name: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None,
+             retriever: Retriever | None = None, k: int = RECALL_K, corpus_flag: str = "--ads") -> dict[str, Any]:
     """Score a prediction JSONL against a gold JSONL (rows join on ``id``) with metric ``name``.
 
-    ``embedder``: query generation only — a local Hugging Face model directory for the relevance/diversity
-    embeddings (default: the built-in hashed character-trigram embedder).
+    Query generation only: ``embedder`` — a local Hugging Face model directory for the relevance/diversity
+    embeddings (default: the built-in hashed character-trigram embedder); ``retriever`` — a frozen retriever
+    (``querygen.Retriever``) for recall@K at K = ``k`` (None: no recall@K); ``corpus_flag`` names its corpus
+    in errors.
     """
     m = metric(name)
     gold = read_jsonl(gold_path, strict=True)
     pred = read_jsonl(pred_path, strict=False)
     if m.embedder:
-        return m.evaluate(gold, pred, HFEmbedder(embedder) if embedder else None)
+        return m.evaluate(gold, pred, HFEmbedder(embedder) if embedder else None, retriever=retriever, k=k,
+                          corpus_flag=corpus_flag)
     return m.evaluate(gold, pred)
 
 

@@ -1,4 +1,4 @@
-"""Training plots with matplotlib (Agg): PNG files of an SFT run directory.
+"""Training plots with matplotlib (Agg): PNG files of an SFT or a GRPO run directory.
 
 Reads ``metrics.jsonl`` (one record per step) and ``val_metrics.jsonl`` (one per validation
 interval, with ``lambda/<task>`` and a ``weights`` histogram) and writes ``plots/``:
@@ -7,6 +7,17 @@ interval, with ``lambda/<task>`` and a ``weights`` histogram) and writes ``plots
 - ``val_metrics.png``   every validation metric (BACC, AUC, ...) per interval
 - ``lambda.png``        task weights λ_t per interval (Eq. 7)
 - ``weights_step<N>.png`` histogram of the instance weights (Eq. 5) used during the interval ending at step N
+
+A GRPO run (``plot_grpo_run``, from ``metrics.jsonl`` alone) gets ``plots/``:
+
+- ``rewards.png``              reward mean per task and channel (``reward/<task>/<channel>/mean``)
+- ``frac_reward_zero_std.png`` share of groups with no reward variance (all channels, and per channel)
+- ``kl.png``                   KL to the reference (and ``entropy.png`` when logged)
+- ``clip_frac.png``            PPO clip fractions (low, high, dual)
+- ``response_len.png``         response length mean and max (tokens)
+- ``token_mult_prob_error.png`` engine vs trainer log-prob mismatch
+- ``throughput.png``           rollout and train tokens/s
+- ``loss.png``                 GRPO loss and policy-gradient loss
 
 Files are written atomically (a reader never sees half a PNG); a run directory being written to is
 fine (a torn last line of a JSONL file is left for the next call).
@@ -119,4 +130,69 @@ def plot_sft_run(run_dir: str | Path) -> list[Path]:
             if isinstance(w, dict) and sum(w.get("counts", [])) > 0:
                 written.append(histogram_counts(plots / f"weights_step{r['step']}.png", w["counts"], w["edges"],
                                                 f"Instance weights, steps to {r['step']} (Eq. 5)", xlabel="w"))
+    return written
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def chart_of_keys(path: str | Path, rows: list[dict], keys: dict[str, str], title: str, ylabel: str = "",
+                  ylim: tuple[float, float] | None = None) -> Path | None:
+    """``line_chart`` of the per-step ``rows`` for ``keys`` ({row key: legend name}); keys with no finite value
+    are left out, and no file is written (None) when none has one."""
+    xs = [r.get("step") for r in rows]
+    series = {name: (xs, [r.get(k) if _finite(r.get(k)) else None for r in rows])
+              for k, name in keys.items() if any(_finite(r.get(k)) for r in rows)}
+    return line_chart(path, series, title, ylabel=ylabel, ylim=ylim) if series else None
+
+
+GRPO_CHARTS: tuple[tuple[str, str, str, tuple[float, float] | None], ...] = (
+    # (file, title, y label, y limits); the keys of each come from ``_grpo_keys``
+    ("rewards.png", "GRPO reward mean per task / channel", "reward", None),
+    ("frac_reward_zero_std.png", "Groups with zero reward std", "fraction", (0.0, 1.0)),
+    ("kl.png", "KL to the reference policy", "KL", None),
+    ("entropy.png", "Policy entropy (per token)", "nats", None),
+    ("clip_frac.png", "PPO clip fractions", "fraction of tokens", None),
+    ("response_len.png", "Response length", "tokens", None),
+    ("token_mult_prob_error.png", "token_mult_prob_error (engine vs trainer log-probs)", "mean |p_e/p_t - 1|", None),
+    ("throughput.png", "Throughput", "tokens/s", None),
+    ("loss.png", "GRPO loss", "loss", None),
+)
+
+
+def _grpo_keys(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """{plot file: {metrics.jsonl key: legend name}} for ``GRPO_CHARTS``."""
+    seen = sorted({k for r in rows for k in r})
+    return {
+        "rewards.png": {k: k[len("reward/"):-len("/mean")] for k in seen
+                        if k.startswith("reward/") and k.endswith("/mean")},
+        "frac_reward_zero_std.png": {"frac_reward_zero_std": "all channels",
+                                     **{k: k.split("/", 1)[1] for k in seen if k.startswith("frac_reward_zero_std/")}},
+        "kl.png": {"kl": "KL"},
+        "entropy.png": {"entropy": "entropy"},
+        "clip_frac.png": {"clip_frac_low": "low (1 - eps_low)", "clip_frac_high": "high (1 + eps_high)",
+                          "clip_frac_dual": "dual"},
+        "response_len.png": {"response_len_mean": "mean", "response_len_max": "max"},
+        "token_mult_prob_error.png": {"token_mult_prob_error": "token_mult_prob_error"},
+        "throughput.png": {"rollout_tokens_per_s": "rollout (generated tokens/s)",
+                           "train_tokens_per_s": "train (tokens/s)"},
+        "loss.png": {"loss": "loss", "pg_loss": "policy-gradient loss"},
+    }
+
+
+def plot_grpo_run(run_dir: str | Path) -> list[Path]:
+    """(Re)write a GRPO run's PNG plots from its ``metrics.jsonl`` into ``plots/``; returns the files written."""
+    run_dir = Path(run_dir)
+    rows = [r for r in _complete_rows(run_dir / "metrics.jsonl") if isinstance(r.get("step"), (int, float))]
+    if not rows:
+        return []
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    keys = _grpo_keys(rows)
+    written = []
+    for name, title, ylabel, ylim in GRPO_CHARTS:
+        path = chart_of_keys(plots / name, rows, keys[name], title, ylabel=ylabel, ylim=ylim)
+        if path is not None:
+            written.append(path)
     return written

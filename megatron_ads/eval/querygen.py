@@ -11,8 +11,15 @@ queries (``{"id", "queries": [...]}``). Per row, then averaged over rows:
   matching": the share of each query's words that do not occur in the keyword (a keyword/exact
   matcher cannot use them), averaged over queries. 0 = the query repeats the keyword.
 
+- **Recall@K** (AdNanny Eq. 8, the query_gen reward's measure) — with a frozen *retriever* (``Retriever``
+  protocol: the CLI builds the one the reward uses, ``rewards.retrieval.Retriever``: MiniLM + faiss over the
+  ad corpus; this module does not import it): |(∪ over {keyword} ∪ queries of each one's top-K ads) ∩ R| / |R|,
+  R = the gold row's ``relevant_ads`` (ad ids of the corpus) or the corpus's relevant set of its keyword.
+  Queries are de-duplicated and capped at ``max_queries`` as in the reward. ``recall_at_k_keyword`` is the
+  keyword alone (the baseline the reward subtracts), ``recall_at_k_gain`` their difference.
+
 Rows with no prediction or an empty / non-list ``queries`` count as malformed and score 0 on every
-metric (a wrong answer, as for the labeling tasks).
+metric (a wrong answer, as for the labeling tasks; recall@K included, not the keyword's baseline).
 
 Embedders: the default is a deterministic hashed character-trigram embedding (no download, fully
 reproducible, a lexical-semantic proxy); ``--embedder DIR`` uses a local Hugging Face model
@@ -25,7 +32,7 @@ import hashlib
 import math
 import re
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -93,6 +100,52 @@ class HFEmbedder:
         return np.concatenate(outs) if outs else np.zeros((0, 1))
 
 
+class Retriever(Protocol):
+    """What recall@K needs from a frozen retriever (``rewards.retrieval.Retriever`` satisfies it)."""
+
+    row: Mapping[str, int]
+    """Ad id -> corpus row."""
+    relevant: Mapping[str, set[int]]
+    """Keyword -> corpus rows relevant to it."""
+
+    def recall(self, queries: Sequence[str], relevant: Iterable[int], k: int) -> float:
+        """recall@K of the union of the queries' top-K results."""
+
+
+RECALL_K = 10
+"""Default K of recall@K (as the ``recall_at_k`` reward's ``k``)."""
+MAX_QUERIES = 8
+"""Generated queries counted per row (as the reward's ``max_queries``)."""
+
+
+def clean_queries(queries: Sequence[str], limit: int = MAX_QUERIES) -> list[str]:
+    """Whitespace-normalized queries, de-duplicated case-insensitively, the first ``limit`` (as the reward)."""
+    seen, out = set(), []
+    for q in queries:
+        q = " ".join(str(q).split())
+        if q and q.lower() not in seen:
+            seen.add(q.lower())
+            out.append(q)
+    return out[:limit]
+
+
+def relevant_rows(retriever: Retriever, key: Any, row: Mapping[str, Any], source: str = "--ads") -> set[int]:
+    """Corpus rows relevant to gold row ``row``: its ``relevant_ads`` ids, else the corpus's set of its keyword.
+    ValueError naming the gold id and ``source`` (the corpus's flag) when there are none or an id is unknown."""
+    if row.get("relevant_ads") is not None:
+        ids = [str(a) for a in row["relevant_ads"]]
+        unknown = [a for a in ids if a not in retriever.row]
+        if unknown:
+            raise ValueError(f"gold id {key!r}: relevant_ads id {unknown[0]!r} is not in the ad corpus ({source})")
+        if ids:
+            return {retriever.row[a] for a in ids}
+    rel = retriever.relevant.get(str(row.get("keyword")))
+    if not rel:
+        raise ValueError(f"gold id {key!r}: keyword {row.get('keyword')!r} has no relevant ads in the ad corpus "
+                         f"({source}); give relevant_ads (ad ids) in the gold row or a corpus that covers it")
+    return set(rel)
+
+
 def distinct_n(queries: Sequence[str], n: int) -> float:
     """Unique n-grams / all n-grams over ``queries`` (0 when there are none)."""
     grams = [tuple(w[i:i + n]) for w in (words(q) for q in queries) for i in range(len(w) - n + 1)]
@@ -115,8 +168,11 @@ def _queries(row: dict | None) -> list[str] | None:
     return qs or None
 
 
-def evaluate_query_gen(gold, pred, embedder: Embedder | None = None) -> dict[str, Any]:
-    """Relevance, Diversity, Difficulty, Distinct1/2 (fractions in [0, 1]) over the gold rows."""
+def evaluate_query_gen(gold, pred, embedder: Embedder | None = None, retriever: Retriever | None = None,
+                       k: int = RECALL_K, max_queries: int = MAX_QUERIES, corpus_flag: str = "--ads") -> dict[str, Any]:
+    """Relevance, Diversity, Difficulty, Distinct1/2 (fractions in [0, 1]) over the gold rows; with a
+    ``retriever`` also ``recall_at_k`` ({keyword} ∪ queries), ``recall_at_k_keyword`` (keyword alone) and
+    ``recall_at_k_gain`` at K = ``k`` (reported as ``recall_k``)."""
     emb = embedder or HashedTrigramEmbedder()
     ids = sorted(gold.rows)
     for key in ids:
@@ -124,6 +180,19 @@ def evaluate_query_gen(gold, pred, embedder: Embedder | None = None) -> dict[str
         if not isinstance(kw, str) or not kw.strip():
             raise ValueError(f"gold id {key!r}: keyword must be a non-empty string")
     per = {"Relevance": [], "Diversity": [], "Difficulty": [], "Distinct1": [], "Distinct2": []}
+    recall: dict[str, list[float]] = {"recall_at_k": [], "recall_at_k_keyword": []}
+    if retriever is not None:
+        if k < 1:
+            raise ValueError(f"recall k: expected >= 1, got {k}")
+        rel = {key: relevant_rows(retriever, key, gold.rows[key], corpus_flag) for key in ids}
+        for key in ids:
+            kw = gold.rows[key]["keyword"].strip()
+            base = retriever.recall([kw], rel[key], k)
+            qs = _queries(pred.rows.get(key))
+            added = [q for q in clean_queries(qs, max_queries) if q.lower() != kw.lower()] if qs else None
+            recall["recall_at_k_keyword"].append(base)
+            recall["recall_at_k"].append(0.0 if qs is None else
+                                         retriever.recall([kw] + added, rel[key], k) if added else base)
     malformed, n_queries = 0, 0
     for key in ids:
         g = gold.rows[key]
@@ -147,7 +216,11 @@ def evaluate_query_gen(gold, pred, embedder: Embedder | None = None) -> dict[str
         per["Difficulty"].append(sum(difficulty(q, g["keyword"]) for q in qs) / len(qs))
         per["Distinct1"].append(distinct_n(qs, 1))
         per["Distinct2"].append(distinct_n(qs, 2))
-    out: dict[str, Any] = {k: (sum(v) / len(v) if v else math.nan) for k, v in per.items()}
+    out: dict[str, Any] = {m: (sum(v) / len(v) if v else math.nan) for m, v in per.items()}
+    if retriever is not None:
+        out.update({m: (sum(v) / len(v) if v else math.nan) for m, v in recall.items()})
+        out["recall_at_k_gain"] = out["recall_at_k"] - out["recall_at_k_keyword"]
+        out["recall_k"] = k
     out.update(n=len(ids), malformed=malformed, queries=n_queries, pred_line_errors=pred.errors,
                unmatched_predictions=sorted(set(pred.rows) - set(gold.rows)))
     return out

