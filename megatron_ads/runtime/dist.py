@@ -91,12 +91,18 @@ def init_distributed(platform: Platform | None = None, timeout_s: float = 600.0,
         os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     platform = setup(platform)
     if not dist.is_initialized():
+        if env.launcher == "single":
+            # one process: an in-process store, no TCP port (two single-process runs on one machine would
+            # otherwise both ask for MASTER_PORT 29500 and the second would fail with EADDRINUSE)
+            rendezvous = {"store": dist.HashStore()}
+        else:
+            rendezvous = {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
         dist.init_process_group(
             backend=platform.backend,
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
             timeout=datetime.timedelta(seconds=timeout_s),
+            **rendezvous,
         )
     return platform, env
 

@@ -92,3 +92,31 @@ def test_megatron_groups_take_a_timeout_in_seconds(one_rank_group):
         assert _timeout(ps.get_expert_model_parallel_group()) == 7
     finally:
         ps.destroy_model_parallel()
+
+
+def test_single_process_needs_no_port(tmp_path):
+    """A single-process run (no launcher) rendezvous in-process: another process holding MASTER_PORT's default
+    (two single-process trainings on one machine) does not stop it."""
+    import socket
+    import subprocess
+    import sys
+
+    held = socket.socket()
+    try:
+        held.bind(("127.0.0.1", 29500))
+        held.listen()
+    except OSError:
+        pass  # something already holds it: the check below holds all the same
+    try:
+        code = ("import torch.distributed as dist\n"
+                "from megatron_ads.runtime.dist import init_distributed\n"
+                "init_distributed(timeout_s=30)\n"
+                "assert dist.get_world_size() == 1\n"
+                "g = dist.new_group([0])\n"  # groups work on the in-process store too
+                "dist.destroy_process_group()\n")
+        env = {k: v for k, v in __import__("os").environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR", "SLURM_PROCID", "SLURM_NTASKS")}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        held.close()
