@@ -1,10 +1,13 @@
 """Training throughput of our megatron-core trainer vs a plain HF-transformers loop, same model and data.
 
     python benchmarks/train.py [--flavor tiny_deepseek_v3] [--steps 12] [--seq-len 128] [--micro-batch 4] [--dtype fp32]
+                               [--experts grouped|sequential|both] [--num-experts N]
 
 Both run in one process on this machine's device (CPU here; CUDA on a GPU machine), from the same
 random-weight HF checkpoint, on the same synthetic batches, with AdamW. Prints median tokens/s of
-each (first 2 steps excluded) and the ratio ours / HF.
+each (first 2 steps excluded) and the ratio ours / HF. ``--experts`` picks our routed experts module
+(``model.experts``: grouped GEMM, or megatron's SequentialMLP; ``both`` runs ours once with each);
+``--num-experts`` overrides the flavor's routed expert count (n_routed_experts).
 """
 
 from __future__ import annotations
@@ -50,29 +53,45 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--experts", choices=("grouped", "sequential", "both"), default="grouped")
+    ap.add_argument("--num-experts", type=int, default=None, help="override n_routed_experts of the flavor")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="megatron_ads_trainbench_") as tmp:
         hf = Path(tmp) / "hf"
-        subprocess.run([sys.executable, "-m", "megatron_ads", "init-model", "--flavor", args.flavor, "--out", str(hf),
-                        "--dtype", "fp32"], check=True, capture_output=True)
+        if args.num_experts is None:
+            subprocess.run([sys.executable, "-m", "megatron_ads", "init-model", "--flavor", args.flavor, "--out",
+                            str(hf), "--dtype", "fp32"], check=True, capture_output=True)
+        else:
+            from megatron_ads.checkpoint.hf_init import write_random_checkpoint
+            from megatron_ads.config.flavors import flavor_dict
+
+            cfg = {**flavor_dict(args.flavor), "n_routed_experts": args.num_experts}
+            write_random_checkpoint(cfg, hf, seed=0, dtype="fp32")
         r = subprocess.run([sys.executable, "-c", HF_LOOP, str(hf), str(args.steps), str(args.seq_len),
                             str(args.micro_batch), args.dtype], check=True, capture_output=True, text=True)
         hf_tps = json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"][2:]
-        run = Path(tmp) / "ours"
-        t = time.time()
-        subprocess.run([sys.executable, "-m", "megatron_ads", "train", "lm", "--config",
-                        str(Path(__file__).resolve().parents[1] / "launch/configs/tiny_cpu.yaml"),
-                        f"out_dir={run}", "model.init=hf", f"model.path={hf}", "parallel.pp=1", "parallel.ep=1",
-                        "parallel.stage_layers=null", f"train.steps={args.steps}", f"train.seq_len={args.seq_len}",
-                        f"train.micro_batch={args.micro_batch}", "train.num_microbatches=1", f"optim.dtype={args.dtype}",
-                        "checkpoint.save_at_end=false", "train.moe_metrics=false"], check=True, capture_output=True)
-        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][2:]
-        ours_tps = [x["tokens_per_s"] for x in recs]
-    ours, base = statistics.median(ours_tps), statistics.median(hf_tps)
-    print(f"model {args.flavor}, {args.dtype}, seq {args.seq_len} x mb {args.micro_batch}, {args.steps} steps (first 2 excluded)")
+        ours = {}
+        for kind in (("grouped", "sequential") if args.experts == "both" else (args.experts,)):
+            run = Path(tmp) / f"ours_{kind}"
+            subprocess.run([sys.executable, "-m", "megatron_ads", "train", "lm", "--config",
+                            str(Path(__file__).resolve().parents[1] / "launch/configs/tiny_cpu.yaml"),
+                            f"out_dir={run}", "model.init=hf", f"model.path={hf}", f"model.experts={kind}",
+                            "parallel.pp=1", "parallel.ep=1", "parallel.stage_layers=null",
+                            f"train.steps={args.steps}", f"train.seq_len={args.seq_len}",
+                            f"train.micro_batch={args.micro_batch}", "train.num_microbatches=1",
+                            f"optim.dtype={args.dtype}", "checkpoint.save_at_end=false", "train.moe_metrics=false"],
+                           check=True, capture_output=True)
+            recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][2:]
+            ours[kind] = statistics.median(x["tokens_per_s"] for x in recs)
+    base = statistics.median(hf_tps)
+    experts = f", {args.num_experts} experts" if args.num_experts else ""
+    print(f"model {args.flavor}{experts}, {args.dtype}, seq {args.seq_len} x mb {args.micro_batch}, {args.steps} steps "
+          f"(first 2 excluded)")
     print(f"HF transformers loop: {base:10.1f} tokens/s (median)")
-    print(f"megatron_ads trainer: {ours:10.1f} tokens/s (median)")
-    print(f"ratio ours / HF: {ours / base:.3f}")
+    for kind, tps in ours.items():
+        print(f"megatron_ads trainer ({kind} experts): {tps:10.1f} tokens/s (median), ratio ours / HF: {tps / base:.3f}")
+    if len(ours) == 2:
+        print(f"grouped / sequential: {ours['grouped'] / ours['sequential']:.3f}")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from megatron_ads.checkpoint.hf_io import CheckpointError, FP8BlockScale, HFCheckpoint
-from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, rank_tasks
+from megatron_ads.checkpoint.mapping import RankCoord, apply_transform, expert_views, rank_tasks
 from megatron_ads.checkpoint.megatron_io import MegatronAsHF, MegatronShard, iter_dirname, read_layout, shard_dirname
 from megatron_ads.checkpoint.mtp import resolve_mtp
 from megatron_ads.config.model import ModelConfig
@@ -21,8 +21,11 @@ from megatron_ads.layout.pipeline import stage_layers
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters plus persistent weight-like buffers (router expert_bias) of a chunk."""
-    out = dict(model.named_parameters())
+    """Parameters plus persistent weight-like buffers (router expert_bias) of a chunk, by the names of the
+    mapping tables (grouped experts weights as per-expert views: ``mapping.expert_views``)."""
+    out = {}
+    for name, param in model.named_parameters():
+        out.update(expert_views(name, param))
     for name, buf in model.named_buffers():
         if name.endswith("expert_bias"):
             out[name] = buf

@@ -14,7 +14,10 @@ The non-1:1 cases are owned by a few mapping classes (``MAPPINGS`` names them fo
 - ``GatedFC1`` (``gated``): fc1 = [gate; up], split so TP shard i holds [gate_i; up_i];
 - ``QKV`` (``qkv``): q, k, v interleaved per query group ([q_g; k_g; v_g] for g in groups), split by groups;
 - ``ExpertShard``: global <-> local expert numbering of an EP rank (experts are not TP-split:
-  expert tensor parallel = 1);
+  expert tensor parallel = 1); the tables name expert E's tensors per expert
+  (``local_experts.{e}.linear_fc{1,2}``) on every format; a model built with grouped experts
+  (``model.experts.GroupedExperts``: one ``[E_local, ...]`` weight per projection) exposes slice e of
+  its weights under those names through ``expert_views``, so the same tables load and export it;
 - FP8 block scales are a property of the HF files, not of a megatron tensor: ``hf_io.FP8BlockScale``.
 Each mapping class builds a rank's tensor from the HF tensors (``to_mcore``) and reassembles the HF
 tensors from the TP pieces (``to_hf``), so conversion in both directions uses one definition.
@@ -143,6 +146,23 @@ class ExpertShard:
         """(local, global) index of every expert of this rank."""
         for e in range(self.count):
             yield e, self.first + e
+
+
+_GROUPED_EXPERTS = re.compile(r"^(?P<head>(?:.*\.)?mlp\.experts\.)(?P<proj>linear_fc[12])\.weight$")
+
+
+def expert_views(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Model tensor ``name`` under the names the tables use: a grouped experts weight
+    ``...mlp.experts.linear_fc{1,2}.weight`` of shape [E_local, N, K] as its slices
+    ``...mlp.experts.local_experts.{e}.linear_fc{1,2}.weight`` (views: writing one writes slice e of the
+    grouped tensor, so expert E lands in slice E - first of EP rank E // (experts / EP)); any other
+    tensor as itself."""
+    m = _GROUPED_EXPERTS.match(name)
+    if m is None:
+        return {name: tensor}
+    if tensor.dim() != 3:
+        raise ValueError(f"{name}: grouped experts weight must be [E_local, N, K], got shape {tuple(tensor.shape)}")
+    return {f"{m['head']}local_experts.{e}.{m['proj']}.weight": tensor[e] for e in range(tensor.shape[0])}
 
 
 MAPPINGS: dict[str, Mapping] = {

@@ -226,6 +226,11 @@ class SFTSpec:
     lambda_ema: float = 0.0
     """Smoothing of Eq. 7's task proportions over validations (EMA: p ← ema · p_prev + (1 − ema) · p_new);
     0 = none (the literal Eq. 7)."""
+    label_balance: float = 0.0
+    """γ: class-balance weight on the training rows of classification tasks (not in the paper; 0 = off). A row
+    weighs (1 / (K · p))^γ for its rarest label (K classes of that field, p the label's share of the task's
+    training rows), normalized to mean 1 per task, times its Eq. 5 weight (``train.sft.label_balance_weights``).
+    Rare labels (13 % location defects) otherwise leave "always good" a strong optimum."""
     reweight_instances: bool = True
     """Apply Eq. 5 instance weights."""
     reweight_tasks: bool = True
@@ -265,6 +270,8 @@ class SFTSpec:
             raise ValueError(f"sft.lambda_ema: expected 0 <= ema < 1, got {self.lambda_ema}")
         if not 0.0 <= self.prompt_loss_weight <= 1.0:
             raise ValueError(f"sft.prompt_loss_weight: expected [0, 1], got {self.prompt_loss_weight}")
+        if not 0.0 <= self.label_balance <= 1.0:
+            raise ValueError(f"sft.label_balance: expected [0, 1], got {self.label_balance}")
         _one_of("sft", self, "task_weighting", TaskWeighting)
         for t, kw in self.synthetic.items():
             if not isinstance(kw, dict):

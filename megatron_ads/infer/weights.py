@@ -219,7 +219,7 @@ def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: s
     built_cfg, _ = resolve_mtp(cfg, source, "drop", warn=False)
     dtype = COMPUTE_DTYPE[precision]
     model = build_model_chunk(built_cfg, par, dtype=dtype, device=device, use_te=use_te_default(device),
-                              fp8_backend=backend)
+                              fp8_backend=backend, experts="sequential")  # infer.lean twins SequentialMLP
     coord = current_coord()
     if mcore_dir is None or built_cfg.num_mtp_layers != cfg.num_mtp_layers:
         n = load_hf_into_chunk(model, source, built_cfg, par, coord)  # FP8 codes: to the linears' load_fp8

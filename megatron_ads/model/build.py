@@ -12,6 +12,7 @@ from megatron.core.transformer.transformer_config import MLATransformerConfig, T
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import megatron_layout
+from megatron_ads.model.experts import default_experts
 from megatron_ads.model.specs import decoder_block_spec
 from megatron_ads.runtime.platform import patch_loaded_megatron_modules
 
@@ -134,17 +135,21 @@ def transformer_config(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32
 
 
 def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32", device: str = "cpu",
-                      use_te: bool = False, tconfig: TransformerConfig | None = None, fp8_backend: str | None = None):
+                      use_te: bool = False, tconfig: TransformerConfig | None = None, fp8_backend: str | None = None,
+                      experts: str | None = None):
     """The GPTModel chunk of this rank (megatron parallel state must be initialized for ``par``).
 
     ``fp8_backend`` (``reference`` | ``triton`` | ``scaled_mm``): FP8 linears of that backend in the
-    decoder layers (``model.specs.decoder_block_spec``; local spec, tp = 1); None: plain linears."""
+    decoder layers (``model.specs.decoder_block_spec``; local spec, tp = 1); None: plain linears.
+    ``experts`` (``grouped`` | ``sequential``; None: ``grouped`` where ``torch._grouped_mm`` exists): the
+    routed experts module (``model.experts``); FP8 backends always use megatron's ``SequentialMLP``."""
     patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pre = parallel_state.is_pipeline_first_stage()
     post = parallel_state.is_pipeline_last_stage()
-    block = decoder_block_spec(tconfig, use_te=use_te, pp_rank=pp_rank, fp8_backend=fp8_backend)
+    block = decoder_block_spec(tconfig, use_te=use_te, pp_rank=pp_rank, fp8_backend=fp8_backend,
+                               experts=experts or default_experts())
     if fp8_backend is not None:
         use_te = False  # the MTP spec follows the block's backend
     mtp = None

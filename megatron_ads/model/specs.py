@@ -1,7 +1,11 @@
 """megatron-core ModuleSpecs: TransformerEngine spec when TE is importable (and on CUDA), local spec
 with the project's SDPA core attention otherwise; with ``fp8_backend``, the local spec with the FP8
 linear of that backend (``kernels.fp8_linear``) in every attention and MLP linear (routed and shared
-experts included). Backends are chosen here, never inside forward."""
+experts included). Routed experts: ``experts="grouped"`` puts the project's ``model.experts.GroupedExperts``
+(one ``torch._grouped_mm`` per projection) in place of megatron's ``SequentialMLP`` in the local spec;
+the TE spec keeps its own choice (megatron's ``TEGroupedMLP`` when ``moe_grouped_gemm``) and an FP8
+backend keeps ``SequentialMLP`` (its experts are FP8 linears). Backends are chosen here, never inside
+forward."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron_ads._compat import HAVE_TE
 from megatron_ads.kernels.fp8_linear import fp8_linear_class
 from megatron_ads.model.attention import SDPACoreAttention
+from megatron_ads.model.experts import EXPERTS_IMPLS, GroupedExperts
 
 ATTENTION_LINEARS = ("linear_qkv", "linear_q_proj", "linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj",
                      "linear_kv_up_proj", "linear_proj")
@@ -28,13 +33,16 @@ def use_te_default(device_type: str) -> bool:
 
 
 def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None,
-                       fp8_backend: str | None = None) -> TransformerBlockSubmodules:
+                       fp8_backend: str | None = None, experts: str = "sequential") -> TransformerBlockSubmodules:
     """The decoder block spec of this pipeline stage (dense/MoE layers per ``tconfig.moe_layer_freq``).
 
     ``fp8_backend`` (``reference`` | ``triton`` | ``scaled_mm``): the local spec with that FP8 linear in
     place of every attention/MLP linear (``use_te`` is ignored: TE's fused norm+linear has no FP8 twin
-    here); None: the plain spec.
+    here); None: the plain spec. ``experts`` (``grouped`` | ``sequential``): the routed experts module of
+    the local spec (ignored with ``fp8_backend``: the FP8 linears need ``SequentialMLP``).
     """
+    if experts not in EXPERTS_IMPLS:
+        raise ValueError(f"experts: expected one of {', '.join(EXPERTS_IMPLS)}, got {experts!r}")
     if fp8_backend is not None:
         use_te = False
     spec = get_gpt_decoder_block_spec(tconfig, use_transformer_engine=use_te, normalization="RMSNorm",
@@ -46,6 +54,8 @@ def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None,
         layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
         if fp8_backend is not None:
             _use_fp8_linears(layer, fp8_backend)
+        elif experts == "grouped" and layer.submodules.mlp.module is MoELayer:
+            layer.submodules.mlp.submodules.experts = ModuleSpec(module=GroupedExperts)
     return spec
 
 

@@ -62,7 +62,7 @@ def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str]) ->
         extra.update(moe_router_load_balancing_type="seq_aux_loss", moe_aux_loss_coeff=job.train.moe_aux_loss_coeff)
     tconfig = transformer_config(cfg, par, dtype=o.dtype, device=device_name, calculate_per_token_loss=False, **extra)
     chunk = build_model_chunk(cfg, par, dtype=o.dtype, device=device_name, use_te=use_te_default(device_name),
-                              tconfig=tconfig)
+                              tconfig=tconfig, experts=job.model.experts)
     load_initial_weights(chunk, job.model, cfg, job)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=o.distributed_optimizer,

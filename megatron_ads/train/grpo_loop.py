@@ -173,7 +173,8 @@ class GRPOTrainer(Trainer):
                                      calculate_per_token_loss=False)
 
         chunk = build_model_chunk(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
-                                  use_te=use_te_default(self.platform.name), tconfig=tconfig)
+                                  use_te=use_te_default(self.platform.name), tconfig=tconfig,
+                                  experts=self.job.model.experts)
         if self.job.model.init == "random":
             chunk.load_state_dict(self.model.module.state_dict())
         else:
