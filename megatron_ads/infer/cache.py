@@ -41,6 +41,8 @@ keys 0 .. p of its own row only. A right-padded prefill writes padding past a sh
 row's decode steps overwrite it one position at a time, and no query of that row ever sees a position it
 has not written with a real token. (megatron's ``StaticInferenceContext`` cannot do this: one
 ``sequence_len_offset`` gives every row its RoPE positions and write range, and decode runs unmasked.)
+``RowCache.select_rows`` copies rows (with their offsets) into a new cache: candidate scoring continues
+one prompt's cache with several candidates at once.
 
 Shapes (legend): B batch, S new tokens, T cached tokens (offset + S), H heads, G KV heads, Dh head dim,
 D hidden, C kv_lora_rank, R qk_rope_head_dim, N qk_nope_head_dim, V v_head_dim; X 1 or B.
@@ -50,7 +52,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Iterator, Literal
 
 import torch
@@ -153,6 +155,23 @@ class RowCache:
             raise ValueError(f"{type(self).__name__}: {t} tokens exceed its max_sequence_length "
                              f"{self.max_sequence_length}")
         return off, t, pos_BS
+
+    def select_rows(self, index_N: torch.Tensor) -> "RowCache":
+        """A new cache of the same kind whose row n is this cache's row ``index_N[n]`` (an index_select over
+        the row dimension of every buffer and of ``row_offsets``; rows may repeat: shared-prefix candidate
+        scoring gives each (row, candidate) its own copy of the row's prompt cache). Offsets and rope tables
+        carried over; its attention twins are its own (built at its first step)."""
+        kw = {}
+        for f in fields(self):
+            if f.name.startswith("_"):
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, list):  # per-layer buffers [B, T_max, ...]
+                v = [t.index_select(0, index_N.to(t.device)) for t in v]
+            elif isinstance(v, torch.Tensor):  # row_offsets [B]
+                v = v.index_select(0, index_N.to(v.device))
+            kw[f.name] = v
+        return type(self)(**kw, _rope=dict(self._rope), _layers=list(self._layers))
 
     @staticmethod
     def seen(off: int, s: int, t: int, pos_BS: torch.Tensor | None, device) -> torch.Tensor | None:

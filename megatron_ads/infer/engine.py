@@ -2,12 +2,19 @@
 
 How it works
 ------------
-*Label scoring* needs no cache: each (prompt, candidate) becomes one right-padded sequence
-``prompt + candidate[:-1]`` (single-token candidates of a row share the bare prompt), run through
-``model(ids, pos, None)`` (causal: what follows a position never changes its logits). The
-log-likelihood of a candidate is the sum of the log-probabilities of its tokens after the prompt;
-a row's probabilities are the softmax of its candidates' log-likelihoods. Sequences are sorted by
-length and cut into batches of ``batch_size`` (length bucketing: little padding).
+*Label scoring* with megatron's ``static`` cache uses no cache: each (prompt, candidate) becomes one
+right-padded sequence ``prompt + candidate[:-1]`` (single-token candidates of a row share the bare
+prompt), run through ``model(ids, pos, None)`` (causal: what follows a position never changes its
+logits). Sequences are sorted by length and cut into batches of ``batch_size`` (length bucketing: little
+padding). With our caches (``latent``, ``kv``) the prompt is shared instead: rows are sorted by prompt
+length and cut into batches of ``batch_size``; a batch is prefilled once (ragged, right-padded: each row's
+last real position gives every candidate's first token), then the cache's rows are replicated, one copy
+per (row, multi-token candidate) (``RowCache.select_rows``), and every such candidate's tokens but its
+last are fed in one right-padded step (position k predicts token k + 1; a copy's padding is never seen
+by its real tokens): one prefill per prompt instead of one per (prompt, candidate). Either way the
+log-likelihood of a candidate is the sum of the log-probabilities of its tokens after the prompt (the
+two paths agree to fp32 rounding); a row's probabilities are the softmax of its candidates'
+log-likelihoods.
 
 *Generation* is prefill + incremental decode with megatron-core's ``StaticInferenceContext``:
 ``model(ids, pos, None, inference_context=ctx, runtime_gather_output=True)`` returns the last
@@ -160,7 +167,8 @@ class Engine:
             latent cache of ``infer.cache``, kv_lora_rank + qk_rope_head_dim values per token per layer;
             ragged batches) or ``kv`` (non-MLA models: ``infer.cache.KVCache``, K and V per KV head;
             ragged batches). ``latent`` and ``kv`` need TP 1. ``auto``: ``infer.cache.default_cache_kind``
-            (latent / kv at TP 1, static otherwise).
+            (latent / kv at TP 1, static otherwise). Candidate scoring follows it: ``static`` runs one full
+            forward per (row, candidate), ``latent`` / ``kv`` one prefill per prompt shared by its candidates.
         parallel: this rank's place in the layout (``ParallelContext``); None: built here from megatron's
             parallel state (``ParallelContext.from_megatron``: single-rank when none is initialized). With
             tp, pp or ep > 1 every rank must construct its engine (one all-gather).
@@ -216,10 +224,24 @@ class Engine:
     @torch.inference_mode()
     def candidate_loglik(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
         """Per row, the log-likelihood of each candidate after its prompt (summed over the candidate's
-        tokens), [rows][C]. ``candidates`` is shared by every row."""
+        tokens), [rows][C]. ``candidates`` is shared by every row. With our caches (``latent``, ``kv``) each
+        prompt is prefilled once and its cache shared by its candidates; with ``static`` each (row,
+        candidate) is one full forward (module docstring)."""
         vocab = self.cfg.vocab_size
         _check_ids(prompt_ids, vocab, "prompt_ids")
         _check_ids(candidates, vocab, "candidates")
+        with lean(self.model):
+            if self.cache == "static":
+                out_RC = self._loglik_full(prompt_ids, candidates)
+            else:
+                out_RC = self._loglik_shared(prompt_ids, candidates)
+        if self.parallel.multi:
+            out_RC = self.parallel.share(out_RC.to(self.device)).cpu()
+        return out_RC.tolist()
+
+    def _loglik_full(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
+        """``candidate_loglik`` without a cache: one right-padded sequence per (row, distinct input), [R, C]
+        float64 on the source rank (zeros elsewhere)."""
         # one sequence per (row, distinct input): the bare prompt for single-token candidates,
         # prompt + cand[:-1] for longer ones
         seqs: list[list[int]] = []
@@ -242,29 +264,74 @@ class Engine:
             tasks.append(row)
         logprobs_of: dict[int, torch.Tensor] = {}  # seq index -> log_softmax rows from the prompt's last position
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        with lean(self.model):
-            for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
-                chunk = order[start:start + self.batch_size]
-                width = max(len(seqs[i]) for i in chunk)
-                ids = torch.zeros(len(chunk), width, dtype=torch.long)
-                for b, i in enumerate(chunk):
-                    ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
-                logits = self._logits(ids)
-                if logits is None or not self.parallel.is_src:
-                    continue
-                for b, i in enumerate(chunk):
-                    plen = plens[i]
-                    take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
-                    logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
+        for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
+            chunk = order[start:start + self.batch_size]
+            width = max(len(seqs[i]) for i in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            for b, i in enumerate(chunk):
+                ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
+            logits = self._logits(ids)
+            if logits is None or not self.parallel.is_src:
+                continue
+            for b, i in enumerate(chunk):
+                plen = plens[i]
+                take = len(seqs[i]) - plen + 1  # positions plen-1 .. end predict the candidate's tokens
+                logprobs_of[i] = torch.log_softmax(logits[b, plen - 1:plen - 1 + take], dim=-1).double().cpu()
         out_RC = torch.zeros(len(tasks), len(candidates), dtype=torch.float64)
         if self.parallel.is_src:
             for r, row in enumerate(tasks):
                 for s, c in row:
                     lp = logprobs_of[s]
                     out_RC[r, c] = sum(lp[k, t].item() for k, t in enumerate(candidates[c]))
-        if self.parallel.multi:
-            out_RC = self.parallel.share(out_RC.to(self.device)).cpu()
-        return out_RC.tolist()
+        return out_RC
+
+    def _loglik_shared(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> torch.Tensor:
+        """``candidate_loglik`` with our cache (shared prefix): per batch of ``batch_size`` rows (sorted by
+        prompt length), one ragged prefill (each row's last real position: every candidate's first token),
+        then the cache's rows replicated once per multi-token candidate (``RowCache.select_rows``) and every
+        such candidate's tokens but its last fed in one right-padded step (position k: token k + 1).
+        [R, C] float64 on the source rank (zeros elsewhere)."""
+        par = self.parallel
+        multi = [c for c, cand in enumerate(candidates) if len(cand) > 1]
+        tail = max((len(candidates[c]) - 1 for c in multi), default=0)
+        m = len(multi)
+        first_C = torch.tensor([cand[0] for cand in candidates])
+        feed_MK = torch.zeros(m, tail, dtype=torch.long)  # candidate tokens 0 .. n-2, right-padded
+        next_MK = torch.zeros(m, tail, dtype=torch.long)  # the tokens they predict: 1 .. n-1
+        real_MK = torch.zeros(m, tail, dtype=torch.bool)
+        for j, c in enumerate(multi):
+            n = len(candidates[c]) - 1
+            feed_MK[j, :n] = torch.tensor(candidates[c][:-1])
+            next_MK[j, :n] = torch.tensor(candidates[c][1:])
+            real_MK[j, :n] = True
+        kind = LatentCache if self.cache == "latent" else KVCache
+        out_RC = torch.zeros(len(prompt_ids), len(candidates), dtype=torch.float64)
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        for start in range(0, len(order), self.batch_size):  # every rank: the same forwards
+            rows = order[start:start + self.batch_size]
+            b = len(rows)
+            lens = [len(prompt_ids[r]) for r in rows]
+            ids_BS = torch.zeros(b, max(lens), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids_BS[j, :lens[j]] = torch.tensor(prompt_ids[r], dtype=torch.long)
+            ctx = kind.allocate(self.model, b, max(lens) + tail)
+            logits_BV = self._step(ctx, ids_BS, [n - 1 for n in lens])
+            logits_NKV = None
+            if m:  # row j's copies are rows j*m .. j*m + m-1, one per multi-token candidate
+                rep = ctx.select_rows(torch.arange(b).repeat_interleave(m))
+                del ctx
+                logits_NKV = self._forward(feed_MK.repeat(b, 1), rep)
+                del rep
+            if logits_BV is None or not par.is_src:
+                continue
+            lp_BC = torch.log_softmax(logits_BV.float(), dim=-1)[:, first_C.to(logits_BV.device)]
+            out_RC[rows] = lp_BC.double().cpu()
+            if m:
+                lp_NKV = torch.log_softmax(logits_NKV.float(), dim=-1)
+                lp_NK = lp_NKV.gather(-1, next_MK.repeat(b, 1).to(lp_NKV.device)[..., None])[..., 0]
+                rest_BM = lp_NK.double().cpu().masked_fill(~real_MK.repeat(b, 1), 0.0).sum(-1).view(b, m)
+                out_RC[torch.tensor(rows)[:, None], torch.tensor(multi)[None, :]] += rest_BM
+        return out_RC
 
     def score_candidates(self, prompt_ids: list[list[int]], candidates: list[list[int]]) -> list[list[float]]:
         """Per row, the probability of each candidate: softmax over the candidates' log-likelihoods

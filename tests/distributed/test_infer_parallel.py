@@ -48,6 +48,7 @@ def _run(model_dir: str, tp: int, pp: int, ep: int, latent: bool, scorer: bool):
     if latent:
         lat = Engine(model, cfg, batch_size=4, cache="latent", parallel=parallel)
         out["latent"] = _rows(lat.generate(prompts[:3], SamplingParams(max_new_tokens=NEW)))
+        out["latent_probs"] = lat.score_candidates(_prompts(cfg.vocab_size, (5, 3, 8), seed=1), CANDS)  # shared prefix
     if scorer:
         sc = EngineScorer(eng, tok)
         out["scorer_score"] = sc.score(["the ad", "the ad", "buy now"], [" yes", " no", " yes"])
@@ -56,8 +57,12 @@ def _run(model_dir: str, tp: int, pp: int, ep: int, latent: bool, scorer: bool):
 
 
 def _compare(multi: dict, single: dict, latent: bool):
-    worst = max(abs(a - b) for ra, rb in zip(multi["probs"], single["probs"]) for a, b in zip(ra, rb))
+    worst = max(abs(a - b) for key in ("probs",) + (("latent_probs",) if latent else ())
+                for ra, rb in zip(multi[key], single[key]) for a, b in zip(ra, rb))
     assert worst <= PROB_TOL, worst
+    if latent:  # the shared-prefix path (latent cache) scores as the full-prefill path (static)
+        assert max(abs(a - b) for ra, rb in zip(multi["latent_probs"], single["probs"])
+                   for a, b in zip(ra, rb)) <= PROB_TOL
     lp_worst = 0.0
     for key in ("greedy", "sampled", "stopped") + (("latent",) if latent else ()):
         for (ids, lps, fin), (ids1, lps1, fin1) in zip(multi[key], single[key]):

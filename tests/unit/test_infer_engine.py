@@ -108,6 +108,29 @@ def test_label_probabilities_match_transformers(name, engines):
     assert max(abs(a - b) for ra, rb in zip(alone, probs) for a, b in zip(ra, rb)) <= 1e-6
 
 
+@pytest.mark.parametrize("name,cache", [("ds_qlora", "latent"), ("ds_noqlora", "latent"), ("llama_tied", "kv")])
+def test_shared_prefix_scoring_equals_full_prefill_and_transformers(name, cache, engines):
+    """Our caches score candidates by prefilling each prompt once and feeding every multi-token candidate's
+    tokens in one step over replicated cache rows: the same probabilities as the full-prefill path
+    (static cache) and as transformers; ragged prompts, candidates of 1 to 5 tokens."""
+    eng, ref = engines(name)
+    shared = Engine(eng.model, eng.cfg, batch_size=3, cache=cache)
+    prompts = _prompts(eng.cfg.vocab_size, lengths=(5, 3, 8, 12, 7), seed=2)  # two ragged batches of 3 rows
+    cands = [[3], [17, 42, 5], [11], [8, 9], [4, 5, 6, 7, 8]]
+    full = torch.tensor(eng.score_candidates(prompts, cands), dtype=torch.float64)
+    ours = torch.tensor(shared.score_candidates(prompts, cands), dtype=torch.float64)
+    assert (full - ours).abs().max().item() <= 1e-6
+    assert torch.equal(full.argmax(-1), ours.argmax(-1))
+    ref_p = torch.tensor([[_hf_loglik(ref, p, c) for c in cands] for p in prompts], dtype=torch.float64).softmax(-1)
+    assert (ours - ref_p).abs().max().item() <= PROB_TOL
+    # single-token candidates only: the prefill alone; one row alone: what it gives in a batch
+    single = [[3], [11], [2]]
+    assert (torch.tensor(shared.score_candidates(prompts, single), dtype=torch.float64)
+            - torch.tensor(eng.score_candidates(prompts, single), dtype=torch.float64)).abs().max().item() <= 1e-6
+    alone = torch.tensor(shared.score_candidates(prompts[3:4], cands), dtype=torch.float64)
+    assert (alone - ours[3:4]).abs().max().item() <= 1e-6
+
+
 def test_seeded_sampling(engines):
     eng, _ = engines("llama_tied")
     prompts = _prompts(eng.cfg.vocab_size, lengths=(5, 5, 8))

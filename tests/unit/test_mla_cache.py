@@ -156,3 +156,22 @@ def test_latent_ragged_batch_equals_rows_alone(name, engines):
         assert out[1].output_ids == batched[1].output_ids[:cut] and out[1].finish_reason == "stop"
         assert [g.output_ids for i, g in enumerate(out) if i != 1] == \
             [g.output_ids for i, g in enumerate(batched) if i != 1]
+
+
+def test_select_rows_replicates_cache_rows(engines):
+    """``RowCache.select_rows``: a new cache whose rows are copies of the chosen rows (buffers and per-row
+    offsets); decoding from a replicated row gives the logits of decoding from the original."""
+    _, latent = engines("ds_qlora")
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, latent.cfg.vocab_size, (2, 6), generator=g)
+    with torch.inference_mode():
+        lat = LatentCache.allocate(latent.model, 2, 8)
+        latent._step(lat, prompt, [5, 3])  # ragged: row 1 is 4 tokens long
+        rep = lat.select_rows(torch.tensor([1, 0, 1]))
+        assert type(rep) is LatentCache and rep.row_offsets.tolist() == [4, 6, 4] and rep._twins == []
+        assert torch.equal(rep.latent[0][0], lat.latent[0][1]) and torch.equal(rep.k_pe[-1][1], lat.k_pe[-1][0])
+        feed = torch.tensor([[7], [9], [7]])
+        a = latent._step(rep, feed)
+        b = latent._step(lat, feed[:2].flip(0))  # row 0 fed 9, row 1 fed 7
+        assert (a[0] - b[1]).abs().max().item() <= LOGIT_TOL and (a[1] - b[0]).abs().max().item() <= LOGIT_TOL
+        assert torch.equal(a[0], a[2])
