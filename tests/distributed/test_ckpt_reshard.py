@@ -31,19 +31,27 @@ def _resumed_worker(job_dict):
     tr.maybe_resume()
     per = tr.cfg.num_experts // tr.par.ep
     first = ps.get_expert_model_parallel_rank() * per
-    wanted = {f"decoder.layers.1.mlp.experts.local_experts.{e}.linear_fc1.weight": (EXPERT_FC1, first + e)
-              for e in range(per)}
-    wanted[DENSE] = (DENSE, None)
     params = dict(tr.model.module.named_parameters())
+    grouped = "decoder.layers.1.mlp.experts.linear_fc1.weight"  # GroupedExperts: [E_local, 2F, D], expert e = [e]
+    if grouped in params:
+        wanted = {(grouped, e): (EXPERT_FC1, first + e) for e in range(per)}
+    else:  # SequentialMLP: one tensor per local expert
+        wanted = {(f"decoder.layers.1.mlp.experts.local_experts.{e}.linear_fc1.weight", None): (EXPERT_FC1, first + e)
+                  for e in range(per)}
+    wanted[(DENSE, None)] = (DENSE, None)
     state = {}
     for opt in tr.optimizer.chained_optimizers:
         state.update(getattr(opt.optimizer, "state", {}))
     moments = {}
-    for name, (key, idx) in wanted.items():
+    for (name, sl), (key, idx) in wanted.items():
         if name in params:
             st = state[params[name]]
-            moments[f"{key}[{idx}]"] = {"exp_avg": st["exp_avg"].tolist(), "exp_avg_sq": st["exp_avg_sq"].tolist(),
-                                        "param": params[name].detach().tolist()}
+
+            def pick(t, sl=sl):
+                return (t if sl is None else t[sl]).detach().tolist()
+
+            moments[f"{key}[{idx}]"] = {"exp_avg": pick(st["exp_avg"]), "exp_avg_sq": pick(st["exp_avg_sq"]),
+                                        "param": pick(params[name])}
     rec = tr.train_step()
     return {"moments": moments, "loss": rec["loss"], "step": tr.step, "lr": rec["lr"]}
 
