@@ -90,13 +90,14 @@ def test_sigkill_then_resume_exactly_once(setup, tmp_path, case):
     _killed(_args(ckpt, rows, out, "--workers", str(first)), kill)
     p0, p1 = part_path(out, 0, 2), part_path(out, 1, 2)
     if left == "torn-out":
-        assert _lines(out) == 2 and not out.read_bytes().endswith(b"\n")  # batch 1 whole, batch 2 cut
+        # batch 1 whole, batch 2 cut in half of its bytes: its first row may be whole, never both rows
+        assert _lines(out) in (2, 3) and not out.read_bytes().endswith(b"\n")
     elif left == "out-4":
         assert _lines(out) == 4 and out.read_bytes().endswith(b"\n")
     elif left == "part1-2":
         assert not out.exists() and _lines(p1) == 2 and p1.read_bytes().endswith(b"\n")
     elif left == "torn-part0":
-        assert not out.exists() and _lines(p0) == 2 and not p0.read_bytes().endswith(b"\n")
+        assert not out.exists() and _lines(p0) in (2, 3) and not p0.read_bytes().endswith(b"\n")
     elif left == "before-rename":
         assert not out.exists() and out.with_name(out.name + ".tmp").exists()
         assert _lines(p0) + _lines(p1) == N
