@@ -10,6 +10,11 @@ Task level (Eq. 6–7): difficulty d_t = 1 − M_t from each task's normalized v
 tasks share the rest (public instruction data mixed in, paper Table 8).
 
 Loss (Eq. 2): L = Σ_t λ_t · mean_{i ∈ batch, task t} (w_{t,i} · ℓ_{t,i}).
+
+Label balance (not in the paper, ``sft.label_balance`` = γ, off at 0): a classification row's w_{t,i} is also
+multiplied by a fixed class-balance weight (``label_balance_weights``). It moves a rare label's decision
+threshold; it does not teach the comparison the label rests on (measured on query_ad location, default corpus,
+γ = 1: validation BACC 0.825, exactly that of the shortcut "bad iff the query names a city", then back to 0.53).
 """
 
 from __future__ import annotations
@@ -145,6 +150,29 @@ class TaskReweighter:
     def load_state_dict(self, state: dict) -> None:
         self.lambdas = dict(state["lambdas"])
         self.history = [dict(h) for h in state["history"]]
+
+
+def label_balance_weights(labels: list[tuple[str, ...]], gamma: float) -> list[float]:
+    """Class-balance weight of each row from its labels (one value per output field, same fields every row).
+
+    Per field f with K_f classes seen and class frequency p_f(c) over the rows, a label weighs
+    (1 / (K_f · p_f(c)))^γ (1 for every class when the field is balanced); a row takes the weight of its
+    rarest label (the largest), and the weights are normalized to mean 1 over the rows, so the loss keeps
+    its scale. γ = 0: all 1; γ = 1: inverse class frequency."""
+    if gamma < 0:
+        raise ValueError(f"gamma: expected >= 0, got {gamma}")
+    if not labels:
+        return []
+    n, n_fields = len(labels), len(labels[0])
+    per_field = []
+    for f in range(n_fields):
+        counts: dict[str, int] = {}
+        for row in labels:
+            counts[row[f]] = counts.get(row[f], 0) + 1
+        per_field.append({c: (n / (len(counts) * k)) ** gamma for c, k in counts.items()})
+    raw = [max(per_field[f][row[f]] for f in range(n_fields)) for row in labels]
+    mean = sum(raw) / n
+    return [r / mean for r in raw]
 
 
 def weighted_loss(sample_loss: torch.Tensor, task_of_sample: list[str], sample_weight: torch.Tensor,

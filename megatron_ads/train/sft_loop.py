@@ -28,11 +28,11 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.data.mixing import TaskMixer, uniform_lambdas
 from megatron_ads.data.packing import collate, model_forward
 from megatron_ads.data.sft_data import load_sft_data, sft_tokenizer
-from megatron_ads.data.tasks import GENERAL, Scorer, check_sft, sft_tasks
+from megatron_ads.data.tasks import GENERAL, Scorer, check_sft, sft_tasks, task
 from megatron_ads.eval.plots import plot_sft_run
 from megatron_ads.runtime.log import get_logger
 from megatron_ads.train.loop import Trainer
-from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_loss
+from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, label_balance_weights, weighted_loss
 from megatron_ads.train.sft_eval import test_report, validate_tasks, weight_summary
 
 log = get_logger(__name__)
@@ -69,8 +69,23 @@ class SFTTrainer(Trainer):
         self.val_path = self.out / "val_metrics.jsonl"
         self._interval_w: list[tuple[str, float]] = []
         """(task, instance weight) of every sample trained on since the last validation (last stage)."""
+        self.balance = self._label_balance() if s.label_balance > 0 else {}
+        """Class-balance weight per training row id of the classification tasks (``sft.label_balance``)."""
 
     # ------------------------------------------------------------------ data
+    def _label_balance(self) -> dict[str, float]:
+        """``sft.label_balance`` weights of every classification task's training rows, keyed "task\trow id"."""
+        out: dict[str, float] = {}
+        for name in self.adaptive:
+            spec = task(name)
+            if spec.kind != "classification":
+                continue
+            rows = self.data[name]["train"]
+            labels = [tuple(str(_dotted(r, f.key)) for f in spec.outputs) for r in rows]
+            weights = label_balance_weights(labels, self.job.sft.label_balance)
+            out.update(zip((f"{name}\t{r['id']}" for r in rows), weights))
+        return out
+
     def _task_probabilities(self) -> dict[str, float]:
         """Task-mixer probabilities: λ_t in "sampling" mode, else uniform over the adaptive tasks
         (the general task always gets its fixed share)."""
@@ -102,6 +117,9 @@ class SFTTrainer(Trainer):
         w = (self.instance.weights(batch["sample_ids"], nll, mask) if s.reweight_instances
              else torch.ones(len(batch["sample_ids"])))
         self._interval_w.extend(zip(batch["tasks"], w.tolist()))
+        if self.balance:  # keyed by task and row id; sample ids are "<row id>:L" / "<row id>:R"
+            w = w * torch.tensor([self.balance.get(f"{t}\t{sid.rsplit(':', 1)[0]}", 1.0)
+                                  for t, sid in zip(batch["tasks"], batch["sample_ids"])])
         if s.task_weighting == "sampling":  # the mixer already drew tasks by λ_t: a plain weighted mean
             loss = (w.to(per_sample) * per_sample).mean()
         else:
@@ -184,3 +202,10 @@ class SFTTrainer(Trainer):
                 merged["previous"].update(st["sft_instance"]["previous"])
                 merged["current"].update(st["sft_instance"]["current"])
             self.instance.load_state_dict(merged)
+
+
+def _dotted(row: dict, key: str):
+    """``row``'s value at a dotted key ("labels.location")."""
+    for part in key.split("."):
+        row = row[part]
+    return row

@@ -24,6 +24,7 @@ from megatron_ads.eval.plots import plot_sft_run
     ("sft.files.query_ad.val=x.jsonl", "sft.files.query_ad"),
     ("sft.test_rows=-1", "sft.test_rows"),
     ("sft.prompt_loss_weight=2", "sft.prompt_loss_weight"),
+    ("sft.label_balance=-0.5", "sft.label_balance"),
 ])
 def test_sft_options_name_the_field(override, needle, tmp_path):
     path = tmp_path / "c.yaml"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, weighted_loss
+from megatron_ads.train.sft import InstanceReweighter, TaskReweighter, label_balance_weights, weighted_loss
 
 
 def test_eq3_perplexity_and_eq5_weights_by_hand():
@@ -62,6 +62,23 @@ def test_eq2_weighted_loss():
     w = torch.tensor([1.0, 0.5, 2.0, 1.0])
     out = weighted_loss(loss, ["a", "a", "b", "b"], w, {"a": 0.25, "b": 0.75})
     assert out.item() == pytest.approx(0.25 * (1.0 + 1.0) / 2 + 0.75 * (6.0 + 4.0) / 2)
+
+
+def test_label_balance_weights_by_hand():
+    # two fields, each 3 "good" : 1 "bad" over 4 rows -> good weighs 4 / (2 * 3) = 2/3, bad 4 / (2 * 1) = 2;
+    # a row takes its rarest label's weight: [2/3, 2/3, 2, 2], mean 4/3 -> normalized [0.5, 0.5, 1.5, 1.5]
+    labels = [("good", "good"), ("good", "good"), ("good", "bad"), ("bad", "good")]
+    assert label_balance_weights(labels, 1.0) == pytest.approx([0.5, 0.5, 1.5, 1.5])
+    # gamma = 0.5: good sqrt(2/3), bad sqrt(2) -> the bad rows weigh sqrt(3) times the good ones, mean 1
+    half = label_balance_weights(labels, 0.5)
+    assert half[2] / half[0] == pytest.approx(math.sqrt(3)) and sum(half) / 4 == pytest.approx(1.0)
+    assert label_balance_weights(labels, 0.0) == pytest.approx([1.0] * 4)
+    # three classes a, a, b, c: a weighs 4 / (3 * 2) = 2/3, b and c 4 / 3; mean (2/3 + 2/3 + 4/3 + 4/3) / 4 = 1
+    assert label_balance_weights([("a",), ("a",), ("b",), ("c",)], 1.0) == pytest.approx([2 / 3, 2 / 3, 4 / 3, 4 / 3])
+    assert label_balance_weights([("x",), ("y",)], 1.0) == pytest.approx([1.0, 1.0])  # balanced: unchanged
+    assert label_balance_weights([], 1.0) == []
+    with pytest.raises(ValueError, match="gamma"):
+        label_balance_weights(labels, -1.0)
 
 
 def test_lambda_floor_keeps_a_solved_task_training():
