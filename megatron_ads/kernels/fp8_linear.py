@@ -34,6 +34,8 @@ list-membership test; these classes are its drop-in, so their metaclass makes th
 
 from __future__ import annotations
 
+import abc
+
 import functools
 import os
 from typing import ClassVar
@@ -57,13 +59,13 @@ PROBE_TOL = 2e-2
 """Relative error (of the output's max) the scaled_mm probe allows against ``fp8_gemm_ref``."""
 
 
-class _ColumnParallelDropIn(type):
+class _ColumnParallelDropIn(abc.ABCMeta):
     """Metaclass: the class compares equal to megatron's ``ColumnParallelLinear`` (MLA's class check)."""
 
     def __eq__(cls, other):
         return cls is other or other is ColumnParallelLinear
 
-    __hash__ = type.__hash__
+    __hash__ = abc.ABCMeta.__hash__
 
 
 class FP8Linear(torch.nn.Module, metaclass=_ColumnParallelDropIn):
@@ -90,11 +92,13 @@ class FP8Linear(torch.nn.Module, metaclass=_ColumnParallelDropIn):
         self.bias = torch.nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device)) if bias else None
         self._init_weight(init_method, dtype, device)
 
+    @abc.abstractmethod
     def _init_weight(self, init_method, dtype: torch.dtype, device: torch.device) -> None:
-        raise NotImplementedError
+        """Each backend's own."""
 
+    @abc.abstractmethod
     def _gemm(self, x_TK: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Each backend's own."""
 
     def forward(self, input_: torch.Tensor, weight: torch.Tensor | None = None, runtime_gather_output=None):
         """``y = x @ W^T`` (+ bias unless ``skip_bias_add``). Returns ``(y, bias or None)`` as megatron's linears."""
@@ -108,9 +112,9 @@ class FP8Linear(torch.nn.Module, metaclass=_ColumnParallelDropIn):
             return y, self.bias
         return y + self.bias, None
 
+    @abc.abstractmethod
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight as a dense [N, K] tensor (the absorbed MLA cache folds ``linear_kv_up_proj`` with it)."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, backend={self.backend}"

@@ -50,7 +50,6 @@ from megatron_ads.runtime.log import get_logger
 from megatron_ads.train import ckpt, grpo
 from megatron_ads.train.build import load_initial_weights
 from megatron_ads.train.loop import Trainer, TrainingAborted
-from megatron_ads.train.moe import track_moe_metrics
 from megatron_ads.train.rollout import Completion, RolloutFactory, RolloutSettings, check_groups
 
 log = get_logger(__name__)
@@ -442,11 +441,7 @@ class GRPOTrainer(Trainer):
             self.scheduler.step(increment=1)
         if not finite:
             self.nan_steps += 1
-        moe = {}
-        if self.cfg.is_moe:
-            if t.moe_metrics:
-                self._phase("moe-metrics", track_moe_metrics, self.cfg, self.step, "metrics" in self.stub_parts)
-            moe = self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0)
+        moe = self.moe_step_metrics()
         t_train = time.time() - t1
         dt = time.time() - t0
         st = epoch_stats[0]

@@ -110,6 +110,15 @@ class Trainer:
                                     f"this rank: {self.optim_info['expert_optimizer']}") from exc
             raise
 
+    def moe_step_metrics(self) -> dict:
+        """Collective: this step's MoE metrics (megatron's aux-loss tracker when ``train.moe_metrics``) and the
+        per-expert load; {} for a dense model."""
+        if not self.cfg.is_moe:
+            return {}
+        if self.job.train.moe_metrics:
+            self._phase("moe-metrics", track_moe_metrics, self.cfg, self.step, "metrics" in self.stub_parts)
+        return self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0)
+
     def train_step(self) -> dict[str, Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func  # heavy: megatron-core at use
 
@@ -131,11 +140,7 @@ class Trainer:
         else:
             ok, grad_norm = False, float("nan")
             self.nan_steps += 1
-        moe = {}
-        if self.cfg.is_moe:
-            if t.moe_metrics:
-                self._phase("moe-metrics", track_moe_metrics, self.cfg, self.step, "metrics" in self.stub_parts)
-            moe = self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0)
+        moe = self.moe_step_metrics()
         dt = time.time() - t0
         tokens_per_s = self.global_batch * t.seq_len / dt
         rec = {"step": self.step + 1, "loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else None,
