@@ -11,6 +11,15 @@ label, no relevant ads, ...): the trainer leaves such samples out of that channe
 ``token_values[i]`` (optional) are per-token rewards aligned with the completion's tokens (the hook
 token-level methods fill; None when a reward has none).
 
+Token alignment. ``token_values[i]`` has one value per completion token *as the trainer's loss mask
+covers them* (``train.grpo.pack_token_rewards``): every generated id, the stop token included. The
+trainer hands the ids in ``meta[i][COMPLETION_IDS]`` and the function that made ``completions[i]`` from
+them in ``RewardResources.decode`` (its tokenizer's decode without the EOS id), so
+``completions[i] == decode(meta[i][COMPLETION_IDS])``. ``token_spans(ids, decode)`` turns that into one
+character span of the completion per token (incremental decoding: no assumption on the tokenizer,
+byte-level pieces of a character included); a reward marks the tokens whose span overlaps what it
+penalizes. Without the ids or ``decode`` (offline use) a token-level reward returns None for that sample.
+
 A *registered reward* (``REWARDS[name]``, data: a dict) is a ``RewardDef``: its parameter dataclass
 (validated, errors name the field) and a builder ``build(params, resources) -> fn`` that binds the
 frozen resources the reward needs (the task parser, the embedder, the ad corpus, the CTR model: see
@@ -26,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -80,6 +90,9 @@ class RewardResources:
     """``{"ads": [{"id", "title", "description"}], "relevant": {keyword: [ad id]}}`` (``data.synthetic.ad_corpus``)."""
     ctr_model: Any = None
     """The frozen CTR model (``ctr.CTRModel``, e.g. ``ctr.CTRModel.load(dir)``)."""
+    decode: Callable[[Sequence[int]], str] | None = None
+    """``decode(ids) -> text``: what made each completion's text from ``meta[i][COMPLETION_IDS]`` (the
+    trainer's tokenizer decode without EOS); token-level rewards align with it (``token_spans``)."""
 
     def need(self, name: str, reward: str) -> Any:
         """Resource ``name`` or a ValueError saying which reward needs it."""
@@ -99,6 +112,36 @@ class RewardDef:
     build: Callable[[Any, RewardResources], RewardFn]
     """``build(params, resources) -> fn``."""
     doc: str = ""
+
+
+COMPLETION_IDS = "completion_ids"
+"""Meta key of a completion's token ids: exactly the tokens its loss mask covers (stop token included)."""
+
+
+def token_spans(ids: Sequence[int], decode: Callable[[Sequence[int]], str],
+                text: str | None = None) -> list[tuple[int, int]]:
+    """Character span ``(start, end)`` in ``text`` (default ``decode(ids)``) of each token of ``ids``.
+
+    Incremental decoding: token k covers what ``decode(ids[:k + 1])`` adds to ``decode(ids[:k])``. A token
+    whose prefix decodes to an incomplete character (a byte-level piece of a multi-byte character: the
+    decoded prefix is no prefix of ``text``) also covers that character, so every token of a word overlaps
+    it. A token that decodes to nothing (EOS, stripped specials) gets an empty span at its position.
+    ValueError when ``decode(ids) != text`` (the ids are not this completion's).
+    """
+    ids = list(ids)
+    full = decode(ids)
+    if text is not None and full != text:
+        raise ValueError(f"completion ids: decode(ids) gives {full[:60]!r}..., expected the completion text "
+                         f"{text[:60]!r}... (meta['{COMPLETION_IDS}'] and the text must match)")
+    spans: list[tuple[int, int]] = []
+    done = 0
+    for k in range(1, len(ids) + 1):
+        s = decode(ids[:k])
+        partial = not full.startswith(s)
+        end = max(done, len(os.path.commonprefix([s, full])) if partial else len(s))
+        spans.append((done, min(end + 1, len(full)) if partial else end))
+        done = end
+    return spans
 
 
 REWARDS: dict[str, RewardDef] = {}

@@ -9,7 +9,10 @@ One step:
    per step; model in eval mode during it, back in train mode after. Every rank holds every rollout.
 3. Rewards per task from the rewards registry (``grpo.rewards``: {task: {reward: weight}}; defaults: ``label``
    for the labeling tasks, ``recall_at_k`` + ``format`` for query_gen), group advantages per channel, then
-   the weighted sum (``train.grpo.combine_advantages``).
+   the weighted sum (``train.grpo.combine_advantages``). Token-level rewards align with the completion tokens
+   through ``meta["completion_ids"]`` (the generated ids, stop token included: what the loss mask covers)
+   and ``RewardResources.decode`` (``decode_completion``, which made the completion text); their per-token
+   values, weighted by the channel weights, enter A_{i,t} = A_i + grpo.token_alpha·r_token.
 4. Old-policy log-probs: one forward-only pass of the trainer's model over this rank's rollouts (megatron's
    pipeline schedule); ``token_mult_prob_error`` against the engine's log-probs is logged. Reference
    log-probs (``grpo.kl_beta > 0``): the same pass over a frozen copy of the initial policy (a second chunk
@@ -93,9 +96,9 @@ def _gold(t: str, row: dict) -> dict[str, Any]:
     return out
 
 
-def build_rewards(weights: dict[str, dict[str, float]], seed: int):
-    """The reward functions ``weights`` uses, bound to the task parser, the gold labels and (recall@K) the
-    synthetic ad corpus. Returns {reward name: fn}."""
+def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None):
+    """The reward functions ``weights`` uses, bound to the task parser, the gold labels, (recall@K) the
+    synthetic ad corpus and ``decode`` (ids -> completion text, for token-level rewards). Returns {reward name: fn}."""
     from megatron_ads.rewards import registry, rules  # noqa: F401  (rules registers label and format)
 
     used = {n for combo in weights.values() for n in combo}
@@ -103,7 +106,7 @@ def build_rewards(weights: dict[str, dict[str, float]], seed: int):
         from megatron_ads.rewards import retrieval  # noqa: F401  (registers recall_at_k; loads the embedder)
     resources = registry.RewardResources(
         parse=lambda t, text: parse_output(task(t), text), gold=_gold,
-        ad_corpus=ad_corpus(seed) if "recall_at_k" in used else None)
+        ad_corpus=ad_corpus(seed) if "recall_at_k" in used else None, decode=decode)
     combo = registry.RewardCombination(tasks=weights, where="grpo.rewards")
     return combo.build_all(resources)
 
@@ -150,7 +153,7 @@ class GRPOTrainer(Trainer):
         missing = sorted(set(g.task_weights) - set(self.task_names))
         if missing:
             raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
-        self.reward_fns = build_rewards(self.weights, job.sft.data_seed)
+        self.reward_fns = build_rewards(self.weights, job.sft.data_seed, decode=self.decode_completion)
         self.rollout = rollout_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer,
                                        batch_size=self.global_batch)
         self.model.train()  # a factory may leave it in eval mode (the inference engine does)
@@ -227,13 +230,18 @@ class GRPOTrainer(Trainer):
             self.model.train()
         return prompt_ids, comps  # type: ignore[return-value]
 
+    def decode_completion(self, ids) -> str:
+        """A completion's text as rewards see it: its ids decoded without EOS (``RewardResources.decode``)."""
+        return self.tokenizer.decode([x for x in ids if x != self.eos])
+
     def compute_rewards(self, prompts, comps: list[Completion]):
-        """Reward channels per rollout (None where a channel does not score that rollout's task)."""
-        from megatron_ads.rewards.registry import call
+        """Reward channels per rollout (None where a channel does not score that rollout's task); each meta row
+        carries the rollout's ``completion_ids`` for token-level rewards."""
+        from megatron_ads.rewards.registry import COMPLETION_IDS, call
 
         G = self.job.grpo.group_size
         tasks = [prompts[i // G][0] for i in range(len(comps))]
-        texts = [self.tokenizer.decode([x for x in c.output_ids if x != self.eos]) for c in comps]
+        texts = [self.decode_completion(c.output_ids) for c in comps]
         rewards: dict[str, list[float | None]] = {}
         token_values: dict[str, list[list[float] | None]] = {}
         for name in self.task_names:
@@ -242,7 +250,8 @@ class GRPOTrainer(Trainer):
                 continue
             spec = task(name)
             p_text = [spec.prompt(prompts[i // G][1]) for i in idx]
-            meta = [dict(prompts[i // G][1], group=i // G, rollout=i % G) for i in idx]
+            meta = [dict(prompts[i // G][1], group=i // G, rollout=i % G,
+                         **{COMPLETION_IDS: list(comps[i].output_ids)}) for i in idx]
             for ch in self.weights[name]:
                 out = call(self.reward_fns[ch], p_text, [texts[i] for i in idx], name, meta)
                 vals = rewards.setdefault(ch, [None] * len(comps))

@@ -1,0 +1,309 @@
+"""MarketingFM AutoEval (marketingfm.txt §5.1, Table 3/8; spec ``papers_spec.md`` §B.4): the rule checks, the
+acceptance decision, agreement with human labels, a threshold sweep, and the ``autoeval_rules`` reward.
+
+Rules (``RULES``; an ad is ``{"keyword", "headline", "description"}``; failures are named, in this order):
+- ``mention_sale``: headline or description contains a ``sale_terms`` word (sale, sales, discount, discounts,
+  clearance; case-insensitive, word boundary: "wholesale" and "salesman" pass).
+- ``headline_length``: the headline (stripped) is longer than ``headline_max_chars`` (30) characters.
+- ``cta_missing``: the headline (the description when the headline is empty) has no ``cta_verbs`` word.
+- ``blacklist``: headline or description contains a safety ``blacklist`` term (case-insensitive, word boundary).
+- ``diversity``: the ad is too close to another ad of the same keyword: the Jaccard similarity of their
+  word ``diversity_ngram``-gram sets (lowercased; the keyword's own words left out with
+  ``diversity_exclude_keyword``, since every ad of a keyword repeats them) is >= ``diversity_threshold``.
+  With ``diversity_keep_first`` the first ad (input order) of a near-duplicate pair passes and the later one
+  fails (a filter keeps one copy); otherwise both fail (a reward with no order bias).
+
+Acceptance (Table 3): no rule failure and every judge score >= its threshold (``accept``; a missing score
+rejects). Scores are numbers handed in (the 0–5 LLM judge is separate). ``DEFAULT_THRESHOLDS`` is Table 8's
+best mode, Context(2) + General(3). Against human labels (``agreement``), FPR = LLM accept & human reject
+("concerned") and FNR = LLM reject & human accept ("wasted") are fractions of *all* samples, so
+FPR + FNR = 1 − agreement. ``threshold_sweep`` gives one row per threshold combination (Table 8 style).
+``needs_regeneration`` is the generation-time filter (§6.1): judge relevance < 4, no CTA or a long headline.
+
+The ``autoeval_rules`` reward (GRPO ad rewriting): a completion's parsed ``title`` (the headline) and
+``description`` are checked against the other completions of the call with the same keyword (meta
+``keyword``; without one, the same prompt: meta ``group``). ``mode=binary``: 1.0 when every rule passes, else
+0.0; ``mode=penalty``: −``failure_penalty`` per failed rule (0 when all pass). A malformed completion (parser
+errors or no headline) gets ``format_penalty``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from megatron_ads.rewards.registry import RewardOutput, RewardResources, register
+from megatron_ads.rewards.relate import TermMatcher, words
+
+RULES = ("mention_sale", "headline_length", "cta_missing", "blacklist", "diversity")
+"""The rule-failure names, in the order they are reported."""
+SALE_TERMS = ("sale", "sales", "discount", "discounts", "clearance")
+CTA_VERBS = ("buy", "shop", "order", "get", "discover", "explore", "find", "browse", "try", "book", "grab",
+             "choose", "compare", "upgrade", "start", "see", "view", "save", "join", "learn")
+"""Action verbs a headline should carry ("Buy Now", "Shop at ...")."""
+SAFETY_BLACKLIST = ("scam", "hate", "kill", "porn", "xxx", "weapon", "weapons", "drugs", "gambling", "casino",
+                    "guaranteed", "miracle", "cure")
+"""Harmful, offensive or misleading terms (illustrative; a deployment brings its own list)."""
+DEFAULT_THRESHOLDS = {"relevance": 2.0, "generalization": 3.0}
+"""Judge-score thresholds (0–5): Table 8's best mode, Context(2) + General(3)."""
+REGENERATE_ON = ("cta_missing", "headline_length")
+"""Rule failures that send a headline back for regeneration (§6.1)."""
+
+
+def _check_terms(name: str, terms: Any) -> None:
+    if not isinstance(terms, (list, tuple)):
+        raise ValueError(f"{name}: expected a list of terms, got {terms!r}")
+    TermMatcher(terms, name)
+
+
+@dataclass(kw_only=True, slots=True)
+class RuleConfig:
+    """The rule checks' settings (module docstring)."""
+
+    rules: list[str] = field(default_factory=lambda: list(RULES))
+    """Rules to run (a subset of RULES)."""
+    headline_max_chars: int = 30
+    """Longest headline allowed (characters)."""
+    sale_terms: list[str] = field(default_factory=lambda: list(SALE_TERMS))
+    """Mention-Sale stoplist."""
+    cta_verbs: list[str] = field(default_factory=lambda: list(CTA_VERBS))
+    """Call-to-action verbs; a headline needs one."""
+    blacklist: list[str] = field(default_factory=lambda: list(SAFETY_BLACKLIST))
+    """Safety blacklist."""
+    diversity_threshold: float = 0.5
+    """Jaccard similarity at or above which two ads of a keyword are near duplicates (in (0, 1])."""
+    diversity_ngram: int = 1
+    """n of the word n-grams compared (>= 1)."""
+    diversity_exclude_keyword: bool = True
+    """Leave the keyword's words out of the compared sets."""
+    diversity_keep_first: bool = True
+    """The first ad of a near-duplicate pair passes (True) or both fail (False)."""
+
+    def __post_init__(self):
+        unknown = [r for r in self.rules if r not in RULES]
+        if unknown or len(set(self.rules)) != len(self.rules):
+            raise ValueError(f"rules: expected distinct names from {list(RULES)}, got {self.rules!r}")
+        if not (isinstance(self.headline_max_chars, int) and self.headline_max_chars >= 1):
+            raise ValueError(f"headline_max_chars: expected an int >= 1, got {self.headline_max_chars!r}")
+        for name in ("sale_terms", "cta_verbs", "blacklist"):
+            _check_terms(name, getattr(self, name))
+        t = self.diversity_threshold
+        if not (isinstance(t, (int, float)) and 0 < t <= 1):
+            raise ValueError(f"diversity_threshold: expected a number in (0, 1], got {t!r}")
+        if not (isinstance(self.diversity_ngram, int) and self.diversity_ngram >= 1):
+            raise ValueError(f"diversity_ngram: expected an int >= 1, got {self.diversity_ngram!r}")
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a ∩ b| / |a ∪ b| (1.0 for two empty sets: nothing tells them apart)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class RuleChecker:
+    """The rule checks of one ``RuleConfig``."""
+
+    def __init__(self, cfg: RuleConfig | None = None):
+        self.cfg = cfg = cfg or RuleConfig()
+        self.sale = TermMatcher(cfg.sale_terms, "sale_terms")
+        self.cta = TermMatcher(cfg.cta_verbs, "cta_verbs")
+        self.black = TermMatcher(cfg.blacklist, "blacklist")
+
+    def ad_failures(self, headline: str, description: str = "") -> set[str]:
+        """The per-ad rules (all but diversity) that ``headline``/``description`` fail."""
+        both = f"{headline}\n{description}"
+        cta_text = headline if headline.strip() else description
+        failed = {"mention_sale": bool(self.sale.find(both, "")),
+                  "headline_length": len(headline.strip()) > self.cfg.headline_max_chars,
+                  "cta_missing": not self.cta.find(cta_text, ""),
+                  "blacklist": bool(self.black.find(both, ""))}
+        return {r for r, bad in failed.items() if bad and r in self.cfg.rules}
+
+    def gram_set(self, ad: Mapping[str, Any]) -> set[tuple[str, ...]]:
+        """The word n-gram set the diversity rule compares."""
+        n = self.cfg.diversity_ngram
+        drop = {w for seg in words(str(ad.get("keyword") or ""), "") for w, _, _ in seg} \
+            if self.cfg.diversity_exclude_keyword else set()
+        text = f"{ad.get('headline') or ''}\n{ad.get('description') or ''}"
+        out = set()
+        for seg in words(text, ""):
+            ws = [w for w, _, _ in seg if w not in drop]
+            out |= {tuple(ws[i:i + n]) for i in range(len(ws) - n + 1)}
+        return out
+
+    def near_duplicates(self, ads: Sequence[Mapping[str, Any]]) -> set[int]:
+        """Indices failing the diversity rule: ads are compared within the same ``keyword`` (or the same
+        ``diversity_group`` when an ad has that key: the reward groups keyword-less rollouts by prompt)."""
+        by_kw: dict[Any, list[int]] = {}
+        for i, ad in enumerate(ads):
+            by_kw.setdefault(ad.get("diversity_group", ad.get("keyword")), []).append(i)
+        bad: set[int] = set()
+        for idx in by_kw.values():
+            sets = {i: self.gram_set(ads[i]) for i in idx}
+            for i, j in itertools.combinations(idx, 2):  # i before j in input order
+                if jaccard(sets[i], sets[j]) >= self.cfg.diversity_threshold:
+                    bad.add(j)
+                    if not self.cfg.diversity_keep_first:
+                        bad.add(i)
+        return bad
+
+    def check(self, ads: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+        """Rule failures of each ad (names from ``RULES``, in that order; [] when it passes)."""
+        dup = self.near_duplicates(ads) if "diversity" in self.cfg.rules else set()
+        out = []
+        for i, ad in enumerate(ads):
+            f = self.ad_failures(str(ad.get("headline") or ""), str(ad.get("description") or ""))
+            if i in dup:
+                f.add("diversity")
+            out.append([r for r in RULES if r in f])
+        return out
+
+
+# ------------------------------------------------------------------------------------ acceptance and agreement
+def accept(failures: Sequence[str], scores: Mapping[str, float],
+           thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS) -> bool:
+    """Rules pass and every thresholded judge score is present and >= its threshold."""
+    return not failures and all(scores.get(k) is not None and scores[k] >= t for k, t in thresholds.items())
+
+
+def needs_regeneration(failures: Sequence[str], relevance: float | None, min_relevance: float = 4.0) -> bool:
+    """§6.1's generation-time filter: judge relevance < ``min_relevance`` (or missing), or a failure in
+    ``REGENERATE_ON`` (no CTA, headline too long)."""
+    return relevance is None or relevance < min_relevance or any(f in REGENERATE_ON for f in failures)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    """LLM accept/reject decisions against human labels; rates are fractions of all ``n`` samples."""
+
+    n: int
+    accept_rate: float
+    """Share the LLM accepts."""
+    agreement: float
+    """Share where LLM and human agree."""
+    fpr: float
+    """LLM accept & human reject ("concerned")."""
+    fnr: float
+    """LLM reject & human accept ("wasted")."""
+
+    @property
+    def disagreement(self) -> float:
+        """FPR + FNR = 1 − agreement."""
+        return self.fpr + self.fnr
+
+
+def agreement(llm_accept: Sequence[bool], human_accept: Sequence[bool]) -> Agreement:
+    """Agreement, FPR and FNR of the LLM decisions against human labels (Table 8 definitions)."""
+    n = len(llm_accept)
+    if n == 0 or len(human_accept) != n:
+        raise ValueError(f"human_accept: expected one label per decision ({n} >= 1), got {len(human_accept)}")
+    fp = sum(bool(a) and not bool(h) for a, h in zip(llm_accept, human_accept))
+    fn = sum(not bool(a) and bool(h) for a, h in zip(llm_accept, human_accept))
+    return Agreement(n=n, accept_rate=sum(map(bool, llm_accept)) / n, agreement=(n - fp - fn) / n,
+                     fpr=fp / n, fnr=fn / n)
+
+
+def threshold_sweep(failures: Sequence[Sequence[str]], scores: Sequence[Mapping[str, float]],
+                    human_accept: Sequence[bool], grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """One row per combination of thresholds in ``grid`` ({criterion: values}), in grid order:
+    ``{criterion: threshold, ..., "accept_rate", "agreement", "fpr", "fnr", "disagreement"}``."""
+    if not grid or any(not list(v) for v in grid.values()):
+        raise ValueError(f"grid: expected {{criterion: [thresholds]}} with non-empty lists, got {grid!r}")
+    if not (len(failures) == len(scores) == len(human_accept)):
+        raise ValueError(f"failures/scores/human_accept: expected equal lengths, got "
+                         f"{len(failures)}/{len(scores)}/{len(human_accept)}")
+    names = list(grid)
+    rows = []
+    for combo in itertools.product(*(list(grid[k]) for k in names)):
+        th = dict(zip(names, (float(x) for x in combo)))
+        a = agreement([accept(f, s, th) for f, s in zip(failures, scores)], human_accept)
+        rows.append({**th, "accept_rate": a.accept_rate, "agreement": a.agreement, "fpr": a.fpr, "fnr": a.fnr,
+                     "disagreement": a.disagreement})
+    return rows
+
+
+def evaluate_rows(rows: Sequence[Mapping[str, Any]], cfg: RuleConfig | None = None,
+                  thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
+    """AutoEval output rows ``{id, rule_failures, scores, accept}`` of input rows ``{id, keyword, headline,
+    description[, scores]}`` (``scores``: {criterion: 0–5}, absent: {} and the ad is rejected)."""
+    for i, r in enumerate(rows):
+        for key in ("id", "keyword", "headline"):
+            if key not in r:
+                raise ValueError(f"rows[{i}].{key}: missing (expected id, keyword, headline, description)")
+    fails = RuleChecker(cfg).check(rows)
+    return [{"id": r["id"], "rule_failures": f, "scores": dict(r.get("scores") or {}),
+             "accept": accept(f, r.get("scores") or {}, thresholds)} for r, f in zip(rows, fails)]
+
+
+# ------------------------------------------------------------------------------------ reward
+REWARD_MODES = ("binary", "penalty")
+
+
+@dataclass(kw_only=True, slots=True)
+class AutoevalRulesParams(RuleConfig):
+    """Parameters of the ``autoeval_rules`` reward: the rules' settings plus the fields below."""
+
+    diversity_keep_first: bool = False
+    """As a reward both members of a near-duplicate pair fail (no rollout-order bias)."""
+    mode: str = "binary"
+    """binary: 1.0 if every rule passes, else 0.0; penalty: −failure_penalty per failed rule."""
+    failure_penalty: float = 0.25
+    """Penalty per failed rule in penalty mode (> 0)."""
+    format_penalty: float = -1.0
+    """Reward of a malformed completion (<= 0)."""
+    headline_field: str = "title"
+    """Parsed field holding the headline."""
+    description_field: str = "description"
+    """Parsed field holding the description ('' allowed: none)."""
+    keyword_key: str = "keyword"
+    """Meta key of the keyword the diversity rule groups by (absent: the prompt, meta group)."""
+
+    def __post_init__(self):
+        RuleConfig.__post_init__(self)
+        if self.mode not in REWARD_MODES:
+            raise ValueError(f"mode: expected one of {list(REWARD_MODES)}, got {self.mode!r}")
+        if not (math.isfinite(self.failure_penalty) and self.failure_penalty > 0):
+            raise ValueError(f"failure_penalty: expected a finite number > 0, got {self.failure_penalty!r}")
+        if not (math.isfinite(self.format_penalty) and self.format_penalty <= 0):
+            raise ValueError(f"format_penalty: expected a finite value <= 0, got {self.format_penalty!r}")
+        if not self.headline_field:
+            raise ValueError("headline_field: expected a parsed field name")
+
+
+class AutoevalRulesReward:
+    """The ``autoeval_rules`` reward (module docstring)."""
+
+    def __init__(self, params: AutoevalRulesParams, parse):
+        self.p, self.parse = params, parse
+        self.checker = RuleChecker(params)
+
+    def __call__(self, prompts, completions, task, meta) -> RewardOutput:
+        ads, ok = [], []
+        for i, (text, row) in enumerate(zip(completions, meta)):
+            parsed = self.parse(task, text)
+            head = parsed.fields.get(self.p.headline_field)
+            ok.append(not parsed.errors and isinstance(head, str) and bool(head.strip()))
+            kw = row.get(self.p.keyword_key)
+            ads.append({"keyword": str(kw or ""), "diversity_group": ("keyword", kw) if kw else
+                        ("group", row.get("group", ("sample", i))),
+                        "headline": head if isinstance(head, str) else "",
+                        "description": str(parsed.fields.get(self.p.description_field) or "")})
+        idx = [i for i in range(len(ads)) if ok[i]]
+        fails = dict(zip(idx, self.checker.check([ads[i] for i in idx])))
+        vals = []
+        for i in range(len(ads)):
+            if not ok[i]:
+                vals.append(float(self.p.format_penalty))
+            elif self.p.mode == "binary":
+                vals.append(0.0 if fails[i] else 1.0)
+            else:
+                vals.append(-self.p.failure_penalty * len(fails[i]))
+        return RewardOutput(vals)
+
+
+@register("autoeval_rules", AutoevalRulesParams,
+          doc="MarketingFM AutoEval rules on a rewrite: 1 if all pass else 0 (or −penalty per failure)")
+def build_autoeval_rules(params: AutoevalRulesParams, resources: RewardResources) -> AutoevalRulesReward:
+    """AutoEval rule reward for ad rewriting."""
+    return AutoevalRulesReward(params, resources.need("parse", "autoeval_rules"))
