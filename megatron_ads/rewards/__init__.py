@@ -5,15 +5,16 @@ registered by name (``registry.REWARDS``) and combined per task with weights (``
 - ``retrieval``: the frozen MiniLM embedder, the faiss ad index, and ``recall_at_k`` (Eq. 8, per-sample or batch).
 - ``ctr``: the frozen CTR model trained on click logs, and ``ctr_uplift``.
 - ``relate``: RELATE's ``length``, ``blacklist`` and ``diversity`` (token-level credit, Eq. 4–5) and its metrics.
+- ``perf``: RLPF's ``perf_rm`` (a frozen performance reward model's score minus a length penalty).
 - ``autoeval``: MarketingFM's AutoEval rule checks, acceptance, agreement / threshold sweep, ``autoeval_rules``.
 
 Importing this package registers every reward. ``rewards`` sits beside ``data`` and ``eval`` in the layer
 order and imports neither: task parsers, gold labels and corpora come in through ``RewardResources``.
 """
 
-from megatron_ads.rewards import autoeval, ctr, relate, retrieval, rules  # noqa: F401  (registers the rewards)
+from megatron_ads.rewards import autoeval, ctr, perf, relate, retrieval, rules  # noqa: F401  (registers the rewards)
 from megatron_ads.rewards.registry import (REWARDS, RewardCombination, RewardOutput, RewardResources, build,
                                            call, check_combination, get)
 
 __all__ = ["REWARDS", "RewardCombination", "RewardOutput", "RewardResources", "build", "call",
-           "check_combination", "get", "autoeval", "ctr", "relate", "retrieval", "rules"]
+           "check_combination", "get", "autoeval", "ctr", "perf", "relate", "retrieval", "rules"]

@@ -90,6 +90,8 @@ class RewardResources:
     """``{"ads": [{"id", "title", "description"}], "relevant": {keyword: [ad id]}}`` (``data.synthetic.ad_corpus``)."""
     ctr_model: Any = None
     """The frozen CTR model (``ctr.CTRModel``, e.g. ``ctr.CTRModel.load(dir)``)."""
+    perf_model: Any = None
+    """The frozen performance reward model (RLPF): ``score(keywords, texts) -> list[float]``."""
     decode: Callable[[Sequence[int]], str] | None = None
     """``decode(ids) -> text``: what made each completion's text from ``meta[i][COMPLETION_IDS]`` (the
     trainer's tokenizer decode without EOS); token-level rewards align with it (``token_spans``)."""
