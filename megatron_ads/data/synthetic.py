@@ -65,6 +65,10 @@ class SyntheticConfig:
     """Probability of a price/brand conflict when categories match (-> fair)."""
     city_rate: float = 0.4
     """Probability that a query names a city (location can only be bad then)."""
+    city_mismatch_rate: float = 0.4
+    """When the query names a city: probability that the ad's city is drawn at random from all cities
+    (so it differs with probability 4/5) instead of copied from the query. The location defect rate is
+    city_rate · city_mismatch_rate · 4/5 (0.128 at the defaults)."""
     defect_rate: float = 0.15
     """Probability of an ad-quality defect."""
     label_noise: float = 0.0
@@ -72,7 +76,7 @@ class SyntheticConfig:
     no longer matches the input — use it to make a task deliberately harder, never for real data)."""
 
     def __post_init__(self):
-        for name in ("match_rate", "conflict_rate", "city_rate", "defect_rate", "label_noise"):
+        for name in ("match_rate", "conflict_rate", "city_rate", "city_mismatch_rate", "defect_rate", "label_noise"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
@@ -114,7 +118,7 @@ def query_ad_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
     abrand = None
     if same and qbrand:
         abrand = rng.choice([b for b in CATALOGUE[acat]["brands"] if b != qbrand]) if conflict else qbrand
-    acity = qcity if (qcity and rng.random() < 0.6) else rng.choice(CITIES)
+    acity = qcity if (qcity and rng.random() < 1.0 - cfg.city_mismatch_rate) else rng.choice(CITIES)
     defect = rng.choice(["caps", "url", "empty"]) if rng.random() < cfg.defect_rate else None
     ad = _make_ad(rng, acat, aprice, acity, defect, brand=abrand)
     reasons = []
@@ -132,12 +136,16 @@ def query_ad_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
         relevance = "fair" if (price_conflict or brand_conflict) else "good"
         if relevance == "good":
             reasons.append("Nothing in the ad conflicts with the query's intent.")
+    # the location reasoning names both cities side by side, so the comparison the label rests on is spelled out
     if qcity and acity != qcity:
         location = "bad"
-        reasons.append(f"The query is for {qcity} but the ad serves {acity}.")
+        reasons.append(f"Query city {qcity}, ad city {acity}: different cities.")
+    elif qcity:
+        location = "good"
+        reasons.append(f"Query city {qcity}, ad city {acity}: the same city.")
     else:
         location = "good"
-        reasons.append("The location is compatible." if qcity else "The query names no location.")
+        reasons.append(f"The query names no city; the ad serves {acity}.")
     quality = "bad" if defect else "good"
     reasons.append({"caps": "The title is written in all caps.", "url": "The URL is broken.",
                     "empty": "The description is empty.", None: "The ad text and URL are well formed."}[defect])

@@ -121,3 +121,24 @@ def test_exponent_overrides_are_floats(tmp_path):
     path.write_text("out_dir: x\n")
     job = JobConfig.load(path, ["optim.lr=1e-5", "optim.min_lr=0", "sft.tasks=[query_ad]"])
     assert job.optim.lr == 1e-5 and isinstance(job.optim.lr, float) and job.sft.tasks == ["query_ad"]
+
+
+def test_city_mismatch_rate_sets_the_location_defect_rate_and_the_reasoning_names_both_cities():
+    bad = lambda rows: sum(r["labels"]["location"] == "bad" for r in rows) / len(rows)  # noqa: E731
+    default = generate("query_ad", SyntheticConfig(size=3000, seed=3))
+    high = generate("query_ad", SyntheticConfig(size=3000, seed=3, city_rate=0.8, city_mismatch_rate=0.6))
+    assert abs(bad(default) - 0.4 * 0.4 * 0.8) < 0.03 and abs(bad(high) - 0.8 * 0.6 * 0.8) < 0.03
+    assert bad(generate("query_ad", SyntheticConfig(size=300, seed=3, city_mismatch_rate=0.0))) == 0
+    for r in high[:200]:
+        city = r["query"].split(" in ")[-1] if " in " in r["query"] else None
+        ad_city = r["ad"]["description"].split(" in ")[-1].split(".")[0] if r["ad"]["description"] else None
+        if city is None:
+            assert "The query names no city" in r["reasoning"] and r["labels"]["location"] == "good"
+        else:
+            assert f"Query city {city}, ad city " in r["reasoning"]
+            if ad_city is not None:
+                assert (r["labels"]["location"] == "bad") == (ad_city != city)
+                assert f"ad city {ad_city}:" in r["reasoning"]
+    with pytest.raises(ValueError, match="city_mismatch_rate"):
+        SyntheticConfig(city_mismatch_rate=1.5)
+
