@@ -1,7 +1,7 @@
 """SFT tiny -> GRPO tiny -> held-out eval (issue 14): does GRPO with downstream rewards raise recall@K of the
 generated queries without losing the labeling quality?
 
-    python benchmarks/grpo_tiny.py [--seeds N] [--fast] [--workdir DIR] [--rows R] [--sft-steps S]
+    python benchmarks/grpo_tiny.py [--seeds N] [--first-seed S] [--fast] [--workdir DIR] [--rows R] [--sft-steps S]
         [--grpo-steps S] [--sft-set key=value ...] [--grpo-set key=value ...]      (make grpo-tiny)
 
 Per seed s (``train.seed = 1 + s`` in both runs; the data, its held-out split and the ad corpus stay fixed):
@@ -163,6 +163,9 @@ def summarize(per_seed: list[dict], args, wall: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=1, help="repeat with N training seeds; report mean ± std")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first..first+N-1 (run seeds in parallel processes on one --workdir, then report "
+                         "them all with --seeds N: finished runs are reused)")
     ap.add_argument("--fast", action="store_true", help="tiny step and row counts: a smoke run, not a measurement")
     ap.add_argument("--workdir", default=None, help="runs, predictions and logs (default: a temp dir); finished "
                                                     "runs found there are reused")
@@ -179,6 +182,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error(f"--seeds: expected >= 1, got {args.seeds}")
+    if args.first_seed < 0:
+        ap.error(f"--first-seed: expected >= 0, got {args.first_seed}")
     args.rows = args.rows or (6 if args.fast else 200)
     args.sft_steps = args.sft_steps or (4 if args.fast else 3000)
     args.grpo_steps = args.grpo_steps or (2 if args.fast else 100)
@@ -187,7 +192,7 @@ def main() -> int:
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     per_seed = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = one_seed(seed, args, root)
         per_seed.append(r)
         print(f"seed {seed}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
