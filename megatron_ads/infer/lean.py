@@ -225,7 +225,8 @@ def _twin_for(module: torch.nn.Module) -> torch.nn.Module | None:
         return _LeanLayer(module)
     if kind is MoELayer and _lean_moe_ok(module):
         return _LeanMoE(module)
-    if kind in (ColumnParallelLinear, RowParallelLinear):
+    # identity, not ``in``: the FP8 linears' metaclass compares equal to ColumnParallelLinear (MLA's check)
+    if kind is ColumnParallelLinear or kind is RowParallelLinear:
         group = getattr(module, "tp_group", None)
         if group is None or group.size() == 1:
             return _LeanLinear(module)

@@ -212,3 +212,23 @@ def test_tiny_deepseek_fp8_triton_backend(tiny_ckpts, tmp_path):
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     with torch.no_grad():
         assert torch.equal(default(ids, pos, None), plain(ids, pos, None))
+
+
+def test_lean_twins_keep_the_fp8_linears(tiny_ckpts):
+    """Engine calls run the model under ``infer.lean``, whose TP-1 linear twin does a plain matmul with the
+    weight: it must leave the FP8 linears alone (their metaclass compares *equal* to ColumnParallelLinear,
+    for MLA's class check). W8A8 (emulated) logits under ``lean`` = outside it, bit for bit; before the
+    fix the twin multiplied bf16 activations by the e4m3 codes and raised."""
+    from megatron_ads.infer.lean import lean
+    from megatron_ads.infer.weights import load_for_inference
+
+    model = load_for_inference(tiny_ckpts("tiny_deepseek_v3", fp8=True), precision="fp8",
+                               fp8_backend="emulated").model
+    model.eval()
+    ids = torch.randint(0, 1024, (2, 5), generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        ref = model(ids, pos, None)
+        with lean(model):
+            got = model(ids, pos, None)
+    assert torch.equal(ref, got)
