@@ -90,6 +90,9 @@ class RewardResources:
     """``{"ads": [{"id", "title", "description"}], "relevant": {keyword: [ad id]}}`` (``data.synthetic.ad_corpus``)."""
     ctr_model: Any = None
     """The frozen CTR model (``ctr.CTRModel``, e.g. ``ctr.CTRModel.load(dir)``)."""
+    esmm_model: Any = None
+    """The frozen shared-bottom CTR/CVR model of the ``ctcvr`` reward (``esmm.ESMMModel``, e.g.
+    ``esmm.ESMMModel.load(dir)``)."""
     perf_model: Any = None
     """The frozen performance reward model (RLPF): ``score(keywords, texts) -> list[float]``."""
     decode: Callable[[Sequence[int]], str] | None = None

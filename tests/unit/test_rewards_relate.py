@@ -314,4 +314,20 @@ def test_delta_ctcvr_and_compliance_rate():
 
 
 def test_esmm_ctcvr_not_above_ctr():
-    pytest.skip("§C 26: the shared-bottom CTR/CVR (ESMM) model is not part of rewards.relate yet")
+    """§C 26: the shared-bottom model's predicted CTCVR = CTR·CVR never exceeds its predicted CTR, saturated
+    logits included (the trained model, the loss and the ``ctcvr`` reward: test_rewards_esmm.py)."""
+    import numpy as np
+
+    from megatron_ads.rewards import esmm
+
+    def embed(texts):  # a toy frozen embedder: one-hot of the length mod 4
+        return np.eye(4, dtype=np.float32)[[len(t) % 4 for t in texts]]
+
+    cfg = esmm.ESMMConfig(bottom=[8], tower=[4])
+    net = esmm.ESMMNet(2 * 4 + 5, cfg.bottom, cfg.tower)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 20.0)
+    ctr, cvr, ctcvr = esmm.ESMMModel(net, cfg, embed, 2 * 4 + 5).predict(
+        ["tents"] * 60, [f"REI family tent {'x' * i}." for i in range(60)])
+    assert np.all(ctcvr <= ctr) and np.array_equal(ctcvr, ctr * cvr) and np.all((cvr >= 0) & (cvr <= 1))
