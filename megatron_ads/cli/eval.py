@@ -7,6 +7,10 @@ import ``rewards``). Its ad corpus: ``--ads synthetic`` (default: ``data.synthet
 the GRPO reward's corpus, relevant ads per keyword) or a JSONL file of ads ``{id, title, description,
 keywords?}`` (``keywords``: the keywords the ad is relevant to); a gold row's ``relevant_ads`` (ad ids)
 overrides the keyword's set. ``--recall-k 0`` skips recall@K.
+
+ad_rewrite also reports the true CTR uplift of the rewrites over the original ads, for gold rows carrying
+``truth`` (synthetic rows): the synthetic world's click probability ``data.synthetic.true_ctr``, handed to
+``eval`` here.
 """
 
 from __future__ import annotations
@@ -77,7 +81,11 @@ def run(args) -> int:
     retriever = None
     if metric(name).embedder and args.recall_k > 0:
         retriever = build_retriever(args.ads, args.ads_seed)
+    ctr_fn = None
+    if metric(name).ctr:
+        from megatron_ads.data.synthetic import true_ctr
+        ctr_fn = true_ctr
     r = evaluate(name, args.pred, args.gold, embedder=args.embedder, retriever=retriever,
-                 k=max(args.recall_k, 1), corpus_flag=f"--ads {args.ads}")
+                 k=max(args.recall_k, 1), corpus_flag=f"--ads {args.ads}", ctr_fn=ctr_fn)
     emit(r, args.json, lambda x: markdown(name, x))
     return 0

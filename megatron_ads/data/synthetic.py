@@ -10,6 +10,16 @@ generated from the same rules, so it is faithful to the label:
 - ad–user: 3 if the ad's category is the user's most frequent one, 2 if it appears in the history,
   1 if it shares the category's group, else 0.
 - keyword query generation: narrower queries in the same category (brand, price, "near me" refinements).
+- ad rewriting: a flawed ad for a keyword and a rule-written rewrite (keyword in a ≤ 30-character headline, a
+  call to action, the text near the length ``true_ctr`` favours); ``truth`` holds the true CTR of both.
+- user-history query generation and user profiles: histories of 1–2 interest categories (2+ events each),
+  one-off categories, and cart / review / price / city / hide events; ``truth`` (query generation) holds the
+  interests and which words are relevant, the gold profile is the true interests / intents / constraints.
+- evaluation reports: two labelers with hidden skills label 4–6 items with gold; ``truth`` holds each one's
+  skill, correct count and accuracy on the set, and the better one.
+
+Every row of the generation tasks keeps its hidden ground truth, so metrics (``eval``) and rewards can be
+checked against it.
 
 Size, seed, class balance (``match_rate``) and defect rate are configurable per dataset, so the
 defect rate varies like the paper's datasets A–F. ``split`` gives deterministic train/val/test.
@@ -34,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from megatron_ads.data.tasks import AD_USER, QUERY_AD, QUERY_GEN
+from megatron_ads.data.tasks import (AD_LIMITS, AD_REWRITE, AD_USER, EVAL_REPORT, LABELERS, QUERY_AD, QUERY_GEN,
+                                     USER_PROFILE, USER_QUERIES, USER_QUERY_GEN)
 from megatron_ads.runtime.io import write_text
 
 CATALOGUE = {
@@ -190,6 +201,199 @@ def query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
             "reasoning": f"Narrower queries stay in {cat} and add a brand, a price or a location refinement."}
 
 
+# ------------------------------------------------------------------------------------ AdNanny §2 tasks
+def ad_text(title: str, description: str) -> str:
+    """The text of an ad as ``true_ctr`` and the CTR reward read it: title and description joined with ". "."""
+    return ". ".join(p.strip().rstrip(".") for p in (title, description) if p and p.strip())
+
+
+def ad_rewrite_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    """An ad with typical flaws (headline over the limit, keyword missing, no call to action, too short or too
+    long) for a keyword, and the rule-written rewrite: headline ``brand + category`` (≤ 30 characters, covers the
+    keyword), a description with the item, filler sentences and a call to action, sized so the ad text is near
+    the 80 characters ``true_ctr`` favours and within the description limit. ``truth`` holds the true CTR of the
+    original and of the rewrite (``true_ctr(keyword, ad_text(title, description))``) and the original's keyword
+    coverage; any rewrite's truth is ``true_ctr`` of its text."""
+    lim = dict(AD_LIMITS)
+    cat = rng.choice(sorted(CATALOGUE))
+    c = CATALOGUE[cat]
+    brand, item = rng.choice(c["brands"]), rng.choice(c["items"])
+    keyword = f"{brand.lower()} {cat}" if rng.random() < 0.3 else cat
+    title = rng.choice([f"{brand} {item} - {PRICE.get(rng.choice(AD_PRICES), 'great')} {cat}", f"{brand} {item}",
+                        f"The best {item} from {brand} for everyone", f"{brand} {cat}", f"{item.capitalize()} sale"])
+    parts = rng.sample(_FILLERS, rng.randint(0, 5))
+    if rng.random() < 0.3:
+        parts.insert(rng.randint(0, len(parts)), rng.choice(CTA_PHRASES).capitalize() + ".")
+    desc = " ".join([f"{item.capitalize()} by {brand}."] + parts)
+    original = ad_text(title, desc)
+    low = original.lower()
+    cov, cta = keyword_coverage(keyword, original), any(x in low for x in CTA_PHRASES)
+    # the rewrite: keyword in the headline, a call to action, the text near 80 characters
+    new_title = f"{brand} {cat}"
+    call = rng.choice(CTA_PHRASES).capitalize() + "!"
+    fill, budget = rng.sample(_FILLERS, len(_FILLERS)), 80 - len(new_title) - 2
+    body = [f"{item.capitalize()} by {brand}."]
+    for f in fill:
+        if len(" ".join(body + [f, call])) <= min(budget, lim["description"]):
+            body.append(f)
+    new_desc = " ".join(body + [call])
+    reasons = [f"The headline has {len(title)} characters, " +
+               (f"over the {lim['title']} limit." if len(title) > lim["title"] else
+                f"within the {lim['title']} limit."),
+               f"The description has {len(desc)} characters, " +
+               (f"over the {lim['description']} limit." if len(desc) > lim["description"] else
+                f"within the {lim['description']} limit."),
+               {1.0: f"The ad already names the keyword '{keyword}'.", 0.0: f"The keyword '{keyword}' is missing."}.get(
+                   cov, f"The keyword '{keyword}' is only partly covered."),
+               "It has a call to action." if cta else "There is no call to action.",
+               f"The ad text is {len(original)} characters; about 80 reads best."]
+    changes = ([] if cov == 1.0 else ["adds the keyword"]) + \
+        ([] if len(title) <= lim["title"] else ["shortens the headline"]) + ([] if cta else ["adds a call to action"])
+    changes.append("trims the text" if len(original) > 90 else "fills out the text" if len(original) < 70 else
+                   "keeps the length")
+    rationale = "Same purchase intent; " + ", ".join(changes) + "."
+    rewrite = {"rationale": rationale, "title": new_title, "description": new_desc}
+    return {"id": f"ar{cfg.seed}-{idx}", "keyword": keyword, "ad": {"title": title, "description": desc},
+            "limits": lim, "rewrite": rewrite, "reasoning": " ".join(reasons),
+            "truth": {"ctr_original": true_ctr(keyword, original),
+                      "ctr_rewrite": true_ctr(keyword, ad_text(new_title, new_desc)), "coverage_original": cov}}
+
+
+def category_words(category: str) -> list[str]:
+    """The words of a category's vocabulary (its name, brands, items), lower-cased and sorted; no word belongs
+    to two categories of ``CATALOGUE``."""
+    c = CATALOGUE[category]
+    return sorted(set(_WORD.findall(" ".join([category, *c["brands"], *c["items"]]).lower())))
+
+
+def _interests(rng: random.Random) -> tuple[list[str], list[str]]:
+    """1–2 interest categories and 0–2 one-off categories (sorted, disjoint)."""
+    cats = sorted(CATALOGUE)
+    interests = sorted(rng.sample(cats, rng.randint(1, 2)))
+    once = sorted(rng.sample([x for x in cats if x not in interests], rng.randint(0, 2)))
+    return interests, once
+
+
+def _event(rng: random.Random, cat: str) -> str:
+    c = CATALOGUE[cat]
+    brand, item = rng.choice(c["brands"]), rng.choice(c["items"])
+    return rng.choice([f"searched {brand.lower()} {item}", f"clicked an ad for {brand} {cat}", f"viewed {item}",
+                       f"searched {cat}"])
+
+
+def user_query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    """A user history (2–3 events per interest category, one event per one-off category) and the user's next
+    ``USER_QUERIES`` queries, spread over the interests (brand, price, location or item refinements). ``truth``:
+    the true ``interests``, ``interest_words`` (each interest's vocabulary), ``relevant_words`` (their union: a
+    word of a query is relevant iff it is one of them — TPPO's word labels) and ``off_topic_words`` (every other
+    category's vocabulary). A query is relevant iff it has a relevant word and no off-topic word; it addresses
+    an interest when it has a word of that interest."""
+    interests, once = _interests(rng)
+    counts = {cat: rng.randint(2, 3) for cat in interests}
+    events = [_event(rng, cat) for cat in interests for _ in range(counts[cat])] + [_event(rng, cat) for cat in once]
+    rng.shuffle(events)
+    queries: list[str] = []
+    while len(queries) < USER_QUERIES:
+        cat = interests[len(queries) % len(interests)]
+        c = CATALOGUE[cat]
+        q = rng.choice([f"{rng.choice(c['brands']).lower()} {rng.choice(c['items'])}", f"cheap {cat}",
+                        f"{cat} near me", f"best {rng.choice(c['items'])}", f"{rng.choice(c['items'])} reviews"])
+        if q not in queries:
+            queries.append(q)
+    by_interest = {cat: category_words(cat) for cat in interests}
+    relevant = sorted({w for ws in by_interest.values() for w in ws})
+    off = sorted({w for cat in sorted(CATALOGUE) if cat not in interests for w in category_words(cat)})
+    seen = "; ".join(f"{cat} {counts[cat]} times" for cat in interests)
+    reasoning = (f"The user acted on {seen}." +
+                 (f" {' and '.join(once)} appear{'s' if len(once) == 1 else ''} once, a one-off." if once else "") +
+                 f" The next queries stay in {' and '.join(interests)}.")
+    return {"id": f"uq{cfg.seed}-{idx}", "history": events, "n_queries": USER_QUERIES, "queries": queries,
+            "reasoning": reasoning,
+            "truth": {"interests": interests, "interest_words": by_interest, "relevant_words": relevant,
+                      "off_topic_words": off}}
+
+
+def user_profile_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    """A user history and the user's true profile, by rule: ``interests`` = the categories with 2 or more events
+    (one-off categories are not interests); ``intents`` ⊆ {purchase (an add-to-cart or a purchase), research
+    (reviews read or brands compared)}, else [browse]; ``constraints`` ⊆ {budget | premium (a cheap / luxury
+    search), near <city> (a search in a city), avoid <category> (hid that category's ads)}. Lists are sorted."""
+    interests, once = _interests(rng)
+    events = [_event(rng, cat) for cat in interests for _ in range(2)] + [_event(rng, cat) for cat in once]
+    intents, constraints, why = [], [], []
+    cat = rng.choice(interests)
+    c = CATALOGUE[cat]
+    if rng.random() < 0.5:
+        events.append(rng.choice([f"added {rng.choice(c['brands'])} {rng.choice(c['items'])} to cart",
+                                  f"purchased {rng.choice(c['brands'])} {rng.choice(c['items'])}"]))
+        intents.append("purchase")
+        why.append("A cart or purchase event shows purchase intent.")
+    if rng.random() < 0.5:
+        b1, b2 = rng.sample(c["brands"], 2)
+        events.append(rng.choice([f"read {rng.choice(c['items'])} reviews", f"compared {b1} and {b2} {cat}"]))
+        intents.append("research")
+        why.append("Reading reviews or comparing brands shows research intent.")
+    if not intents:
+        intents.append("browse")
+        why.append("No cart, purchase or review events: the user is browsing.")
+    price = rng.choice([None, None, "cheap", "luxury"])
+    if price:
+        events.append(f"searched {price} {cat}")
+        constraints.append(PRICE[price])
+        why.append(f"A {price} search sets a {PRICE[price]} price constraint.")
+    if rng.random() < 0.3:
+        city = rng.choice(CITIES)
+        events.append(f"searched {cat} in {city}")
+        constraints.append(f"near {city}")
+        why.append(f"A search in {city} sets a location constraint.")
+    if rng.random() < 0.3:
+        avoid = rng.choice([x for x in sorted(CATALOGUE) if x not in interests and x not in once])
+        events.append(f"hid {avoid} ads")
+        constraints.append(f"avoid {avoid}")
+        why.append(f"Hiding {avoid} ads means {avoid} should be avoided.")
+    rng.shuffle(events)
+    profile = {"interests": interests, "intents": sorted(intents), "constraints": sorted(constraints)}
+    head = f"Repeated activity on {' and '.join(interests)}: the interests."
+    if once:
+        head += f" {' and '.join(once)} appear{'s' if len(once) == 1 else ''} once, not an interest."
+    return {"id": f"up{cfg.seed}-{idx}", "history": events, "profile": profile, "reasoning": " ".join([head, *why])}
+
+
+def _pct1(correct: int, total: int) -> float:
+    return round(100.0 * correct / total, 1)
+
+
+def eval_report_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    """Two labelers' labels (bad / fair / good) on 4–6 items with gold, and the report: a summary, the
+    per-labeler table (correct, total, accuracy in percent to one decimal) and the better labeler (tie when
+    equally many are correct). ``truth``: each labeler's hidden ``skill`` (the probability it labels an item
+    correctly, drawn from [0.4, 0.95]), and on this set its ``correct`` count, ``accuracy`` (a fraction),
+    ``total`` and ``better``."""
+    labels = ("bad", "fair", "good")
+    skill = {name: round(rng.uniform(0.4, 0.95), 3) for name in LABELERS}
+    items = []
+    for _ in range(rng.randint(4, 6)):
+        gold = rng.choice(labels)
+        it = {"gold": gold}
+        for name in LABELERS:
+            it[name] = gold if rng.random() < skill[name] else rng.choice([x for x in labels if x != gold])
+        items.append(it)
+    n = len(items)
+    correct = {name: sum(it[name] == it["gold"] for it in items) for name in LABELERS}
+    b, c = correct["baseline"], correct["candidate"]
+    better = "tie" if b == c else "candidate" if c > b else "baseline"
+    table = {name: {"correct": correct[name], "total": n, "accuracy": _pct1(correct[name], n)} for name in LABELERS}
+    verdict = "a tie." if better == "tie" else f"the {better} is better."
+    summary = (f"The baseline is right on {b} of {n} items, the candidate on {c}: {verdict}")
+    wrong = {name: [str(i) for i, it in enumerate(items, start=1) if it[name] != it["gold"]] for name in LABELERS}
+    reasoning = " ".join(f"The {name} misses item{'s' if len(w) != 1 else ''} {', '.join(w)}." if w else
+                         f"The {name} misses no item." for name, w in wrong.items())
+    return {"id": f"er{cfg.seed}-{idx}", "items": items,
+            "report": {"summary": summary, "table": table, "better": better}, "reasoning": reasoning,
+            "truth": {"skill": skill, "correct": correct, "total": n,
+                      "accuracy": {name: correct[name] / n for name in LABELERS}, "better": better}}
+
+
 def _noisy_query_ad(rng: random.Random, row: dict) -> None:
     row["labels"] = {"relevance": rng.choice(["bad", "fair", "good"]), "location": rng.choice(["good", "bad"]),
                      "quality": rng.choice(["good", "bad"])}
@@ -204,6 +408,10 @@ GENERATORS: dict[str, tuple[Row, Callable[[random.Random, dict], None] | None]] 
     QUERY_AD.name: (query_ad_row, _noisy_query_ad),
     AD_USER.name: (ad_user_row, _noisy_ad_user),
     QUERY_GEN.name: (query_gen_row, None),
+    AD_REWRITE.name: (ad_rewrite_row, None),
+    USER_QUERY_GEN.name: (user_query_gen_row, None),
+    USER_PROFILE.name: (user_profile_row, None),
+    EVAL_REPORT.name: (eval_report_row, None),
 }
 """Per task: the row generator and the label randomizer of ``label_noise`` (None: no labels to randomize)."""
 

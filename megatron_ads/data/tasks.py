@@ -12,12 +12,22 @@ values its SFT task weight λ_t may follow (``lambda_metrics``, first = default)
 rows into prediction rows (the ``megatron-ads eval`` format) through any ``Scorer``: label tasks by
 label-candidate scoring, generation tasks by greedy decoding. ``parse_output`` reads a model's text
 back into fields and reports what is malformed (missing or repeated tags, values outside the
-allowed set, an unclosed ``<think>``) instead of guessing. JSONL inputs are validated row by row;
-errors name the file, line and field.
+allowed set, an unclosed ``<think>``, a field whose ``decode`` rejects it) instead of guessing. JSONL inputs
+are validated row by row (presence of ``required`` keys, then the task's ``check``); errors name the file,
+line and field.
+
+Tasks (AdNanny §2): ``query_ad`` and ``ad_user`` relevance labeling (classification), ``query_gen`` (keyword
+query generation), ``ad_rewrite`` (ad rewriting / keyword extension: ``<Rationale>`` (optional when
+parsing), ``<Title>`` ≤ 30 characters and ``<Description>`` within the stated limit, ``AD_LIMITS``),
+``user_query_gen`` (the user's next ``n_queries`` ``<Query>`` lines from a history), ``user_profile``
+(``<Profile>`` JSON ``{interests, intents, constraints}``) and ``eval_report`` (two labelers against gold:
+``<Summary>``, a markdown ``<Table>`` of per-labeler correct / total / accuracy and ``<Better>``), plus
+``general`` instruction data.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,6 +61,14 @@ class OutputField:
     """Several tags of this kind (one per item), e.g. <Query> lines."""
     cast: Callable[[str], Any] = str
     """Type of the value in a prediction row (the ad-user score is an int)."""
+    optional: bool = False
+    """A missing tag is not a format error (the field is then absent from the parsed output); a repeated or
+    undecodable one still is. The target template always writes it when the row has it."""
+    render: Callable[[Any], str] = str
+    """Row value -> the text between the tags (a user profile: JSON; an evaluation table: markdown)."""
+    decode: Callable[[str], Any] | None = None
+    """Tag text -> the parsed value, raising ValueError with the reason when the text is malformed
+    (None: the stripped text itself)."""
 
     @property
     def name(self) -> str:
@@ -79,6 +97,8 @@ class Task:
     """Cap on validation rows per interval (greedy decoding costs one forward per token)."""
     max_new_tokens: int = 48
     """Generation tasks: tokens decoded per prediction."""
+    check: Callable[[dict], list[str]] | None = None
+    """Input checks beyond presence (types, limits): problems naming the field, [] when the row is fine."""
 
     def target(self, row: dict) -> str:
         """The training target: reasoning in <think>, then the tagged fields."""
@@ -86,9 +106,14 @@ class Task:
             return self.plain_target(row)
         lines = [f"<think>{row.get('reasoning', '').strip()}</think>"]
         for f in self.outputs:
-            value = _get(row, f.key)
+            try:
+                value = _get(row, f.key)
+            except KeyError:
+                if f.optional:
+                    continue
+                raise
             values = value if f.repeated else [value]
-            lines += [f"<{f.tag}>{str(v).strip()}</{f.tag}>" for v in values]
+            lines += [f"<{f.tag}>{f.render(v).strip()}</{f.tag}>" for v in values]
         return "\n".join(lines)
 
     def gold(self, row: dict) -> dict:
@@ -189,20 +214,176 @@ QUERY_GEN = Task(
                       f"keyword: {r['keyword']}\n{_ad_text(r['ad'])}\nAnswer:\n"),
     gold_keys=("keyword", "ad"), metric="query_generation", lambda_metrics=("Relevance", "Diversity", "Difficulty"),
     val_rows=32)
+AD_LIMITS = {"title": 30, "description": 90}
+"""Default character limits of an ad rewrite (headline ≤ 30 as in MarketingFM's AutoEval rules); a row's
+``limits`` overrides them and the prompt states the ones that apply."""
+USER_QUERIES = 3
+"""Queries asked for per user (user_query_gen) when a row has no ``n_queries``."""
+PROFILE_KEYS = ("interests", "intents", "constraints")
+"""The keys of a user profile (user_profile), each a list of strings."""
+LABELERS = ("baseline", "candidate")
+"""The two labelers an evaluation report (eval_report) compares."""
+TABLE_HEADER = ("labeler", "correct", "total", "accuracy")
+"""Columns of an evaluation report's table (accuracy in percent, one decimal)."""
+
+
+def limits(row: dict) -> dict[str, int]:
+    """The character limits of an ad rewrite row: ``AD_LIMITS`` updated by the row's ``limits``."""
+    return {**AD_LIMITS, **(row.get("limits") or {})}
+
+
+def _check_ad_rewrite(row: dict) -> list[str]:
+    out = []
+    if "keyword" in row and not (isinstance(row["keyword"], str) and row["keyword"].strip()):
+        out.append("field 'keyword': expected a non-empty string")
+    lim = row.get("limits")
+    if lim is not None:
+        if not isinstance(lim, dict) or set(lim) - set(AD_LIMITS):
+            out.append(f"field 'limits': expected an object with keys among {list(AD_LIMITS)}, got {lim!r}")
+        else:
+            out += [f"field 'limits.{k}': expected a positive integer, got {v!r}" for k, v in lim.items()
+                    if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
+    return out
+
+
+def _check_user_query_gen(row: dict) -> list[str]:
+    n = row.get("n_queries", USER_QUERIES)
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        return [f"field 'n_queries': expected a positive integer, got {n!r}"]
+    return []
+
+
+def _check_eval_report(row: dict) -> list[str]:
+    items = row.get("items")
+    if items is None:
+        return []
+    if not (isinstance(items, list) and items):
+        return ["field 'items': expected a non-empty list of {gold, baseline, candidate}"]
+    out = []
+    for i, it in enumerate(items):
+        for k in ("gold", *LABELERS):
+            if not (isinstance(it, dict) and isinstance(it.get(k), str) and it[k].strip()):
+                out.append(f"field 'items[{i}].{k}': expected a non-empty string")
+    return out
+
+
+def render_profile(profile: dict) -> str:
+    """A user profile as the JSON text of its ``<Profile>`` tag (keys in ``PROFILE_KEYS`` order, then any others)."""
+    return json.dumps({**{k: profile[k] for k in PROFILE_KEYS if k in profile}, **profile})
+
+
+def decode_profile(text: str) -> dict[str, list[str]]:
+    """The ``<Profile>`` text -> ``{interests, intents, constraints}`` (lists of stripped strings).
+    ValueError naming the problem: invalid JSON, not an object, a key missing or unknown, a non-list value."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object with keys {list(PROFILE_KEYS)}, got {type(obj).__name__}")
+    missing, extra = [k for k in PROFILE_KEYS if k not in obj], sorted(set(obj) - set(PROFILE_KEYS))
+    if missing or extra:
+        raise ValueError(f"expected keys {list(PROFILE_KEYS)}, missing {missing}, unknown {extra}")
+    for k in PROFILE_KEYS:
+        if not isinstance(obj[k], list) or not all(isinstance(v, str) for v in obj[k]):
+            raise ValueError(f"key '{k}': expected a list of strings, got {obj[k]!r}")
+    return {k: [v.strip() for v in obj[k]] for k in PROFILE_KEYS}
+
+
+def render_table(table: dict) -> str:
+    """An evaluation report's per-labeler table ``{labeler: {correct, total, accuracy}}`` (accuracy in
+    percent) as the markdown of its ``<Table>`` tag."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|---" * len(TABLE_HEADER) + "|"]
+    for name in LABELERS:
+        r = table[name]
+        lines.append(f"| {name} | {r['correct']} | {r['total']} | {float(r['accuracy']):.1f} |")
+    return "\n".join(lines)
+
+
+def decode_table(text: str) -> dict[str, dict[str, Any]]:
+    """The ``<Table>`` markdown -> ``{labeler: {"correct": int, "total": int, "accuracy": float (percent)}}``.
+    Tolerates spaces around cells and a missing separator row; ValueError naming the line otherwise (wrong
+    header, a row without 4 cells, an unknown or repeated labeler, non-integer counts, a missing labeler)."""
+    rows = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    if not cells or [c.lower() for c in cells[0]] != list(TABLE_HEADER):
+        raise ValueError(f"line 1: expected the header | {' | '.join(TABLE_HEADER)} |")
+    out: dict[str, dict[str, Any]] = {}
+    for n, c in enumerate(cells[1:], start=2):
+        if all(set(x) <= set("-: ") for x in c):
+            continue  # the separator row
+        if len(c) != len(TABLE_HEADER):
+            raise ValueError(f"line {n}: expected {len(TABLE_HEADER)} cells, got {len(c)}")
+        name = c[0].lower()
+        if name not in LABELERS or name in out:
+            raise ValueError(f"line {n}: labeler {c[0]!r} is {'repeated' if name in out else 'unknown'} "
+                             f"(expected each of {list(LABELERS)} once)")
+        try:
+            out[name] = {"correct": int(c[1]), "total": int(c[2]), "accuracy": float(c[3].rstrip("%"))}
+        except ValueError:
+            raise ValueError(f"line {n}: expected integer correct/total and a number accuracy, got {c[1:]}") from None
+    missing = [x for x in LABELERS if x not in out]
+    if missing:
+        raise ValueError(f"labeler(s) {missing} missing")
+    return out
+
+
+def _items(items: list[dict]) -> str:
+    return "\n".join(f"{i}. gold={it['gold']} baseline={it['baseline']} candidate={it['candidate']}"
+                     for i, it in enumerate(items, start=1))
+
+
+AD_REWRITE = Task(
+    name="ad_rewrite", kind="generation", required=("keyword", "ad.title", "ad.description"),
+    outputs=(OutputField("Rationale", "rewrite.rationale", optional=True),
+             OutputField("Title", "rewrite.title"), OutputField("Description", "rewrite.description")),
+    prompt=lambda r: ("Task: rewrite the ad for the keyword: the headline at most "
+                      f"{limits(r)['title']} characters, the description at most {limits(r)['description']} "
+                      "characters; give a short rationale.\n"
+                      + (f"keyword: {r['keyword']}\n" if "keyword" in r else "")  # in-memory rows may lack it
+                      + f"title: {r['ad']['title']}\ndescription: {r['ad']['description']}\nAnswer:\n"),
+    gold_keys=("keyword", "ad", "limits", "truth"), metric="ad_rewrite",
+    lambda_metrics=("constraint_rate", "keyword_coverage"), val_rows=32, max_new_tokens=96,
+    check=_check_ad_rewrite)
+"""Ad rewriting / keyword extension (AdNanny §2): a rewrite of the ad that covers the keyword within the
+stated limits, with a short rationale (optional when parsing: rewards read only title and description)."""
+USER_QUERY_GEN = Task(
+    name="user_query_gen", kind="generation", required=("history",),
+    outputs=(OutputField("Query", "queries", None, repeated=True),),
+    prompt=lambda r: (f"Task: write the user's next {r.get('n_queries', USER_QUERIES)} search queries.\n"
+                      f"user history:\n{_history(r['history'])}\nAnswer:\n"),
+    gold_keys=("n_queries", "truth"), metric="user_query_gen",
+    lambda_metrics=("Relevance", "InterestCoverage", "Distinct2"), val_rows=32, max_new_tokens=64,
+    check=_check_user_query_gen)
+"""User-history-conditioned query generation (AdNanny §2): the queries the user is likely to type next."""
 USER_PROFILE = Task(
     name="user_profile", kind="generation", required=("history",),
-    outputs=(OutputField("Profile", "profile"),),
-    prompt=lambda r: f"Task: summarize the user's interests.\nuser history:\n{_history(r['history'])}\nAnswer:\n")
-AD_REWRITE = Task(
-    name="ad_rewrite", kind="generation", required=("ad.title", "ad.description"),
-    outputs=(OutputField("Title", "rewrite.title"), OutputField("Description", "rewrite.description")),
-    prompt=lambda r: f"Task: rewrite the ad clearly and without defects.\n{_ad_text(r['ad'])}\nAnswer:\n")
+    outputs=(OutputField("Profile", "profile", render=render_profile, decode=decode_profile),),
+    prompt=lambda r: ("Task: write the user's profile as JSON with interests, intents and constraints.\n"
+                      f"user history:\n{_history(r['history'])}\nAnswer:\n"),
+    gold_keys=("profile",), metric="user_profile", lambda_metrics=("interest_F1", "json_valid"), val_rows=32,
+    max_new_tokens=64)
+"""User profile generation (AdNanny §2): structured interests, intents and constraints as JSON."""
+EVAL_REPORT = Task(
+    name="eval_report", kind="generation", required=("items",),
+    outputs=(OutputField("Summary", "report.summary"),
+             OutputField("Table", "report.table", render=render_table, decode=decode_table),
+             OutputField("Better", "report.better", (*LABELERS, "tie"))),
+    prompt=lambda r: ("Task: compare the baseline and candidate labelers with the gold labels: a summary, a "
+                      "table of per-labeler accuracy and the better labeler.\n"
+                      f"items:\n{_items(r['items'])}\nAnswer:\n"),
+    gold_keys=("items", "truth"), metric="eval_report",
+    lambda_metrics=("table_accuracy", "better_accuracy", "parse_rate"), val_rows=16, max_new_tokens=96,
+    check=_check_eval_report)
+"""Model evaluation report (AdNanny §2): two labelers' outputs on a set with gold -> a natural-language
+summary, a per-labeler accuracy table and the better labeler."""
 GENERAL = Task(
     name="general", kind="general", required=("prompt", "response"), outputs=(),
     prompt=lambda r: f"{str(r['prompt']).strip()}\n", plain_target=lambda r: str(r["response"]).strip())
 """Public instruction data ({"id", "prompt", "response"}) mixed into SFT at a fixed weight."""
 
-TASKS: dict[str, Task] = {t.name: t for t in (QUERY_AD, AD_USER, QUERY_GEN, USER_PROFILE, AD_REWRITE, GENERAL)}
+TASKS: dict[str, Task] = {t.name: t for t in (QUERY_AD, AD_USER, QUERY_GEN, AD_REWRITE, USER_QUERY_GEN,
+                                              USER_PROFILE, EVAL_REPORT, GENERAL)}
 DEFAULT_SFT_TASKS = (QUERY_AD.name, AD_USER.name)
 """What ``sft.tasks`` means when it is left empty."""
 
@@ -235,12 +416,15 @@ def validate_row(spec: Task, row: Any, with_targets: bool) -> list[str]:
             continue
         if key == "history" and not (isinstance(value, list) and value):
             problems.append("field 'history': expected a non-empty list of events")
+    if spec.check is not None:
+        problems += spec.check(row)
     if with_targets:
         for f in spec.outputs:
             try:
                 value = _get(row, f.key)
             except KeyError:
-                problems.append(f"field '{f.key}': missing")
+                if not f.optional:
+                    problems.append(f"field '{f.key}': missing")
                 continue
             values = value if f.repeated else [value]
             if f.repeated and not (isinstance(value, list) and value):
@@ -249,6 +433,11 @@ def validate_row(spec: Task, row: Any, with_targets: bool) -> list[str]:
             for v in values:
                 if f.allowed is not None and str(v) not in f.allowed:
                     problems.append(f"field '{f.key}': expected one of {list(f.allowed)}, got {v!r}")
+                elif f.decode is not None:
+                    try:
+                        f.decode(f.render(v))
+                    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                        problems.append(f"field '{f.key}': {exc}")
     return problems
 
 
@@ -333,7 +522,8 @@ def parse_output(spec: Task, text: str) -> ParsedOutput:
     for f in spec.outputs:
         values = [v.strip() for v in re.findall(rf"<{f.tag}>(.*?)</{f.tag}>", body, re.S)]
         if not values:
-            out.errors.append(f"<{f.tag}> missing")
+            if not f.optional:
+                out.errors.append(f"<{f.tag}> missing")
             continue
         if not f.repeated and len(values) > 1:
             out.errors.append(f"<{f.tag}> appears {len(values)} times")
@@ -343,6 +533,12 @@ def parse_output(spec: Task, text: str) -> ParsedOutput:
             out.errors.append(f"<{f.tag}> value {bad[0]!r} not in {list(f.allowed)}")
             continue
         norm = [v.lower() if f.allowed is not None else v for v in values]
+        if f.decode is not None:
+            try:
+                norm = [f.decode(v) for v in norm]
+            except ValueError as exc:
+                out.errors.append(f"<{f.tag}> {exc}")
+                continue
         out.fields[f.name] = norm if f.repeated else norm[0]
     return out
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from megatron_ads.eval import adtasks
 from megatron_ads.eval.querygen import RECALL_K, HFEmbedder, Retriever, evaluate_query_gen
 from megatron_ads.runtime.errors import BadInput
 from megatron_ads.runtime.io import iter_jsonl
@@ -309,6 +310,8 @@ class Metric:
     """The flat values SFT validation logs (``<task>/<key>``) and λ_t can follow."""
     embedder: bool = False
     """Takes an embedder (``--embedder``) and a retriever (``--ads``, ``--recall-k``: recall@K)."""
+    ctr: bool = False
+    """Takes ``ctr_fn`` (keyword, ad text) -> true click probability (the synthetic world's ``true_ctr``)."""
 
 
 METRICS: dict[str, Metric] = {
@@ -316,9 +319,20 @@ METRICS: dict[str, Metric] = {
     "relevance_score": Metric(evaluate=evaluate_ad_user, table=_score_markdown, summary=_score_summary),
     "query_generation": Metric(evaluate=evaluate_query_gen, table=_queries_markdown, summary=_queries_summary,
                                embedder=True),
+    "ad_rewrite": Metric(evaluate=adtasks.evaluate_ad_rewrite, table=adtasks.rewrite_markdown,
+                         summary=adtasks.rewrite_summary, ctr=True),
+    "user_query_gen": Metric(evaluate=adtasks.evaluate_user_queries, table=adtasks.user_queries_markdown,
+                             summary=adtasks.user_queries_summary),
+    "user_profile": Metric(evaluate=adtasks.evaluate_user_profile, table=adtasks.profile_markdown,
+                           summary=adtasks.profile_summary),
+    "eval_report": Metric(evaluate=adtasks.evaluate_eval_report, table=adtasks.report_markdown,
+                          summary=adtasks.report_summary),
 }
 """Query–ad defect views (Bad/Fair relevance, location, quality), ad–user relevance score (Bad vs Others, AUC),
-keyword query generation (relevance, diversity, difficulty)."""
+keyword query generation (relevance, diversity, difficulty), and the other AdNanny §2 generation tasks
+(``eval.adtasks``): ad rewriting (limits, keyword coverage, true CTR uplift), user-history query generation
+(relevance against the true interests, distinct-n), user profiles (precision/recall/F1 against the true
+profile, JSON validity) and evaluation reports (table accuracy against the true per-labeler accuracy)."""
 
 
 def metric(name: str) -> Metric:
@@ -329,13 +343,17 @@ def metric(name: str) -> Metric:
 
 
 def evaluate(name: str, pred_path: str | Path, gold_path: str | Path, embedder: str | None = None,
-             retriever: Retriever | None = None, k: int = RECALL_K, corpus_flag: str = "--ads") -> dict[str, Any]:
+             retriever: Retriever | None = None, k: int = RECALL_K, corpus_flag: str = "--ads",
+             ctr_fn: Callable[[str, str], float] | None = None) -> dict[str, Any]:
     """Score a prediction JSONL against a gold JSONL (rows join on ``id``) with metric ``name``.
 
     Query generation only: ``embedder`` — a local Hugging Face model directory for the relevance/diversity
     embeddings (default: the built-in hashed character-trigram embedder); ``retriever`` — a frozen retriever
     (``querygen.Retriever``) for recall@K at K = ``k`` (None: no recall@K); ``corpus_flag`` names its corpus
     in errors.
+
+    Ad rewriting only: ``ctr_fn`` — (keyword, ad text) -> true click probability (``data.synthetic.true_ctr``) for
+    the true CTR uplift (None: those values are NaN).
     """
     m = metric(name)
     gold = read_jsonl(gold_path, strict=True)
@@ -343,6 +361,8 @@ def evaluate(name: str, pred_path: str | Path, gold_path: str | Path, embedder: 
     if m.embedder:
         return m.evaluate(gold, pred, HFEmbedder(embedder) if embedder else None, retriever=retriever, k=k,
                           corpus_flag=corpus_flag)
+    if m.ctr:
+        return m.evaluate(gold, pred, ctr_fn=ctr_fn)
     return m.evaluate(gold, pred)
 
 

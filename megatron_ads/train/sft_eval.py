@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_ads.config.train import SFTSpec
-from megatron_ads.data.synthetic import write_jsonl
+from megatron_ads.data.synthetic import true_ctr, write_jsonl
 from megatron_ads.data.tasks import Scorer, lambda_metric, normalized, task
 from megatron_ads.eval.metrics import evaluate, markdown, metric, parsed_rows
 from megatron_ads.runtime.io import write_text
@@ -36,7 +36,8 @@ def validate_tasks(names: list[str], data: dict[str, dict[str, list[dict]]], sco
         rows = data[name]["val"][: s.val_rows][: t.val_rows]
         preds = t.predict(rows, scorer)
         m = metric(t.metric)
-        values = m.summary(m.evaluate(parsed_rows([t.gold(r) for r in rows]), parsed_rows(preds)))
+        extra = {"ctr_fn": true_ctr} if m.ctr else {}
+        values = m.summary(m.evaluate(parsed_rows([t.gold(r) for r in rows]), parsed_rows(preds), **extra))
         rec.update({f"{name}/{k}": v for k, v in values.items()})
         if t.kind == "generation":
             rec[f"{name}/example"] = preds[0]["raw"] if preds else ""
@@ -87,7 +88,7 @@ def test_report(names: list[str], data: dict[str, dict[str, list[dict]]], scorer
         pred_path, gold_path = out_dir / f"{name}.pred.jsonl", out_dir / f"{name}.gold.jsonl"
         write_jsonl(preds, pred_path)
         write_jsonl([t.gold(r) for r in rows], gold_path)
-        r = evaluate(t.metric, pred_path, gold_path)
+        r = evaluate(t.metric, pred_path, gold_path, ctr_fn=true_ctr)
         results[name] = {k: v for k, v in r.items() if k not in ("pred_line_errors", "unmatched_predictions")}
         sections.append(f"## {name} (step {step}, {len(rows)} test rows)\n\n{markdown(t.metric, r)}\n")
     if write and sections:
