@@ -95,10 +95,11 @@ def main() -> int:
         variants += [(f"fp8_{b}", "fp8", b) for b in args.fp8_backends.split(",")]
         for label, prec, backend in variants:
             out = work / f"{name}.{label}.jsonl"
-            if not out.is_file():
-                _cli("label", "--model", str(exports[prec]), "--input", str(inp), "--output", str(out),
-                     "--task", name, "--precision", prec, "--batch-size", str(args.batch_size),
-                     env={"MEGATRON_ADS_FP8_BACKEND": backend} if backend else None)
+            # --resume: an output left by an earlier (possibly interrupted) run is completed, never trusted as is
+            _cli("label", "--model", str(exports[prec]), "--input", str(inp), "--output", str(out),
+                 "--task", name, "--precision", prec, "--batch-size", str(args.batch_size),
+                 *(["--resume"] if out.is_file() else []),
+                 env={"MEGATRON_ADS_FP8_BACKEND": backend} if backend else None)
             metrics = _cli("eval", "--pred", str(out), "--gold", str(gold), "--task", name)
             per[label] = _headline(metrics)
             per[label]["_preds"] = _preds(out)
