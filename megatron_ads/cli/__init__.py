@@ -36,6 +36,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("megatron_ads.cli.generate", "plain completions from a JSONL of prompts (KV-cache engine)"),
     "label": ("megatron_ads.cli.label", "label a task's rows: label-only scoring or reasoning, resumable, cost report"),
     "quantize": ("megatron_ads.cli.quantize", "per-tensor FP8 PTQ with nvidia-modelopt, calibrated on task rows"),
+    "autoeval": ("megatron_ads.cli.autoeval", "MarketingFM AutoEval: rule checks + 0-5 LLM judge, human agreement, "
+                 "threshold sweep, review sampling, refinement"),
 }
 """The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
 imported: the verbs pull in megatron-core and transformers (seconds of imports), and they import this

@@ -17,6 +17,9 @@ generated from the same rules, so it is faithful to the label:
   interests and which words are relevant, the gold profile is the true interests / intents / constraints.
 - evaluation reports: two labelers with hidden skills label 4–6 items with gold; ``truth`` holds each one's
   skill, correct count and accuracy on the set, and the better one.
+- AutoEval judge (``ad_judge``): an ad copy for a keyword scored 0–5 on one criterion by rule (relevance: the
+  category, group, brand and whether the category is named; generalization: 5 minus the narrowing details);
+  ``truth`` holds both criteria's scores.
 
 Every row of the generation tasks keeps its hidden ground truth, so metrics (``eval``) and rewards can be
 checked against it.
@@ -44,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from megatron_ads.data.tasks import (AD_LIMITS, AD_REWRITE, AD_USER, EVAL_REPORT, LABELERS, QUERY_AD, QUERY_GEN,
-                                     USER_PROFILE, USER_QUERIES, USER_QUERY_GEN)
+from megatron_ads.data.tasks import (AD_JUDGE, AD_LIMITS, AD_REWRITE, AD_USER, EVAL_REPORT, JUDGE_CRITERIA, LABELERS,
+                                     QUERY_AD, QUERY_GEN, USER_PROFILE, USER_QUERIES, USER_QUERY_GEN)
 from megatron_ads.runtime.io import write_text
 
 CATALOGUE = {
@@ -394,6 +397,82 @@ def eval_report_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
                       "accuracy": {name: correct[name] / n for name in LABELERS}, "better": better}}
 
 
+JUDGE_SPECIFICS = ("product", "model", "size", "audience", "price", "date")
+"""The narrowing details an ad_judge ad may carry; each costs one generalization point."""
+_SPECIFIC_NAMES = {"product": "a single product", "model": "a model number", "size": "a size or color",
+                   "audience": "a narrowed audience", "price": "a price", "date": "a date"}
+
+
+def _specific(rng: random.Random, kind: str, item: str) -> str:
+    return {"product": lambda: f"only the {item}",
+            "model": lambda: f"model {rng.choice('XZRT')}{rng.randint(100, 999)}",
+            "size": lambda: rng.choice(["in size 9", "in size 42", "in matte red", "in navy blue"]),
+            "audience": lambda: rng.choice(["for kids", "for men", "for women", "for seniors"]),
+            "price": lambda: f"at ${rng.randint(19, 199)}.99",
+            "date": lambda: f"until {rng.choice(['May', 'June', 'July'])} {rng.randint(1, 28)}"}[kind]()
+
+
+def ad_judge_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
+    """An ad copy (headline, description) for a keyword and one judge criterion (alternating by row), scored
+    0–5 by rule; ``truth`` holds both criteria's scores. The keyword is a category, or a brand + category (30 %).
+    The ad's category is the keyword's (``match_rate``), else one of the same group or of another group.
+
+    - relevance: 0 another group's category; 1 another category of the same group; same category: 5, minus 1
+      when the ad names only the brand (not the category), minus 2 when the keyword names a brand and the ad
+      another one (``conflict_rate``) — so 5, 4, 3 or 2.
+    - generalization: 5 minus the number of narrowing details (``JUDGE_SPECIFICS``: a single product, a model
+      number, a size or color, a narrowed audience, a price, a date; 0–5 of them)."""
+    criterion = tuple(JUDGE_CRITERIA)[idx % len(JUDGE_CRITERIA)]
+    cats = sorted(CATALOGUE)
+    kcat = rng.choice(cats)
+    kc = CATALOGUE[kcat]
+    kbrand = rng.choice(kc["brands"]) if rng.random() < 0.3 else None
+    keyword = f"{kbrand.lower()} {kcat}" if kbrand else kcat
+    if rng.random() < cfg.match_rate:
+        acat = kcat
+    else:
+        group = [c for c in cats if c != kcat and CATALOGUE[c]["group"] == kc["group"]]
+        others = [c for c in cats if CATALOGUE[c]["group"] != kc["group"]]
+        acat = rng.choice(group) if group and rng.random() < 0.5 else rng.choice(others)
+    ac = CATALOGUE[acat]
+    conflict = acat == kcat and kbrand is not None and rng.random() < cfg.conflict_rate
+    if conflict:
+        brand = rng.choice([b for b in ac["brands"] if b != kbrand])
+    else:
+        brand = kbrand if acat == kcat and kbrand else rng.choice(ac["brands"])
+    item = rng.choice(ac["items"])
+    named = rng.random() < 0.7
+    kinds = sorted(rng.sample(JUDGE_SPECIFICS, rng.choice((0, 0, 1, 1, 2, 2, 3, 4, 5))), key=JUDGE_SPECIFICS.index)
+    phrases = [_specific(rng, kind, item) for kind in kinds]
+    what = acat if named else rng.choice(["favorites", "best sellers", "new arrivals"])
+    headline = f"{rng.choice(['Shop', 'Buy', 'Get', 'Discover'])} {brand} {what}"
+    description = " ".join([f"{brand} {what}", *phrases]) + ". " + rng.choice(_FILLERS)
+    if acat != kcat:
+        same_group = ac["group"] == kc["group"]
+        relevance = 1 if same_group else 0
+        why_rel = (f"The keyword asks for {kcat}; the ad sells {acat}, " +
+                   (f"another category of the same group ({kc['group']})." if same_group else
+                    f"unrelated ({ac['group']}, not {kc['group']})."))
+    else:
+        relevance = 5 - (0 if named else 1) - (2 if conflict else 0)
+        why_rel = (f"The keyword asks for {kcat}{f' by {kbrand}' if kbrand else ''}; the ad is for {brand} {kcat}." +
+                   (f" The keyword names {kbrand} but the ad is for {brand}." if conflict else "") +
+                   (" The ad names the category." if named else " The ad names only the brand, not the category."))
+    generalization = 5 - len(kinds)
+    why_gen = (f"The ad adds {len(kinds)} narrowing detail{'s' if len(kinds) > 1 else ''} "
+               f"({', '.join(_SPECIFIC_NAMES[k] for k in kinds)}): too specific." if kinds else
+               "The ad stays general: no narrowing details.")
+    truth = {"relevance": relevance, "generalization": generalization}
+    return {"id": f"aj{cfg.seed}-{idx}", "keyword": keyword, "headline": headline, "description": description,
+            "criterion": criterion, "score": truth[criterion],
+            "reasoning": why_rel if criterion == "relevance" else why_gen,
+            "truth": {**truth, "category": acat, "keyword_category": kcat, "specifics": kinds}}
+
+
+def _noisy_ad_judge(rng: random.Random, row: dict) -> None:
+    row["score"] = rng.randint(0, 5)
+
+
 def _noisy_query_ad(rng: random.Random, row: dict) -> None:
     row["labels"] = {"relevance": rng.choice(["bad", "fair", "good"]), "location": rng.choice(["good", "bad"]),
                      "quality": rng.choice(["good", "bad"])}
@@ -412,6 +491,7 @@ GENERATORS: dict[str, tuple[Row, Callable[[random.Random, dict], None] | None]] 
     USER_QUERY_GEN.name: (user_query_gen_row, None),
     USER_PROFILE.name: (user_profile_row, None),
     EVAL_REPORT.name: (eval_report_row, None),
+    AD_JUDGE.name: (ad_judge_row, _noisy_ad_judge),
 }
 """Per task: the row generator and the label randomizer of ``label_noise`` (None: no labels to randomize)."""
 

@@ -21,7 +21,8 @@ query generation), ``ad_rewrite`` (ad rewriting / keyword extension: ``<Rational
 parsing), ``<Title>`` ≤ 30 characters and ``<Description>`` within the stated limit, ``AD_LIMITS``),
 ``user_query_gen`` (the user's next ``n_queries`` ``<Query>`` lines from a history), ``user_profile``
 (``<Profile>`` JSON ``{interests, intents, constraints}``) and ``eval_report`` (two labelers against gold:
-``<Summary>``, a markdown ``<Table>`` of per-labeler correct / total / accuracy and ``<Better>``), plus
+``<Summary>``, a markdown ``<Table>`` of per-labeler correct / total / accuracy and ``<Better>``), ``ad_judge``
+(MarketingFM AutoEval's judge: an ad copy and a criterion -> ``<Score>`` 0–5, label-candidate scored), plus
 ``general`` instruction data.
 """
 
@@ -377,13 +378,46 @@ EVAL_REPORT = Task(
     check=_check_eval_report)
 """Model evaluation report (AdNanny §2): two labelers' outputs on a set with gold -> a natural-language
 summary, a per-labeler accuracy table and the better labeler."""
+JUDGE_CRITERIA = {
+    "relevance": ("the ad copy aligns with the keyword's search intent, balanced between vague and specific, "
+                  "without bias and without focusing narrowly on one or two products"),
+    "generalization": ("the ad copy generalizes while remaining relevant, avoiding excessive specificity "
+                       "(model numbers, sizes, prices, dates) and bias (a narrowed audience)"),
+}
+"""The AutoEval judge's criteria (MarketingFM Table 3), each scored 0–5, with the definition the prompt states."""
+JUDGE_SCORES = ("0", "1", "2", "3", "4", "5")
+"""The judge's score candidates: one prefill scores all six (``<Score>s</Score>``)."""
+
+
+def _check_ad_judge(row: dict) -> list[str]:
+    out = []
+    if "criterion" in row and row["criterion"] not in JUDGE_CRITERIA:
+        out.append(f"field 'criterion': expected one of {list(JUDGE_CRITERIA)}, got {row['criterion']!r}")
+    if "keyword" in row and not (isinstance(row["keyword"], str) and row["keyword"].strip()):
+        out.append("field 'keyword': expected a non-empty string")
+    out += [f"field '{k}': expected a string, got {row[k]!r}" for k in ("headline", "description")
+            if k in row and not isinstance(row[k], str)]
+    return out
+
+
+AD_JUDGE = Task(
+    name="ad_judge", kind="classification", required=("keyword", "headline", "description", "criterion"),
+    outputs=(OutputField("Score", "score", JUDGE_SCORES, cast=int),),
+    prompt=lambda r: (f"Task: rate the ad copy for the search keyword on {r['criterion']} from 0 (worst) to 5 "
+                      f"(best).\n{r['criterion']}: {JUDGE_CRITERIA.get(r['criterion'], '')}\n"
+                      f"keyword: {r['keyword']}\nheadline: {r['headline']}\ndescription: {r['description']}\n"
+                      "Answer:\n"),
+    gold_keys=("criterion", "score"), metric="judge_score", lambda_metrics=("Acc", "Within1"),
+    check=_check_ad_judge)
+"""MarketingFM AutoEval's LLM judge (§5.1): one ad copy and one criterion of ``JUDGE_CRITERIA`` -> a score 0–5;
+labeling scores the six candidates in one prefill and the expected score is Σ s·p(s) (``data.judge``)."""
 GENERAL = Task(
     name="general", kind="general", required=("prompt", "response"), outputs=(),
     prompt=lambda r: f"{str(r['prompt']).strip()}\n", plain_target=lambda r: str(r["response"]).strip())
 """Public instruction data ({"id", "prompt", "response"}) mixed into SFT at a fixed weight."""
 
 TASKS: dict[str, Task] = {t.name: t for t in (QUERY_AD, AD_USER, QUERY_GEN, AD_REWRITE, USER_QUERY_GEN,
-                                              USER_PROFILE, EVAL_REPORT, GENERAL)}
+                                              USER_PROFILE, EVAL_REPORT, AD_JUDGE, GENERAL)}
 DEFAULT_SFT_TASKS = (QUERY_AD.name, AD_USER.name)
 """What ``sft.tasks`` means when it is left empty."""
 

@@ -30,6 +30,11 @@ said otherwise.
   predicted, recall = matched / gold, F1 (``interest_precision``, ``interest_recall``, ``interest_F1``,
   ``intent_F1``, ``constraint_F1``; an invalid profile predicts nothing); ``exact_match`` — share of rows with
   all three sets equal.
+- **ad_judge** (MarketingFM AutoEval's judge, scores 0–5): ``Acc`` — share of rows whose predicted score
+  equals the gold one; ``Within1`` — share within one point; ``MAE`` — mean absolute error of the predicted
+  score; ``ExpMAE`` — the same for the expected score Σ s·p(s) of the prediction's ``probs`` (the predicted
+  score when it has none); a malformed prediction counts the largest possible error, max(g, 5 − g);
+  ``by_criterion`` — n, Acc and MAE per gold ``criterion``.
 - **eval_report**: ``parse_rate`` — share of rows with a summary, a table with both labelers and a better
   labeler; ``table_accuracy`` — share of (row, labeler) table entries whose correct and total counts equal the
   truth and whose accuracy (percent) is the true accuracy to one decimal (within 0.05 points); ``accuracy_MAE``
@@ -259,6 +264,69 @@ def evaluate_eval_report(gold, pred) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------ ad_judge
+JUDGE_SCORES = tuple(range(6))
+"""The judge's scores (as ``data.tasks.JUDGE_SCORES``)."""
+
+
+def _judge_score(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        iv = int(v)
+    except (TypeError, ValueError):
+        return None
+    return iv if iv in JUDGE_SCORES and float(v) == iv else None
+
+
+def _judge_expected(row: dict) -> float | None:
+    probs = row.get("probs")
+    if not isinstance(probs, dict):
+        return None
+    try:
+        p = [float(probs[str(s)]) for s in JUDGE_SCORES]
+    except (KeyError, TypeError, ValueError):
+        return None
+    total = sum(p)
+    if not all(math.isfinite(x) and x >= 0 for x in p) or total <= 0:
+        return None
+    return sum(s * x for s, x in zip(JUDGE_SCORES, p)) / total
+
+
+def evaluate_ad_judge(gold, pred) -> dict[str, Any]:
+    """The ad_judge metrics (module docstring) of prediction rows ``{id, score[, probs]}``."""
+    hits, near, err, exp_err, malformed = 0, 0, [], [], 0
+    per: dict[str, dict[str, list[float]]] = {}
+    for key in sorted(gold.rows):
+        g = _judge_score(gold.rows[key].get("score"))
+        if g is None:
+            raise ValueError(f"gold id {key!r}: score must be an integer 0..5")
+        row = pred.rows.get(key) or {}
+        p = _judge_score(row.get("score"))
+        worst = float(max(g, JUDGE_SCORES[-1] - g))
+        if p is None:
+            malformed += 1
+            e = ee = worst
+        else:
+            e = float(abs(p - g))
+            ex = _judge_expected(row)
+            ee = abs(ex - g) if ex is not None else e
+        hits += e == 0
+        near += e <= 1
+        err.append(e)
+        exp_err.append(ee)
+        c = per.setdefault(str(gold.rows[key].get("criterion", "all")), {"hit": [], "err": []})
+        c["hit"].append(float(e == 0))
+        c["err"].append(e)
+    n = len(gold.rows)
+    out: dict[str, Any] = {"Acc": _div(hits, n) if n else math.nan, "Within1": _div(near, n) if n else math.nan,
+                           "MAE": _mean(err), "ExpMAE": _mean(exp_err),
+                           "by_criterion": {c: {"n": len(v["hit"]), "Acc": _mean(v["hit"]), "MAE": _mean(v["err"])}
+                                            for c, v in sorted(per.items())}}
+    out.update(_common(gold, pred, malformed))
+    return out
+
+
 # ------------------------------------------------------------------------------------ tables, summaries
 def _pct(x: float) -> str:
     return "nan" if isinstance(x, float) and math.isnan(x) else f"{100 * x:.2f}"
@@ -307,3 +375,17 @@ def profile_summary(r: dict[str, Any]) -> dict[str, float]:
 
 def report_summary(r: dict[str, Any]) -> dict[str, float]:
     return {k: r[k] for k in REPORT_COLS}
+
+
+def judge_markdown(r: dict[str, Any]) -> list[str]:
+    def mae(x: float) -> str:
+        return "nan" if math.isnan(x) else f"{x:.3f}"
+
+    lines = ["| criterion | n | Acc | Within1 | MAE | ExpMAE |", "|---|---|---|---|---|---|",
+             f"| all | {r['n']} | {_pct(r['Acc'])} | {_pct(r['Within1'])} | {mae(r['MAE'])} | {mae(r['ExpMAE'])} |"]
+    lines += [f"| {c} | {v['n']} | {_pct(v['Acc'])} | - | {mae(v['MAE'])} | - |" for c, v in r["by_criterion"].items()]
+    return lines
+
+
+def judge_summary(r: dict[str, Any]) -> dict[str, float]:
+    return {k: r[k] for k in ("Acc", "Within1", "MAE", "ExpMAE")}

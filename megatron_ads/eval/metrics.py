@@ -327,12 +327,15 @@ METRICS: dict[str, Metric] = {
                            summary=adtasks.profile_summary),
     "eval_report": Metric(evaluate=adtasks.evaluate_eval_report, table=adtasks.report_markdown,
                           summary=adtasks.report_summary),
+    "judge_score": Metric(evaluate=adtasks.evaluate_ad_judge, table=adtasks.judge_markdown,
+                          summary=adtasks.judge_summary),
 }
 """Query–ad defect views (Bad/Fair relevance, location, quality), ad–user relevance score (Bad vs Others, AUC),
 keyword query generation (relevance, diversity, difficulty), and the other AdNanny §2 generation tasks
 (``eval.adtasks``): ad rewriting (limits, keyword coverage, true CTR uplift), user-history query generation
 (relevance against the true interests, distinct-n), user profiles (precision/recall/F1 against the true
-profile, JSON validity) and evaluation reports (table accuracy against the true per-labeler accuracy)."""
+profile, JSON validity), evaluation reports (table accuracy against the true per-labeler accuracy) and the AutoEval
+judge's 0–5 scores (exact / within-one accuracy, MAE of the predicted and of the expected score)."""
 
 
 def metric(name: str) -> Metric:

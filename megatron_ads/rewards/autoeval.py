@@ -20,6 +20,12 @@ best mode, Context(2) + General(3). Against human labels (``agreement``), FPR = 
 FPR + FNR = 1 − agreement. ``threshold_sweep`` gives one row per threshold combination (Table 8 style).
 ``needs_regeneration`` is the generation-time filter (§6.1): judge relevance < 4, no CTA or a long headline.
 
+AutoEval-Update (§5.2, Alg. 1) as offline procedures: ``select_for_review`` picks the ads that go to human
+review (random, uncertainty or diversity sampling); ``refine`` re-chooses the thresholds on the reviewed sample
+(``refine_thresholds``: best agreement, ties to the lower FPR) and reports the decisions before/after (Table 9
+style). The judge's prompt-and-criteria rewriting by a critic LLM is not reproduced: thresholds are what it
+refines here.
+
 The ``autoeval_rules`` reward (GRPO ad rewriting): a completion's parsed ``title`` (the headline) and
 ``description`` are checked against the other completions of the call with the same keyword (meta
 ``keyword``; without one, the same prompt: meta ``group``). ``mode=binary``: 1.0 when every rule passes, else
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -221,6 +228,130 @@ def threshold_sweep(failures: Sequence[Sequence[str]], scores: Sequence[Mapping[
         rows.append({**th, "accept_rate": a.accept_rate, "agreement": a.agreement, "fpr": a.fpr, "fnr": a.fnr,
                      "disagreement": a.disagreement})
     return rows
+
+
+SWEEP_GRID = {"relevance": (0, 1, 2, 3, 4, 5), "generalization": (0, 1, 2, 3, 4, 5)}
+"""The threshold grid of the sweep and of ``refine_thresholds``: every integer pair in {0..5}² (Table 8's modes
+are points of it)."""
+
+
+def agreement_summary(a: Agreement) -> dict[str, float]:
+    """An ``Agreement`` as a flat dict: n, accept_rate, agreement, fpr, fnr, disagreement and the counts fp, fn."""
+    return {"n": a.n, "accept_rate": a.accept_rate, "agreement": a.agreement, "fpr": a.fpr, "fnr": a.fnr,
+            "disagreement": a.disagreement, "fp": round(a.fpr * a.n), "fn": round(a.fnr * a.n)}
+
+
+def refine_thresholds(failures: Sequence[Sequence[str]], scores: Sequence[Mapping[str, float]],
+                      human_accept: Sequence[bool], current: Mapping[str, float] = DEFAULT_THRESHOLDS,
+                      grid: Mapping[str, Sequence[float]] = SWEEP_GRID) -> dict[str, float]:
+    """The thresholds of ``grid`` that agree best with the human labels (AutoEval-Update, Alg. 1, as threshold
+    refinement): highest agreement, then lowest FPR (an accepted bad ad costs more than a wasted good one), then
+    the smallest L1 move from ``current``, then the first in grid order."""
+    rows = threshold_sweep(failures, scores, human_accept, grid)
+    names = list(grid)
+
+    def key(ir):
+        i, r = ir
+        return (-r["agreement"], r["fpr"], sum(abs(r[k] - float(current.get(k, 0.0))) for k in names), i)
+
+    best = min(enumerate(rows), key=key)[1]
+    return {k: best[k] for k in names}
+
+
+def refine(failures: Sequence[Sequence[str]], scores: Sequence[Mapping[str, float]], human_accept: Sequence[bool],
+           current: Mapping[str, float] = DEFAULT_THRESHOLDS,
+           grid: Mapping[str, Sequence[float]] = SWEEP_GRID) -> dict[str, Any]:
+    """The criteria-refinement step on a human-reviewed sample: the ``refine_thresholds`` choice and the
+    decisions before/after on that sample (Table 9 style: FP = ``fpr``, FN = ``fnr``, Acc = ``agreement``, all
+    fractions of the sample). Returns ``{"thresholds_before", "thresholds_after", "before", "after"}``
+    (before/after: ``agreement_summary``)."""
+    after = refine_thresholds(failures, scores, human_accept, current, grid)
+
+    def at(th):
+        return agreement_summary(agreement([accept(f, s, th) for f, s in zip(failures, scores)], human_accept))
+
+    return {"thresholds_before": {k: float(v) for k, v in current.items()}, "thresholds_after": after,
+            "before": at(current), "after": at(after)}
+
+
+# ------------------------------------------------------------------------------------ active sampling
+STRATEGIES = ("random", "uncertainty", "diversity")
+"""Active-sampling strategies (AutoEval-Update §5.2) choosing which ads go to human review."""
+UNCERTAINTY_BY = ("confidence", "margin")
+
+
+def _margin(scores: Mapping[str, float] | None, thresholds: Mapping[str, float]) -> float:
+    """How far the nearest thresholded score is from its threshold (inf without scores)."""
+    if not scores:
+        return math.inf
+    return min((abs(float(scores[k]) - float(t)) for k, t in thresholds.items() if scores.get(k) is not None),
+               default=math.inf)
+
+
+def cluster_key(ad: Mapping[str, Any]) -> str:
+    """The diversity cluster of an ad: its ``category`` when it has one, else its keyword (lower-cased,
+    whitespace collapsed)."""
+    cat = ad.get("category")
+    if isinstance(cat, str) and cat.strip():
+        return "category:" + " ".join(cat.lower().split())
+    return "keyword:" + " ".join(str(ad.get("keyword") or "").lower().split())
+
+
+def select_for_review(ads: Sequence[Mapping[str, Any]], n: int, strategy: str, seed: int = 0,
+                      thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS,
+                      uncertainty_by: str = "confidence") -> list[int]:
+    """Indices of the ``n`` ads (at most all of them) to send to human review, in selection order,
+    deterministic in ``seed``. ``ads``: ``{keyword[, category], scores, confidence}`` (the judge's outputs).
+
+    - ``random``: a uniform sample without replacement.
+    - ``uncertainty``: the least certain decisions first: ``uncertainty_by=confidence`` — the lowest judge
+      confidence, ties by the margin; ``margin`` — the expected score nearest its threshold (the smallest
+      |score − threshold| over the thresholded criteria), ties by confidence; remaining ties in a seeded random
+      order. Needs the judge (a ``confidence`` on every ad).
+    - ``diversity``: spread over clusters (``cluster_key``: category, else keyword): round-robin over the
+      clusters in a seeded random order, each cluster's ads in a seeded random order, so every cluster gets an
+      ad before any gets a second one.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {list(STRATEGIES)}, got {strategy!r}")
+    if uncertainty_by not in UNCERTAINTY_BY:
+        raise ValueError(f"uncertainty_by: expected one of {list(UNCERTAINTY_BY)}, got {uncertainty_by!r}")
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n: expected an int >= 1, got {n!r}")
+    rng = random.Random(f"autoeval-sample:{strategy}:{seed}")
+    k = min(n, len(ads))
+    if strategy == "random":
+        return rng.sample(range(len(ads)), k)
+    if strategy == "uncertainty":
+        missing = [i for i, a in enumerate(ads) if a.get("confidence") is None]
+        if missing:
+            raise ValueError(f"strategy uncertainty: needs the judge's confidence on every ad (ad {missing[0]} has "
+                             f"none: run the judge, or use random / diversity)")
+        order = list(range(len(ads)))
+        rng.shuffle(order)
+        tie = {i: r for r, i in enumerate(order)}
+
+        def key(i):
+            conf, margin = float(ads[i]["confidence"]), _margin(ads[i].get("scores"), thresholds)
+            return (conf, margin, tie[i]) if uncertainty_by == "confidence" else (margin, conf, tie[i])
+
+        return sorted(range(len(ads)), key=key)[:k]
+    clusters: dict[str, list[int]] = {}
+    for i, a in enumerate(ads):
+        clusters.setdefault(cluster_key(a), []).append(i)
+    names = sorted(clusters)
+    rng.shuffle(names)
+    queues = []
+    for name in names:
+        members = list(clusters[name])
+        rng.shuffle(members)
+        queues.append(members)
+    out: list[int] = []
+    depth = 0
+    while len(out) < k:
+        out += [q[depth] for q in queues if depth < len(q)][:k - len(out)]
+        depth += 1
+    return out
 
 
 def evaluate_rows(rows: Sequence[Mapping[str, Any]], cfg: RuleConfig | None = None,

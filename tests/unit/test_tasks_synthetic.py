@@ -66,7 +66,7 @@ def test_parser_reports_malformed_outputs_instead_of_guessing():
     assert prediction_row(task("ad_user"), 1, "<think></think><Score>2</Score>")["score"] == 2
     assert prediction_row(task("query_gen"), 1, "<Query>a</Query><Query>b</Query>")["queries"] == ["a", "b"]
     assert set(TASKS) == {"query_ad", "ad_user", "query_gen", "user_profile", "ad_rewrite", "user_query_gen",
-                          "eval_report", "general"}
+                          "eval_report", "ad_judge", "general"}
 
 
 def test_invalid_jsonl_lines_are_named(tmp_path):
