@@ -7,11 +7,11 @@ generated queries without losing the labeling quality?
 Per seed s (``train.seed = 1 + s`` in both runs; the data, its held-out split and the ad corpus stay fixed):
 
 1. **SFT**: ``megatron-ads train sft --config launch/configs/sft_tiny_cpu.yaml`` with query_gen added to its
-   tasks (``sft.tasks=[query_ad, ad_user, query_gen]``) and a shorter schedule (``--sft-steps``, default 3000
-   of the recipe's 5000, so that the whole experiment fits ~30 min on 2 cores), no test report of its own;
+   tasks (``sft.tasks=[query_ad, ad_user, query_gen]``) and a shorter schedule (``--sft-steps``, default 5000
+   of the recipe's 7000, so that the whole experiment fits ~30 min on 2 cores), no test report of its own;
 2. **GRPO**: ``megatron-ads train grpo --config launch/configs/grpo_tiny_cpu.yaml`` from the SFT run's checkpoint
    (``model.init=mcore``) over the same three tasks: ``recall_at_k`` (+ ``format``) for query_gen, ``label``
-   (+ ``format``) for query_ad and ad_user (``--grpo-steps``, default 100);
+   (+ ``format``) for query_ad and ad_user (``--grpo-steps``, default 200; the recipe's lr 5e-5);
 3. **held-out eval** of both models on the first ``--rows`` test rows of each task (rows neither run trained on):
    ``megatron-ads label`` (label mode for query_ad / ad_user, reasoning mode = greedy generation for query_gen)
    on the run directories, then ``megatron-ads eval``: recall@K of query_gen with the reward's frozen
@@ -96,21 +96,31 @@ def evaluate_run(run: Path, tag: str, data: dict[str, tuple[Path, Path]], work: 
     res = {}
     for name, (inp, gold) in data.items():
         pred = work / f"{name}.{tag}.pred.jsonl"
+        done = work / f"{name}.{tag}.metrics.json"
+        if done.is_file():  # evaluated before (a finished run of this workdir, e.g. a seed run in parallel)
+            m = json.loads(done.read_text())
+            res.update(_headline(name, m))
+            continue
         mode = ["--mode", "reasoning", "--max-new-tokens", str(args.gen_tokens)] if name == "query_gen" else []
         _run(["label", "--model", str(run), "--input", str(inp), "--output", str(pred), "--task", name,
               "--batch-size", str(args.batch_size), *mode], work / f"label_{name}_{tag}.log")
         extra = ["--recall-k", str(args.k), "--ads-seed", str(ads_seed)] if name == "query_gen" else []
         m = _eval(pred, gold, name, extra)
-        (work / f"{name}.{tag}.metrics.json").write_text(json.dumps(m, indent=1))
-        if name == "query_gen":
-            res["recall_at_k"] = m["recall_at_k"]
-            res["recall_at_k_keyword"] = m["recall_at_k_keyword"]
-            res["query_gen_malformed"] = m["malformed"] / max(1, m["n"])
-        elif name == "query_ad":
-            res["bacc"] = m["bad_view"]["BACC"]
-        else:
-            res["auc"] = m["AUC"]
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(m, indent=1))
+        tmp.replace(done)
+        res.update(_headline(name, m))
     return res
+
+
+def _headline(name: str, m: dict) -> dict:
+    """The figures the experiment reports from one task's ``eval`` metrics."""
+    if name == "query_gen":
+        return {"recall_at_k": m["recall_at_k"], "recall_at_k_keyword": m["recall_at_k_keyword"],
+                "query_gen_malformed": m["malformed"] / max(1, m["n"])}
+    if name == "query_ad":
+        return {"bacc": m["bad_view"]["BACC"]}
+    return {"auc": m["AUC"]}
 
 
 def one_seed(seed: int, args, root: Path) -> dict:
@@ -170,9 +180,9 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="runs, predictions and logs (default: a temp dir); finished "
                                                     "runs found there are reused")
     ap.add_argument("--rows", type=int, default=None, help="held-out rows per task (default: 200; --fast: 6)")
-    ap.add_argument("--sft-steps", type=int, default=None, help="SFT steps (default: 3000; --fast: 4)")
+    ap.add_argument("--sft-steps", type=int, default=None, help="SFT steps (default: 5000; --fast: 4)")
     ap.add_argument("--sft-eval-every", type=int, default=None, help="SFT validation interval (default: steps / 5; --fast: steps)")
-    ap.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: 100; --fast: 2)")
+    ap.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default: 200; --fast: 2)")
     ap.add_argument("--k", type=int, default=10, help="K of recall@K (default: %(default)s, the reward's)")
     ap.add_argument("--gen-tokens", type=int, default=None,
                     help="query_gen eval: most generated tokens (default: 48, as the GRPO rollouts; --fast: 12)")
@@ -185,8 +195,8 @@ def main() -> int:
     if args.first_seed < 0:
         ap.error(f"--first-seed: expected >= 0, got {args.first_seed}")
     args.rows = args.rows or (6 if args.fast else 200)
-    args.sft_steps = args.sft_steps or (4 if args.fast else 3000)
-    args.grpo_steps = args.grpo_steps or (2 if args.fast else 100)
+    args.sft_steps = args.sft_steps or (4 if args.fast else 5000)
+    args.grpo_steps = args.grpo_steps or (2 if args.fast else 200)
     args.gen_tokens = args.gen_tokens or (12 if args.fast else 48)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="grpo_tiny_"))
     root.mkdir(parents=True, exist_ok=True)
