@@ -2,7 +2,8 @@
 
 Runs under torchrun/srun (each process is one rank) or alone; with ``--nproc N`` on CPU it starts
 N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``grpo`` aligns it with downstream
-rewards (rollouts on the inference engine in-process; rm and ppo are not available yet).
+rewards (rollouts on the inference engine in-process); ``rm`` trains a performance reward model (backbone +
+scalar head, Bradley–Terry or pointwise) on pairs mined from synthetic multitext logs (ppo is not available yet).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_ads.cli import emit
-from megatron_ads.cli.workers import grpo_worker, sft_worker, train_worker
+from megatron_ads.cli.workers import grpo_worker, rm_worker, sft_worker, train_worker
 from megatron_ads.config.model import MTP_POLICIES
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime import log as logs
@@ -19,9 +20,10 @@ from megatron_ads.runtime.launch import spawn
 
 
 def register(p) -> None:
-    p.add_argument("mode", choices=("lm", "sft", "grpo"),
+    p.add_argument("mode", choices=("lm", "sft", "grpo", "rm"),
                    help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting; "
-                   "grpo: GRPO with downstream rewards (init from an SFT checkpoint: model.init=mcore model.path=DIR)")
+                   "grpo: GRPO with downstream rewards (init from an SFT checkpoint: model.init=mcore model.path=DIR); "
+                   "rm: performance reward model (rm.objective bt|pointwise) on multitext preference pairs")
     p.add_argument("--config", required=True, help="job YAML (see launch/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10 out_dir=runs/x resume=auto")
     p.add_argument("--nproc", type=int, default=None, help="start N local gloo workers (CPU)")
@@ -41,7 +43,7 @@ def run(args) -> int:
     if args.mtp is not None:
         overrides.append(f"model.mtp={args.mtp}")
     job = JobConfig.load(args.config, overrides)
-    worker = {"sft": sft_worker, "grpo": grpo_worker}.get(args.mode, train_worker)
+    worker = {"sft": sft_worker, "grpo": grpo_worker, "rm": rm_worker}.get(args.mode, train_worker)
     world_needed = job.parallel.tp * job.parallel.pp
     log_dir = Path(job.out_dir) / "logs"  # every rank's full log (DEBUG): <out_dir>/logs/rank_R.log
     if read_env().launcher != "single" or (args.nproc or 1) == 1:
@@ -60,5 +62,15 @@ def run(args) -> int:
         return 0
     emit(result, args.json, lambda r: (f"trained {r['steps']} steps on {r['world_size']} ranks (dp={r['dp']}): loss "
                                        f"{r['first_loss']:.4f} -> {r['last_loss']:.4f}; run dir {r['out_dir']}"
-                                       if r["first_loss"] is not None else f"nothing to do: at step {r['steps']}"))
+                                       if r["first_loss"] is not None else f"nothing to do: at step {r['steps']}")
+         + _held_out(r))
     return 0
+
+
+def _held_out(r: dict) -> str:
+    """The summary's tail for a reward-model run: its held-out pairwise accuracy."""
+    test = r.get("test") or {}
+    if "pairwise_acc" not in test:
+        return ""
+    return (f"; held-out pairwise accuracy {test['pairwise_acc']:.4f} on {test['n_pairs']} test pairs "
+            f"({test['objective']})")

@@ -16,11 +16,12 @@ from megatron_ads.infer.parallel import ParallelContext
 from megatron_ads.infer.scorer import EngineScorer, text_stop
 from megatron_ads.train.grpo_loop import GRPOTrainer
 from megatron_ads.train.loop import train_worker, worker_logging
+from megatron_ads.train.rm_loop import rm_worker
 from megatron_ads.train.rollout import Completion, RolloutSettings
 from megatron_ads.train.sft_loop import SFTTrainer
 
-__all__ = ["EngineRollout", "engine_rollout", "engine_scorer", "grpo_trainer", "grpo_worker", "sft_trainer",
-           "sft_worker", "train_worker"]
+__all__ = ["EngineRollout", "engine_rollout", "engine_scorer", "grpo_trainer", "grpo_worker", "rm_worker",
+           "sft_trainer", "sft_worker", "train_worker"]
 
 
 def engine_scorer(*, model: Any, cfg: ModelConfig, tokenizer: Any, seq_len: int, micro_batch: int) -> EngineScorer:

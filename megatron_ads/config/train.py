@@ -23,6 +23,9 @@ TaskWeighting = Literal["loss", "sampling"]
 KlEstimator = Literal["k1", "k2", "k3"]
 GrpoAggregation = Literal["token_mean", "seq_mean", "task_token_mean"]
 Experts = Literal["grouped", "sequential"]
+RMObjective = Literal["bt", "pointwise"]
+RMGap = Literal["relative", "absolute"]
+RMPointwiseLoss = Literal["bce", "mse"]
 DTYPES = get_args(Dtype)
 
 
@@ -364,6 +367,78 @@ class GRPOSpec:
 
 
 @dataclass(kw_only=True, slots=True)
+class RMSpec:
+    """Performance reward model (RLPF / AdLlama, ``papers_spec.md`` §B.3): the backbone with a scalar head,
+    trained on preference pairs mined from synthetic multitext logs (``data.multitext``); ``train.rm_loop``."""
+
+    objective: RMObjective = "bt"
+    """bt: Bradley–Terry −log σ(r_chosen − r_rejected) per pair (the paper's RM); pointwise: regress each
+    text's observed CTR from its score (the baseline the paper found worse at ranking similar texts), on the
+    same pairs' texts, batches and steps, so that only the loss differs."""
+    pointwise_loss: RMPointwiseLoss = "bce"
+    """The pointwise baseline's loss: bce (BCE of σ(score) against the observed CTR, impression-weighted) or
+    mse ((score − CTR)², impression-weighted)."""
+    n_ads: int = 2000
+    """Ads in the synthetic multitext logs (each shown with several text variants)."""
+    variants: list[int] = field(default_factory=lambda: [2, 5])
+    """[min, max] text variants per ad (inclusive; min >= 2)."""
+    impressions: list[int] = field(default_factory=lambda: [50, 2000])
+    """[min, max] impressions per variant (log-uniform, inclusive); clicks ~ Binomial(impressions, true CTR)."""
+    ad_effect: float = 0.0
+    """Std of a hidden per-ad CTR logit offset shared by the ad's variants (image, audience, placement: what
+    multitext pairs hold fixed); 0: the CTR depends on the text alone (``data.multitext.multitext_logs``)."""
+    data_seed: int = 0
+    """Seed of the logs and of the train/val/test split by ad."""
+    val_fraction: float = 0.1
+    """Share of ads held out for validation (their pairs are scored every ``eval_every`` steps)."""
+    test_fraction: float = 0.1
+    """Share of ads held out for the final report (``eval/report.json``); disjoint from train and val."""
+    min_impressions: int = 100
+    """A variant enters pairs only with at least this many impressions (paper: not given)."""
+    min_ctr_gap: float = 0.1
+    """Pairs need an observed CTR gap of at least this much (``gap`` kind; paper: not given)."""
+    gap: RMGap = "relative"
+    """relative: (ctr_w − ctr_l) / ctr_l; absolute: ctr_w − ctr_l."""
+    eval_every: int = 20
+    """Steps between validations (pairwise accuracy on held-out pairs, ``val_metrics.jsonl``)."""
+    val_pairs: int = 256
+    """Validation pairs scored at each validation (the first N of the val split; fewer if it holds fewer)."""
+    test_pairs: int = 0
+    """Test pairs scored after training into ``eval/report.json`` (0: all of the test split)."""
+    head_init_std: float | None = None
+    """Std of the scalar head's initial weight (bias 0); null: 1/sqrt(hidden + 1); 0: a zero head."""
+
+    def __post_init__(self):
+        _one_of("rm", self, "objective", RMObjective)
+        _one_of("rm", self, "pointwise_loss", RMPointwiseLoss)
+        _one_of("rm", self, "gap", RMGap)
+        for name in ("n_ads", "min_impressions", "eval_every", "val_pairs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"rm.{name}: expected an integer >= 1, got {v!r}")
+        if isinstance(self.test_pairs, bool) or not isinstance(self.test_pairs, int) or self.test_pairs < 0:
+            raise ValueError(f"rm.test_pairs: expected an integer >= 0 (0: the whole test split), "
+                             f"got {self.test_pairs!r}")
+        for name, lo in (("variants", 2), ("impressions", 1)):
+            v = getattr(self, name)
+            if (not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, int) for x in v)
+                    or not lo <= v[0] <= v[1]):
+                raise ValueError(f"rm.{name}: expected [min, max] integers with {lo} <= min <= max, got {v!r}")
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 < v < 0.5:
+                raise ValueError(f"rm.{name}: expected a share in (0, 0.5), got {v!r}")
+        if not isinstance(self.ad_effect, (int, float)) or not (math.isfinite(self.ad_effect) and self.ad_effect >= 0):
+            raise ValueError(f"rm.ad_effect: expected a finite std >= 0, got {self.ad_effect!r}")
+        if not isinstance(self.min_ctr_gap, (int, float)) or not self.min_ctr_gap >= 0:
+            raise ValueError(f"rm.min_ctr_gap: expected a number >= 0, got {self.min_ctr_gap!r}")
+        if self.head_init_std is not None and not (isinstance(self.head_init_std, (int, float))
+                                                   and math.isfinite(self.head_init_std) and self.head_init_std >= 0):
+            raise ValueError(f"rm.head_init_std: expected null (1/sqrt(hidden + 1)) or a number >= 0, "
+                             f"got {self.head_init_std!r}")
+
+
+@dataclass(kw_only=True, slots=True)
 class JobConfig:
     """A training job: what, how, where. Saved as YAML beside every checkpoint."""
 
@@ -379,6 +454,7 @@ class JobConfig:
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
+    rm: RMSpec = field(default_factory=RMSpec)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -391,7 +467,7 @@ class JobConfig:
         d = dict(d or {})
         nested = {"model": ModelSpec, "parallel": ParallelConfig, "data": DataSpec, "optim": OptimSpec,
                   "train": TrainSpec, "checkpoint": CheckpointSpec, "sft": SFTSpec,
-                  "grpo": GRPOSpec}
+                  "grpo": GRPOSpec, "rm": RMSpec}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in d.items():

@@ -6,7 +6,8 @@ non-text field fixed — shown with several text variants. Each variant's true c
 ``synthetic.true_ctr(keyword, text)`` (keyword coverage, a call to action, length near 80 characters), so a
 variant with the category words, a call to action and a moderate length is truly better. Impressions are
 drawn log-uniformly per variant and clicks ~ Binomial(impressions, true CTR) from one seeded
-``random.Random``: observed CTRs are noisy, and noisier for fewer impressions.
+``random.Random``: observed CTRs are noisy, and noisier for fewer impressions. Optionally (``ad_effect``) each
+ad also has a hidden CTR level of its own, shared by its variants, as real ads do.
 
 ``mine_pairs`` turns the logs into preference pairs (preferred = the higher observed CTR), only within one
 ad, only between variants with at least ``min_impressions`` each, and only when the CTR gap reaches
@@ -49,19 +50,28 @@ def _variant(rng: random.Random, ad: dict) -> str:
 
 
 def multitext_logs(n_ads: int, seed: int = 0, *, variants: tuple[int, int] = (2, 5),
-                   impressions: tuple[int, int] = (50, 2000)) -> list[dict]:
+                   impressions: tuple[int, int] = (50, 2000), ad_effect: float = 0.0) -> list[dict]:
     """Rows ``{"id", "ad_id", "keyword", "ad", "text", "impressions", "clicks", "ctr", "p_click"}``: ``n_ads``
     ads, each with a uniform number of distinct text variants in ``variants`` (inclusive), impressions
     log-uniform in ``impressions`` (inclusive), clicks ~ Binomial(impressions, p_click) with p_click =
     ``true_ctr(keyword, text)`` (hidden truth, for evaluation only), ``ctr`` = clicks / impressions.
-    ``ad`` holds the fixed fields (category, brand, item, city, price, image, url). Deterministic in ``seed``."""
+    ``ad`` holds the fixed fields (category, brand, item, city, price, image, url). Deterministic in ``seed``.
+
+    ``ad_effect`` (default 0: none): the std of a hidden per-ad logit offset o ~ N(0, ad_effect²) that every
+    variant of the ad shares, p_click = σ(logit(true_ctr) + o): what the image, audience and placement do to
+    an ad's CTR in real logs, which multitext pairs hold fixed (so it cancels within an ad: the order of an
+    ad's variants is still that of ``true_ctr``). It is drawn from its own seeded stream: texts and
+    impressions are the same for every ``ad_effect``."""
     lo_v, hi_v = variants
     lo_i, hi_i = impressions
     if n_ads < 1 or not 2 <= lo_v <= hi_v or not 1 <= lo_i <= hi_i:
         raise ValueError(f"multitext_logs: expected n_ads >= 1, 2 <= variants[0] <= variants[1], "
                          f"1 <= impressions[0] <= impressions[1]; got n_ads={n_ads}, variants={variants}, "
                          f"impressions={impressions}")
+    if not (ad_effect >= 0 and math.isfinite(ad_effect)):
+        raise ValueError(f"ad_effect: expected a finite std >= 0, got {ad_effect}")
     rng = random.Random(f"multitext:{seed}")
+    ad_rng = random.Random(f"multitext-ad:{seed}")
     cats = sorted(CATALOGUE)
     rows = []
     for a in range(n_ads):
@@ -71,6 +81,7 @@ def multitext_logs(n_ads: int, seed: int = 0, *, variants: tuple[int, int] = (2,
         ad = {"category": cat, "brand": rng.choice(c["brands"]), "item": rng.choice(c["items"]),
               "city": rng.choice(CITIES), "price": rng.choice(AD_PRICES), "image": f"img-{ad_id}",
               "url": f"https://example.com/{ad_id}"}
+        offset = ad_rng.gauss(0.0, ad_effect) if ad_effect > 0 else 0.0
         want, texts = rng.randint(lo_v, hi_v), []
         for _ in range(20 * hi_v):
             if len(texts) == want:
@@ -82,6 +93,8 @@ def multitext_logs(n_ads: int, seed: int = 0, *, variants: tuple[int, int] = (2,
             n = int(round(math.exp(rng.uniform(math.log(lo_i), math.log(hi_i)))))
             n = min(max(n, lo_i), hi_i)
             p = true_ctr(cat, text)
+            if offset:
+                p = 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + offset)))
             clicks = sum(rng.random() < p for _ in range(n))
             rows.append({"id": f"{ad_id}-{v}", "ad_id": ad_id, "keyword": cat, "ad": dict(ad), "text": text,
                          "impressions": n, "clicks": clicks, "ctr": clicks / n, "p_click": p})

@@ -8,7 +8,7 @@ from pathlib import Path
 from megatron_ads.config.train import ModelSpec, SFTSpec
 from megatron_ads.data import synthetic
 from megatron_ads.data.tasks import GENERAL, load_jsonl, sft_tasks, task
-from megatron_ads.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+from megatron_ads.data.tokenizer import run_tokenizer
 
 Splits = dict[str, list[dict]]
 """{"train": rows, "val": rows, "test": rows}"""
@@ -58,15 +58,13 @@ def synthetic_config(s: SFTSpec, name: str) -> synthetic.SyntheticConfig:
 
 def sft_tokenizer(m: ModelSpec, vocab_size: int, data: dict[str, Splits], save_to: Path | None):
     """The init checkpoint's tokenizer when it has one; else a byte-level BPE trained on (up to)
-    ``TOKENIZER_ROWS`` training rows of every task, saved to ``save_to`` when given."""
-    tok_dir = Path(m.path) / ("tokenizer" if m.init == "mcore" else "") if m.init != "random" else None
-    if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
-        return load_tokenizer(tok_dir)
-    texts = []
-    for name, splits in data.items():
-        spec = task(name)
-        texts += [spec.prompt(row) + spec.target(row) for row in splits["train"][:TOKENIZER_ROWS]]
-    tok = train_bpe_tokenizer(vocab_size, texts)
-    if save_to is not None:
-        tok.save_pretrained(str(save_to))
-    return tok
+    ``TOKENIZER_ROWS`` training rows of every task, saved to ``save_to`` when given (``tokenizer.run_tokenizer``)."""
+
+    def texts() -> list[str]:
+        out = []
+        for name, splits in data.items():
+            spec = task(name)
+            out += [spec.prompt(row) + spec.target(row) for row in splits["train"][:TOKENIZER_ROWS]]
+        return out
+
+    return run_tokenizer(m, vocab_size, texts, save_to)

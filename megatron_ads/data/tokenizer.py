@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
+
+if TYPE_CHECKING:
+    from megatron_ads.config.train import ModelSpec
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<think>", "</think>"]
 
@@ -46,3 +49,16 @@ def load_tokenizer(directory: str | Path):
     from transformers import AutoTokenizer  # heavy: transformers at use
 
     return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+
+
+def run_tokenizer(m: "ModelSpec", vocab_size: int, texts: Callable[[], Iterable[str]], save_to: Path | None):
+    """A training run's tokenizer: the init checkpoint's own when it has one (an HF directory, or ``tokenizer/``
+    of an mcore checkpoint); else a byte-level BPE trained on ``texts()`` (a random init), saved to ``save_to``
+    when given (where the run's checkpoints copy it from)."""
+    tok_dir = Path(m.path) / ("tokenizer" if m.init == "mcore" else "") if m.init != "random" else None
+    if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizer(tok_dir)
+    tok = train_bpe_tokenizer(vocab_size, list(texts()))
+    if save_to is not None:
+        tok.save_pretrained(str(save_to))
+    return tok

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from megatron_ads.checkpoint.hf_io import HFCheckpoint
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
@@ -51,8 +51,11 @@ class Built:
     scheduler: Any
 
 
-def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str]) -> Built:
-    """Model chunk (initial weights loaded), DDP, optimizer and schedule for this rank."""
+def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str],
+          extend: Callable[[Any], None] | None = None) -> Built:
+    """Model chunk (initial weights loaded), DDP, optimizer and schedule for this rank. ``extend(chunk)``, when
+    given, changes the chunk after its initial weights are in and before DDP and the optimizer see it (e.g.
+    a reward head, ``train.reward_model.attach_reward_head``): what it adds is trained and checkpointed."""
     from megatron.core.distributed import (  # heavy: megatron-core at use
         DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads)
 
@@ -64,6 +67,8 @@ def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str]) ->
     chunk = build_model_chunk(cfg, par, dtype=o.dtype, device=device_name, use_te=use_te_default(device_name),
                               tconfig=tconfig, experts=job.model.experts)
     load_initial_weights(chunk, job.model, cfg, job)
+    if extend is not None:
+        extend(chunk)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=o.distributed_optimizer,
                                                check_for_nan_in_grad=False)

@@ -258,21 +258,34 @@ def load_rank_states(ckpt: Path) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def load_model_weights(model_chunk, ckpt: Path) -> int:
+def load_model_weights(model_chunk, ckpt: Path, only: str | None = None) -> int:
     """Collective: load only the model weights of a torch_dist checkpoint (a training checkpoint or a
-    converted one) into ``model_chunk``, resharded to this rank's layout. Returns the tensor count."""
+    converted one) into ``model_chunk``, resharded to this rank's layout. Returns the tensor count.
+    ``only``: just the tensors whose state-dict key starts with it (e.g. ``"reward_head."``); every rank still
+    calls (a rank without such tensors loads none), and the chunk's other tensors are left as they are."""
     from megatron.core import dist_checkpointing  # heavy: megatron-core at use
     from megatron.core.dist_checkpointing.mapping import ShardedObject  # heavy: megatron-core at use
 
     # tensors (and megatron's tensor factories, e.g. gated fc1); not the per-module extra-state objects
-    template = {k: v for k, v in model_chunk.sharded_state_dict().items() if not isinstance(v, ShardedObject)}
-    loaded = dist_checkpointing.load({"model": template}, str(ckpt))["model"]
+    template = {k: v for k, v in model_chunk.sharded_state_dict().items()
+                if not isinstance(v, ShardedObject) and (only is None or k.startswith(only))}
+    loaded = dist_checkpointing.load({"model": template}, str(ckpt)).get("model", {})  # {} where the template is empty
     result = model_chunk.load_state_dict(loaded, strict=False)
+    if only is not None:
+        return len(loaded)
     missing = [k for k in result.missing_keys if "_extra_state" not in k]
     if missing or result.unexpected_keys:
         raise CheckpointError(f"{ckpt}: model tensors do not match: missing {missing[:5]}, "
                               f"unexpected {result.unexpected_keys[:5]}")
     return len(loaded)
+
+
+def holds_tensors(ckpt: Path, prefix: str) -> bool:
+    """Whether a torch_dist checkpoint holds a tensor whose key starts with ``prefix`` (reads its metadata
+    only; no collectives)."""
+    from megatron.core import dist_checkpointing  # heavy: megatron-core at use
+
+    return any(str(k).startswith(prefix) for k in dist_checkpointing.load_tensors_metadata(str(ckpt)))
 
 
 def tokenizer_files(m, run_dir: Path | None = None) -> list[Path]:

@@ -67,7 +67,7 @@ class Trainer:
         self.ps = ps
         self.out = Path(job.out_dir)
         self.device = self.platform.device
-        built = build(job, self.cfg, self.platform.name, self.stub_parts)
+        built = build(job, self.cfg, self.platform.name, self.stub_parts, extend=self.extend_model)
         self.model, self.tconfig, self.optimizer = built.model, built.tconfig, built.optimizer
         self.optim_info, self.scheduler = built.optim_info, built.scheduler
         self.expert_load = ExpertLoad(self.model.module, self.cfg, self._stage_layers())
@@ -75,6 +75,10 @@ class Trainer:
         self.nan_steps = 0
         self._stop_requested = False
         self.metrics_path = self.out / "metrics.jsonl"
+
+    def extend_model(self, chunk) -> None:
+        """Hook: change this rank's model chunk after its initial weights are loaded and before DDP and the
+        optimizer wrap it (``train.build.build``); subclasses add heads here (the reward model's scalar head)."""
 
     def _stage_layers(self) -> list[int]:
         return stage_layers(self.cfg.num_layers, self.par)[self.ps.get_pipeline_model_parallel_rank()]
@@ -163,9 +167,16 @@ class Trainer:
         if self.ps.is_pipeline_last_stage():
             for item in losses:
                 buf += item["lm loss"].detach().double().cpu()
+        buf = self.reduce_last_stage(buf)
+        return float(buf[0] / buf[1]) if buf[1] > 0 else float("nan")
+
+    def reduce_last_stage(self, buf: torch.Tensor) -> torch.Tensor:
+        """Collective: ``buf`` (float64; filled on last-stage ranks) summed over data-parallel ranks and
+        broadcast from the last rank to every rank; returns it."""
+        if self.ps.is_pipeline_last_stage():
             dist.all_reduce(buf, group=self.ps.get_data_parallel_group())
         dist.broadcast(buf, src=dist.get_world_size() - 1)  # the last global rank is on the last stage
-        return float(buf[0] / buf[1]) if buf[1] > 0 else float("nan")
+        return buf
 
     def _peak_flops(self) -> float | None:
         if self.platform.name != "cuda":
@@ -278,7 +289,9 @@ class Trainer:
                     if job.checkpoint.every and self.step % job.checkpoint.every == 0:
                         self.save()
                 else:
-                    if job.checkpoint.save_at_end:
+                    every = job.checkpoint.every
+                    saved_now = bool(every) and self.step % every == 0 and first_loss is not None
+                    if job.checkpoint.save_at_end and not saved_now:  # a periodic save at the last step holds it
                         self.save()
         finally:
             signal.signal(signal.SIGTERM, old)

@@ -154,6 +154,28 @@ def test_scalar_head_reads_the_last_real_token():
         head(h, right[:, :4])
 
 
+def test_per_position_scores_gathered_at_the_last_token_equal_the_head_readout():
+    # what the reward model's pipeline does (attach_reward_head: scores at every position on the last stage,
+    # gather_last in the loss) is the ScalarHead readout: the head acts row-wise
+    head = rm.ScalarHead(8, seq_first=True, generator=torch.Generator().manual_seed(3))
+    h_SBH = torch.randn(5, 3, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        scores_BS, readout = head.token_scores(h_SBH), head(h_SBH, mask)
+    assert scores_BS.shape == (3, 5)
+    close(rm.gather_last(scores_BS, mask), readout)
+    with pytest.raises(ValueError, match="mask"):
+        rm.gather_last(scores_BS, mask[:, :4])
+    # the init is a function of the generator's seed alone (every pipeline layout starts from one head)
+    torch.manual_seed(123)
+    again = rm.ScalarHead(8, seq_first=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again.proj.weight, head.proj.weight) and float(again.proj.bias.detach()) == 0.0
+    close(head.proj.weight.detach().std(), 1 / 3, atol=0.25)  # std 1/sqrt(H + 1) by default
+    assert float(rm.ScalarHead(8, std=0.0).proj.weight.detach().abs().max()) == 0.0  # rm.head_init_std=0: a zero head
+    wide = rm.ScalarHead(64, std=0.5, generator=torch.Generator().manual_seed(0))
+    close(wide.proj.weight.detach().std(), 0.5, atol=0.1)
+
+
 def test_bt_on_a_scalar_head_learns_the_mined_preferences():
     # features a backbone could see: keyword coverage, a call to action, length; the head learns to rank
     rows = multitext.multitext_logs(120, seed=1)
@@ -202,6 +224,26 @@ def test_multitext_logs_are_deterministic_and_carry_the_truth():
         assert all(r["ad"] == group[0]["ad"] and r["keyword"] == group[0]["keyword"] for r in group)
     with pytest.raises(ValueError, match="variants"):
         multitext.multitext_logs(3, variants=(1, 2))
+
+
+def test_ad_effect_shifts_whole_ads_and_keeps_the_order_within_each():
+    base = multitext.multitext_logs(60, seed=2)
+    assert base == multitext.multitext_logs(60, seed=2, ad_effect=0.0)  # the default: rows unchanged
+    shifted = multitext.multitext_logs(60, seed=2, ad_effect=1.5)
+    assert [(r["id"], r["text"], r["impressions"]) for r in shifted] == [(r["id"], r["text"], r["impressions"])
+                                                                         for r in base]
+    offsets = {}
+    for b, s in zip(base, shifted):
+        logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+        offsets.setdefault(s["ad_id"], set()).add(round(logit(s["p_click"]) - logit(b["p_click"]), 9))
+    assert all(len(v) == 1 for v in offsets.values())  # one offset per ad, shared by its variants
+    shift = [next(iter(v)) for v in offsets.values()]
+    assert len(set(shift)) == 60 and max(abs(x) for x in shift) > 0.5
+    for ad in offsets:  # so the order of an ad's variants is the order of true_ctr
+        rows = [(b["p_click"], s["p_click"]) for b, s in zip(base, shifted) if s["ad_id"] == ad]
+        assert sorted(range(len(rows)), key=lambda i: rows[i][0]) == sorted(range(len(rows)), key=lambda i: rows[i][1])
+    with pytest.raises(ValueError, match="ad_effect"):
+        multitext.multitext_logs(3, ad_effect=-1.0)
 
 
 def _row(ad, v, text, imp, clicks, **extra):
