@@ -283,6 +283,10 @@ class SFTSpec:
             raise ValueError(f"sft.general_weight: expected 0 < w < 1, got {self.general_weight}")
 
 
+GRPO_RESOURCES = ("ctr_model", "esmm_model")
+"""Keys of ``grpo.resources``: the ``rewards.registry.RewardResources`` fields a directory can provide."""
+
+
 @dataclass(kw_only=True, slots=True)
 class GRPOSpec:
     """GRPO with downstream rewards (AdNanny §4.3; defaults from papers_spec.md §A.1): rollouts, advantages,
@@ -327,6 +331,11 @@ class GRPOSpec:
     before the weighted sum; reward names are checked against the rewards registry by ``train grpo``."""
     expert_bias_update: bool = False
     """Keep updating the MoE aux-loss-free expert bias during GRPO (off by default)."""
+    resources: dict[str, str] = field(default_factory=dict)
+    """Frozen reward models the rewards read, {name: directory its ``save()`` wrote}: ``ctr_model``
+    (``rewards.ctr.CTRModel``, reward ``ctr_uplift``), ``esmm_model`` (``rewards.esmm.ESMMModel``, reward
+    ``ctcvr``). Each is loaded (``load()``, with the packaged MiniLM embedder) only when a reward of
+    ``grpo.rewards`` needs it; empty: nothing is loaded. ``tools/make_reward_models.py`` writes both."""
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -364,6 +373,17 @@ class GRPOSpec:
             for name, w in combo.items():
                 if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
                     raise ValueError(f"grpo.rewards.{t}.{name}: expected a finite weight, got {w!r}")
+        if not isinstance(self.resources, dict):
+            raise ValueError(f"grpo.resources: expected {{name: model directory}}, got {self.resources!r}")
+        for key, path in self.resources.items():
+            if key not in GRPO_RESOURCES:
+                raise ValueError(f"grpo.resources.{key}: unknown resource; expected one of {list(GRPO_RESOURCES)} "
+                                 f"(the RLPF perf_model is not loadable from a directory)")
+            if not isinstance(path, str) or not path:
+                raise ValueError(f"grpo.resources.{key}: expected a model directory (a path), got {path!r}")
+            if not Path(path).is_dir():
+                raise ValueError(f"grpo.resources.{key}: {path}: no such directory (a model's save() writes it; "
+                                 f"see tools/make_reward_models.py)")
 
 
 @dataclass(kw_only=True, slots=True)

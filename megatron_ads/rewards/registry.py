@@ -98,10 +98,18 @@ class RewardResources:
     decode: Callable[[Sequence[int]], str] | None = None
     """``decode(ids) -> text``: what made each completion's text from ``meta[i][COMPLETION_IDS]`` (the
     trainer's tokenizer decode without EOS); token-level rewards align with it (``token_spans``)."""
+    loaders: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    """Resource name -> zero-argument function building it on its first ``need`` when the field is None
+    (e.g. a frozen model loaded from the directory ``grpo.resources`` names): nothing a built reward does not
+    need is loaded."""
 
     def need(self, name: str, reward: str) -> Any:
-        """Resource ``name`` or a ValueError saying which reward needs it."""
+        """Resource ``name`` (built by ``loaders[name]`` on first need) or a ValueError saying which reward
+        needs it."""
         value = getattr(self, name)
+        if value is None and name in self.loaders:
+            value = self.loaders[name]()
+            setattr(self, name, value)
         if value is None:
             raise ValueError(f"resources.{name}: reward {reward!r} needs it, got None")
         return value

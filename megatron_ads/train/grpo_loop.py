@@ -96,9 +96,12 @@ def _gold(t: str, row: dict) -> dict[str, Any]:
     return out
 
 
-def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None):
+def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
+                  models: dict[str, str] | None = None):
     """The reward functions ``weights`` uses, bound to the task parser, the gold labels, (recall@K) the
-    synthetic ad corpus and ``decode`` (ids -> completion text, for token-level rewards). Returns {reward name: fn}."""
+    synthetic ad corpus, ``decode`` (ids -> completion text, for token-level rewards) and the frozen models of
+    ``models`` (``grpo.resources``: {ctr_model | esmm_model: directory}), each loaded on the first ``need`` of a
+    reward that reads it (never when no used reward does). Returns {reward name: fn}."""
     from megatron_ads.rewards import registry, rules  # noqa: F401  (rules registers label and format)
 
     used = {n for combo in weights.values() for n in combo}
@@ -107,8 +110,32 @@ def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None):
     resources = registry.RewardResources(
         parse=lambda t, text: parse_output(task(t), text), gold=_gold,
         ad_corpus=ad_corpus(seed) if "recall_at_k" in used else None, decode=decode)
+    resources.loaders = {key: partial(_load_model, key, path, resources) for key, path in (models or {}).items()}
     combo = registry.RewardCombination(tasks=weights, where="grpo.rewards")
-    return combo.build_all(resources)
+    fns = combo.build_all(resources)
+    for key in sorted(models or {}):
+        if getattr(resources, key) is None:
+            log.info("grpo.resources.%s: no reward of grpo.rewards reads it; not loaded", key)
+    return fns
+
+
+def _load_model(key: str, path: str, resources) -> Any:
+    """Frozen model ``key`` of ``grpo.resources`` from ``path`` (its ``save()`` output), on the resources'
+    embedder (the packaged MiniLM, built once and shared); errors name ``grpo.resources.<key>``."""
+    from megatron_ads.rewards import ctr, esmm
+    from megatron_ads.rewards.retrieval import MiniLMEmbedder
+
+    kinds = {"ctr_model": ctr.CTRModel, "esmm_model": esmm.ESMMModel}
+    if key not in kinds:
+        raise ValueError(f"grpo.resources.{key}: unknown resource; expected one of {sorted(kinds)}")
+    if resources.embedder is None:
+        resources.embedder = MiniLMEmbedder()
+    try:
+        model = kinds[key].load(path, embedder=resources.embedder)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"grpo.resources.{key}: {path}: cannot load a {kinds[key].__name__} ({exc})") from exc
+    log.info("grpo.resources.%s: loaded %s from %s", key, kinds[key].__name__, path)
+    return model
 
 
 def tokenizer_source(job: JobConfig) -> ModelSpec:
@@ -153,7 +180,8 @@ class GRPOTrainer(Trainer):
         missing = sorted(set(g.task_weights) - set(self.task_names))
         if missing:
             raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
-        self.reward_fns = build_rewards(self.weights, job.sft.data_seed, decode=self.decode_completion)
+        self.reward_fns = build_rewards(self.weights, job.sft.data_seed, decode=self.decode_completion,
+                                        models=g.resources)
         self.rollout = rollout_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer,
                                        batch_size=self.global_batch)
         self.model.train()  # a factory may leave it in eval mode (the inference engine does)
