@@ -107,6 +107,30 @@ class CTRNet(torch.nn.Module):
         return self.mlp(x).squeeze(-1)
 
 
+def save_model_dir(out_dir: str | Path, net: torch.nn.Module, config_file: str, meta: dict) -> Path:
+    """A frozen reward model's directory: ``net``'s weights as ``model.safetensors`` (no pickle) and ``meta``
+    plus the feature version as ``config_file`` (JSON). Returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS_FILE))
+    write_text(out / config_file, json.dumps({"feature_version": FEATURE_VERSION, **meta}, indent=2) + "\n")
+    return out
+
+
+def read_model_dir(model_dir: str | Path, config_file: str, what: str) -> tuple[Path, dict]:
+    """``(dir, meta)`` of a directory ``save_model_dir`` wrote; errors name the missing file or a feature
+    version this code does not compute (``what``: e.g. "a CTR model", for the message)."""
+    d = Path(model_dir)
+    for name in (config_file, WEIGHTS_FILE):
+        if not (d / name).is_file():
+            raise FileNotFoundError(f"{d / name}: missing ({what} directory holds {config_file} and {WEIGHTS_FILE})")
+    meta = json.loads((d / config_file).read_text())
+    if meta.get("feature_version") != FEATURE_VERSION:
+        raise ValueError(f"{d / config_file}: feature_version {meta.get('feature_version')!r}, "
+                         f"this code computes version {FEATURE_VERSION}")
+    return d, meta
+
+
 class CTRModel:
     """A frozen CTR model: ``predict(keywords, texts)`` -> click probabilities."""
 
@@ -125,26 +149,14 @@ class CTRModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``model.safetensors`` and ``ctr_config.json`` into ``out_dir``; returns it."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out / WEIGHTS_FILE))
-        meta = {"feature_version": FEATURE_VERSION, "in_dim": self.in_dim, "config": asdict(self.cfg),
-                "embedder": str(getattr(self.embedder, "path", "")), "summary": self.summary}
-        write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
-        return out
+        return save_model_dir(out_dir, self.net, CONFIG_FILE, {
+            "in_dim": self.in_dim, "config": asdict(self.cfg),
+            "embedder": str(getattr(self.embedder, "path", "")), "summary": self.summary})
 
     @classmethod
     def load(cls, model_dir: str | Path, embedder=None) -> "CTRModel":
         """A model ``save`` wrote (``embedder``: the same frozen embedder; None: the packaged MiniLM)."""
-        d = Path(model_dir)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d / name}: missing (a CTR model directory holds {CONFIG_FILE} "
-                                        f"and {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("feature_version") != FEATURE_VERSION:
-            raise ValueError(f"{d / CONFIG_FILE}: feature_version {meta.get('feature_version')!r}, "
-                             f"this code computes version {FEATURE_VERSION}")
+        d, meta = read_model_dir(model_dir, CONFIG_FILE, "a CTR model")
         cfg = CTRConfig(**meta["config"])
         net = CTRNet(int(meta["in_dim"]), cfg.hidden)
         net.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
@@ -214,7 +226,7 @@ class CTRParams:
         GTransform(kind=self.g, scale=self.g_scale)
 
 
-def _join(parts: Sequence[Any]) -> str:
+def join_fields(parts: Sequence[Any]) -> str:
     return ". ".join(str(p).strip().rstrip(".") for p in parts if p is not None and str(p).strip())
 
 
@@ -229,7 +241,7 @@ class CTRUpliftReward:
         """y_base of a sample (None when its row has none)."""
         base = row.get(self.p.base_key)
         if isinstance(base, Mapping):
-            return _join([base.get(f) for f in self.p.fields]) or None
+            return join_fields([base.get(f) for f in self.p.fields]) or None
         return str(base) if isinstance(base, str) and base.strip() else None
 
     def __call__(self, prompts, completions, task, meta) -> RewardOutput:
@@ -239,7 +251,7 @@ class CTRUpliftReward:
             if not kw or base is None:
                 continue
             parsed = self.parse(task, text)
-            y = None if parsed.errors else _join([parsed.fields.get(f) for f in self.p.fields])
+            y = None if parsed.errors else join_fields([parsed.fields.get(f) for f in self.p.fields])
             todo.append(i)
             kws.append(str(kw))
             ys.append(y)

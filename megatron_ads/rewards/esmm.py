@@ -32,7 +32,6 @@ How it works:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,13 +41,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from megatron_ads.rewards.ctr import FEATURE_VERSION, _join, features
+from megatron_ads.rewards.ctr import (FEATURE_VERSION, features, join_fields, read_model_dir,  # noqa: F401
+                                      save_model_dir)  # FEATURE_VERSION: re-exported (what a saved model records)
 from megatron_ads.rewards.registry import RewardOutput, RewardResources, register
 from megatron_ads.rewards.relate import delta_ctcvr
 from megatron_ads.rewards.retrieval import GTransform, MiniLMEmbedder
-from megatron_ads.runtime.io import write_text
 
 CONFIG_FILE, WEIGHTS_FILE = "esmm_config.json", "model.safetensors"
 LOG_KEYS = ("keyword", "text", "impressions", "clicks", "conversions")
@@ -176,27 +175,14 @@ class ESMMModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``model.safetensors`` and ``esmm_config.json`` into ``out_dir``; returns it."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out / WEIGHTS_FILE))
-        meta = {"model": "esmm", "feature_version": FEATURE_VERSION, "in_dim": self.in_dim,
-                "config": asdict(self.cfg), "embedder": str(getattr(self.embedder, "path", "")),
-                "summary": self.summary}
-        write_text(out / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
-        return out
+        return save_model_dir(out_dir, self.net, CONFIG_FILE, {
+            "model": "esmm", "in_dim": self.in_dim, "config": asdict(self.cfg),
+            "embedder": str(getattr(self.embedder, "path", "")), "summary": self.summary})
 
     @classmethod
     def load(cls, model_dir: str | Path, embedder=None) -> "ESMMModel":
         """A model ``save`` wrote (``embedder``: the same frozen embedder; None: the packaged MiniLM)."""
-        d = Path(model_dir)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d / name}: missing (an ESMM model directory holds {CONFIG_FILE} "
-                                        f"and {WEIGHTS_FILE})")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("feature_version") != FEATURE_VERSION:
-            raise ValueError(f"{d / CONFIG_FILE}: feature_version {meta.get('feature_version')!r}, "
-                             f"this code computes version {FEATURE_VERSION}")
+        d, meta = read_model_dir(model_dir, CONFIG_FILE, "an ESMM model")
         try:
             cfg = ESMMConfig(**meta["config"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -302,7 +288,7 @@ class CTCVRReward:
         """y_base of a sample (None when its row has none)."""
         base = row.get(self.p.base_key)
         if isinstance(base, Mapping):
-            return _join([base.get(f) for f in self.p.fields]) or None
+            return join_fields([base.get(f) for f in self.p.fields]) or None
         return str(base) if isinstance(base, str) and base.strip() else None
 
     def __call__(self, prompts, completions, task, meta) -> RewardOutput:
@@ -316,7 +302,7 @@ class CTCVRReward:
             parsed = self.parse(task, text)
             todo.append(i)
             kws.append(str(kw))
-            ys.append(None if parsed.errors else _join([parsed.fields.get(f) for f in self.p.fields]) or None)
+            ys.append(None if parsed.errors else join_fields([parsed.fields.get(f) for f in self.p.fields]) or None)
             bases.append(base)
         values: list[float | None] = [None] * len(completions)
         if not todo:
