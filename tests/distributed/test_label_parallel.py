@@ -114,6 +114,13 @@ def test_bad_combination_exits_2_naming_the_flag(setup, tmp_path, capsys, extra,
     assert not (tmp_path / "out.jsonl").exists()
 
 
+GLOO_ABORT = "terminate called without an active exception"
+"""A rank dying in C++ with this line (SIGABRT), not a Python traceback: an intermittent abort inside torch's
+gloo process group that torch's own tests meet too (pytorch/pytorch#65231); seen once here on a loaded
+machine (fresh-clone CI, 2026-12-02) and not reproduced in 6 reruns. The torchrun run is retried once on it
+(and only on it); any error of ours fails at once."""
+
+
 def test_torchrun_ranks_form_the_model_and_calibrate_like_one_process(setup, tmp_path, console_noise):
     ckpt, rows, _ = setup
     val = tmp_path / "val.jsonl"
@@ -121,9 +128,13 @@ def test_torchrun_ranks_form_the_model_and_calibrate_like_one_process(setup, tmp
     assert main(_args(ckpt, rows, tmp_path / "one.jsonl", "--calibrate", str(val))) == 0
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    r = subprocess.run(torchrun + ["-m", "megatron_ads", *_args(ckpt, rows, tmp_path / "pp2.jsonl", "--pp", "2",
-                                                                 "--calibrate", str(val))],
-                       env=env, capture_output=True, text=True, timeout=300)
+    cmd = torchrun + ["-m", "megatron_ads",
+                      *_args(ckpt, rows, tmp_path / "pp2.jsonl", "--pp", "2", "--calibrate", str(val))]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and GLOO_ABORT in r.stderr:  # once, from scratch: gloo's own intermittent abort
+        for f in tmp_path.glob("pp2.jsonl*"):
+            f.unlink()
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("labeled ") == 1 and "on 2 ranks (tp 1, pp 2, ep 1)" in r.stdout  # rank 0 reports
     assert console_noise(r.stdout, "\n".join(x for x in r.stderr.splitlines() if "torch/distributed/run.py" not in x)
