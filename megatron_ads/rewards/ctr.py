@@ -230,6 +230,15 @@ def join_fields(parts: Sequence[Any]) -> str:
     return ". ".join(str(p).strip().rstrip(".") for p in parts if p is not None and str(p).strip())
 
 
+
+def base_text(row: Mapping[str, Any], base_key: str, fields: Sequence[str]) -> str | None:
+    """y_base of a sample: ``row[base_key]``'s ``fields`` joined (a mapping) or the string itself; None when
+    the row has none (shared by the CTR and CTCVR rewards)."""
+    base = row.get(base_key)
+    if isinstance(base, Mapping):
+        return join_fields([base.get(f) for f in fields]) or None
+    return str(base) if isinstance(base, str) and base.strip() else None
+
 class CTRUpliftReward:
     """The ``ctr_uplift`` reward bound to a CTR model and a parser (see the module docstring)."""
 
@@ -239,10 +248,7 @@ class CTRUpliftReward:
 
     def base_text(self, row: Mapping[str, Any]) -> str | None:
         """y_base of a sample (None when its row has none)."""
-        base = row.get(self.p.base_key)
-        if isinstance(base, Mapping):
-            return join_fields([base.get(f) for f in self.p.fields]) or None
-        return str(base) if isinstance(base, str) and base.strip() else None
+        return base_text(row, self.p.base_key, self.p.fields)
 
     def __call__(self, prompts, completions, task, meta) -> RewardOutput:
         todo, kws, ys, bases = [], [], [], []

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from megatron_ads.rewards.ctr import (FEATURE_VERSION, features, join_fields, read_model_dir,  # noqa: F401
-                                      save_model_dir)  # FEATURE_VERSION: re-exported (what a saved model records)
+from megatron_ads.rewards.ctr import (FEATURE_VERSION, base_text, features, join_fields,  # noqa: F401
+                                      read_model_dir, save_model_dir)  # FEATURE_VERSION: re-exported (what a saved model records)
 from megatron_ads.rewards.registry import RewardOutput, RewardResources, register
 from megatron_ads.rewards.relate import delta_ctcvr
 from megatron_ads.rewards.retrieval import GTransform, MiniLMEmbedder
@@ -286,10 +286,7 @@ class CTCVRReward:
 
     def base_text(self, row: Mapping[str, Any]) -> str | None:
         """y_base of a sample (None when its row has none)."""
-        base = row.get(self.p.base_key)
-        if isinstance(base, Mapping):
-            return join_fields([base.get(f) for f in self.p.fields]) or None
-        return str(base) if isinstance(base, str) and base.strip() else None
+        return base_text(row, self.p.base_key, self.p.fields)
 
     def __call__(self, prompts, completions, task, meta) -> RewardOutput:
         need_base = self.p.mode != "absolute"
