@@ -2,8 +2,10 @@
 
 Runs under torchrun/srun (each process is one rank) or alone; with ``--nproc N`` on CPU it starts
 N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``grpo`` aligns it with downstream
-rewards (rollouts on the inference engine in-process); ``rm`` trains a performance reward model (backbone +
-scalar head, Bradley–Terry or pointwise) on pairs mined from synthetic multitext logs (ppo is not available yet).
+rewards (rollouts on the inference engine in-process); ``rm`` trains a reward model on the backbone, by ``rm.kind``:
+pair, a performance reward model (scalar head, Bradley–Terry or pointwise) on pairs mined from synthetic
+multitext logs; token, TPPO's token-level reward model (3-class token head) on word-labeled user_query_gen
+responses (ppo is not available yet).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_ads.cli import emit
-from megatron_ads.cli.workers import grpo_worker, rm_worker, sft_worker, train_worker
+from megatron_ads.cli.workers import grpo_worker, rm_worker_for, sft_worker, train_worker
 from megatron_ads.config.model import MTP_POLICIES
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime import log as logs
@@ -23,7 +25,8 @@ def register(p) -> None:
     p.add_argument("mode", choices=("lm", "sft", "grpo", "rm"),
                    help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting; "
                    "grpo: GRPO with downstream rewards (init from an SFT checkpoint: model.init=mcore model.path=DIR); "
-                   "rm: performance reward model (rm.objective bt|pointwise) on multitext preference pairs")
+                   "rm: a reward model by rm.kind: pair (default; performance RM, rm.objective bt|pointwise, on multitext "
+                   "preference pairs) or token (TPPO's token-level RM on word-labeled user_query_gen responses)")
     p.add_argument("--config", required=True, help="job YAML (see launch/configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=10 out_dir=runs/x resume=auto")
     p.add_argument("--nproc", type=int, default=None, help="start N local gloo workers (CPU)")
@@ -43,7 +46,9 @@ def run(args) -> int:
     if args.mtp is not None:
         overrides.append(f"model.mtp={args.mtp}")
     job = JobConfig.load(args.config, overrides)
-    worker = {"sft": sft_worker, "grpo": grpo_worker, "rm": rm_worker}.get(args.mode, train_worker)
+    worker = {"sft": sft_worker, "grpo": grpo_worker}.get(args.mode, train_worker)
+    if args.mode == "rm":
+        worker = rm_worker_for(job.rm.kind)
     world_needed = job.parallel.tp * job.parallel.pp
     log_dir = Path(job.out_dir) / "logs"  # every rank's full log (DEBUG): <out_dir>/logs/rank_R.log
     if read_env().launcher != "single" or (args.nproc or 1) == 1:
@@ -68,8 +73,11 @@ def run(args) -> int:
 
 
 def _held_out(r: dict) -> str:
-    """The summary's tail for a reward-model run: its held-out pairwise accuracy."""
+    """The summary's tail for a reward-model run: its held-out pairwise accuracy (pair) or query AUC (token)."""
     test = r.get("test") or {}
+    if "query_auc" in test:
+        return (f"; held-out token accuracy {test['token_acc']:.4f}, query AUC {test['query_auc']:.4f} on "
+                f"{test['n_queries']} test queries")
     if "pairwise_acc" not in test:
         return ""
     return (f"; held-out pairwise accuracy {test['pairwise_acc']:.4f} on {test['n_pairs']} test pairs "

@@ -19,9 +19,10 @@ from megatron_ads.train.loop import train_worker, worker_logging
 from megatron_ads.train.rm_loop import rm_worker
 from megatron_ads.train.rollout import Completion, RolloutSettings
 from megatron_ads.train.sft_loop import SFTTrainer
+from megatron_ads.train.token_rm_loop import token_rm_worker
 
 __all__ = ["EngineRollout", "engine_rollout", "engine_scorer", "grpo_trainer", "grpo_worker", "rm_worker",
-           "sft_trainer", "sft_worker", "train_worker"]
+           "rm_worker_for", "sft_trainer", "sft_worker", "token_rm_worker", "train_worker"]
 
 
 def engine_scorer(*, model: Any, cfg: ModelConfig, tokenizer: Any, seq_len: int, micro_batch: int) -> EngineScorer:
@@ -94,11 +95,19 @@ def engine_rollout(*, model: Any, cfg: ModelConfig, tokenizer: Any, batch_size: 
 
 
 def grpo_trainer(job_dict: dict) -> GRPOTrainer:
-    """A GRPO trainer for this rank whose rollouts run on the inference engine in-process."""
-    return GRPOTrainer(JobConfig.from_dict(job_dict), rollout_factory=engine_rollout)
+    """A GRPO (or, with ``grpo.algo=ppo``, token-level PPO) trainer for this rank whose rollouts run on the
+    inference engine in-process."""
+    from megatron_ads.train.ppo_loop import ppo_or_grpo
+
+    return ppo_or_grpo(JobConfig.from_dict(job_dict), rollout_factory=engine_rollout)
 
 
 def grpo_worker(job_dict: dict) -> dict[str, Any]:
     """Entry point of one GRPO rank."""
     worker_logging()
     return grpo_trainer(job_dict).run()
+
+
+def rm_worker_for(kind: str):
+    """The ``train rm`` worker of ``rm.kind``: pair (``train.rm_loop``) or token (``train.token_rm_loop``)."""
+    return {"pair": rm_worker, "token": token_rm_worker}[kind]

@@ -26,6 +26,10 @@ Experts = Literal["grouped", "sequential"]
 RMObjective = Literal["bt", "pointwise"]
 RMGap = Literal["relative", "absolute"]
 RMPointwiseLoss = Literal["bce", "mse"]
+RMKind = Literal["pair", "token"]
+RMTokenReward = Literal["prob_diff", "class_map"]
+GrpoAlgo = Literal["grpo", "ppo"]
+PpoKlMode = Literal["reward", "loss"]
 DTYPES = get_args(Dtype)
 
 
@@ -283,8 +287,9 @@ class SFTSpec:
             raise ValueError(f"sft.general_weight: expected 0 < w < 1, got {self.general_weight}")
 
 
-GRPO_RESOURCES = ("ctr_model", "esmm_model")
-"""Keys of ``grpo.resources``: the ``rewards.registry.RewardResources`` fields a directory can provide."""
+GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model")
+"""Keys of ``grpo.resources``: the ``rewards.registry.RewardResources`` fields a directory can provide
+(``token_model``: a ``train rm rm.kind=token`` run directory, built by the trainer on its own layout)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -331,11 +336,18 @@ class GRPOSpec:
     before the weighted sum; reward names are checked against the rewards registry by ``train grpo``."""
     expert_bias_update: bool = False
     """Keep updating the MoE aux-loss-free expert bias during GRPO (off by default)."""
+    algo: GrpoAlgo = "grpo"
+    """grpo: group-normalized advantages, no critic (AdNanny §4.3); ppo: token-level PPO with a value head and
+    GAE (TPPO §3.4, ``train.ppo_loop``; its options are the ``ppo`` section). Rollouts, rewards, clip and
+    KL reference are shared."""
     resources: dict[str, str] = field(default_factory=dict)
     """Frozen reward models the rewards read, {name: directory its ``save()`` wrote}: ``ctr_model``
     (``rewards.ctr.CTRModel``, reward ``ctr_uplift``), ``esmm_model`` (``rewards.esmm.ESMMModel``, reward
     ``ctcvr``). Each is loaded (``load()``, with the packaged MiniLM embedder) only when a reward of
-    ``grpo.rewards`` needs it; empty: nothing is loaded. ``tools/make_reward_models.py`` writes both."""
+    ``grpo.rewards`` needs it; empty: nothing is loaded. ``tools/make_reward_models.py`` writes both.
+    ``token_model``: TPPO's token-level reward model (reward ``token_rm``), a ``train rm rm.kind=token`` run
+    directory (its latest checkpoint) on the same backbone and tokenizer as the policy; the trainer builds it
+    on its own layout, frozen, when a reward reads it."""
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -356,6 +368,7 @@ class GRPOSpec:
             raise ValueError(f"grpo.dual_clip: expected null (off) or > 1, got {self.dual_clip}")
         _one_of("grpo", self, "kl_estimator", KlEstimator)
         _one_of("grpo", self, "aggregation", GrpoAggregation)
+        _one_of("grpo", self, "algo", GrpoAlgo)
         for name in ("kl_beta", "entropy_coef", "adv_eps"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"grpo.{name}: expected >= 0, got {getattr(self, name)}")
@@ -377,8 +390,7 @@ class GRPOSpec:
             raise ValueError(f"grpo.resources: expected {{name: model directory}}, got {self.resources!r}")
         for key, path in self.resources.items():
             if key not in GRPO_RESOURCES:
-                raise ValueError(f"grpo.resources.{key}: unknown resource; expected one of {list(GRPO_RESOURCES)} "
-                                 f"(the RLPF perf_model is not loadable from a directory)")
+                raise ValueError(f"grpo.resources.{key}: unknown resource; expected one of {list(GRPO_RESOURCES)}")
             if not isinstance(path, str) or not path:
                 raise ValueError(f"grpo.resources.{key}: expected a model directory (a path), got {path!r}")
             if not Path(path).is_dir():
@@ -387,10 +399,83 @@ class GRPOSpec:
 
 
 @dataclass(kw_only=True, slots=True)
-class RMSpec:
-    """Performance reward model (RLPF / AdLlama, ``papers_spec.md`` §B.3): the backbone with a scalar head,
-    trained on preference pairs mined from synthetic multitext logs (``data.multitext``); ``train.rm_loop``."""
+class PPOSpec:
+    """Token-level PPO (TPPO §3.4, Eq. 4–8; ``papers_spec.md`` §B.1) when ``grpo.algo=ppo``: per-token rewards,
+    a value head on the policy, GAE, the length-weighted penalty. Rollouts, rewards (``grpo.rewards``), the
+    PPO clip (``grpo.eps_low/eps_high/dual_clip``), ``grpo.kl_beta``, ``grpo.ppo_epochs`` and the loss
+    aggregation are the ``grpo`` section's. The math is ``train.tppo``."""
 
+    gamma: float = 1.0
+    """GAE discount γ, in [0, 1]."""
+    lam: float = 0.95
+    """GAE λ, in [0, 1]."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss (>= 0)."""
+    value_clip: float | None = 0.2
+    """Clip of the value update around the rollout values (null: unclipped value loss); > 0."""
+    value_head_std: float = 0.0
+    """Std of the value head's initial weight (0: values start at 0); >= 0."""
+    value_scale: float = 10.0
+    """V = value_scale x head(h): with Adam (updates of ~lr per weight whatever the gradient's scale) the same
+    as a value_scale times larger learning rate for the fresh critic, which must catch up with a pretrained
+    backbone within a short run (1: the policy's rate); > 0."""
+    kl_mode: PpoKlMode = "reward"
+    """reward: −grpo.kl_beta·KL_t added to the per-token rewards before GAE (PPO-RLHF; TPPO Eq. 7);
+    loss: grpo.kl_beta·KL_t in the loss (as GRPO)."""
+    kl_estimator: KlEstimator = "k1"
+    """Per-token KL estimator of the reward-shaping KL (kl_mode=reward); the loss KL uses grpo.kl_estimator."""
+    whiten_advantages: bool = True
+    """Normalize the advantages to mean 0, std 1 over the batch's response tokens (all data-parallel ranks)."""
+    token_credit: bool = True
+    """true (TPPO): a reward channel with per-token values (token_rm, blacklist, diversity) rewards each token;
+    false (sentence-level PPO): every channel's sentence value, on the completion's last token."""
+    lwp_alpha: float | None = None
+    """α of the length-weighted penalty lwp(l) = 1/(1 + exp(α(l − s_l) − 6)) multiplying the per-token
+    rewards (Eq. 4–5; TPPO: 1.0; 0.5 lets the length grow); null: off."""
+    lwp_length: float | None = None
+    """s_l in tokens; null: the ``lwp_quantile`` of the SFT targets' token lengths of the tasks."""
+    lwp_quantile: float = 0.9
+    """Quantile of the SFT response lengths taken for s_l when ``lwp_length`` is null, in (0, 1]."""
+
+    def __post_init__(self):
+        for name in ("gamma", "lam"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"ppo.{name}: expected a number in [0, 1], got {v!r}")
+        for name in ("vf_coef", "value_head_std"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"ppo.{name}: expected a finite number >= 0, got {v!r}")
+        if not (isinstance(self.value_scale, (int, float)) and math.isfinite(self.value_scale)
+                and self.value_scale > 0):
+            raise ValueError(f"ppo.value_scale: expected a finite number > 0, got {self.value_scale!r}")
+        if self.value_clip is not None and not (isinstance(self.value_clip, (int, float)) and self.value_clip > 0):
+            raise ValueError(f"ppo.value_clip: expected null (unclipped) or a number > 0, got {self.value_clip!r}")
+        _one_of("ppo", self, "kl_mode", PpoKlMode)
+        _one_of("ppo", self, "kl_estimator", KlEstimator)
+        if self.lwp_alpha is not None and not (isinstance(self.lwp_alpha, (int, float))
+                                               and math.isfinite(self.lwp_alpha) and self.lwp_alpha >= 0):
+            raise ValueError(f"ppo.lwp_alpha: expected null (off) or a finite number >= 0, got {self.lwp_alpha!r}")
+        if self.lwp_length is not None and not (isinstance(self.lwp_length, (int, float))
+                                                and math.isfinite(self.lwp_length) and self.lwp_length > 0):
+            raise ValueError(f"ppo.lwp_length: expected null (from the SFT lengths) or a number > 0, "
+                             f"got {self.lwp_length!r}")
+        if not (isinstance(self.lwp_quantile, (int, float)) and 0.0 < self.lwp_quantile <= 1.0):
+            raise ValueError(f"ppo.lwp_quantile: expected a quantile in (0, 1], got {self.lwp_quantile!r}")
+
+
+@dataclass(kw_only=True, slots=True)
+class RMSpec:
+    """Reward models on the backbone (``train rm``), by ``kind``: pair, the performance reward model (RLPF /
+    AdLlama, ``papers_spec.md`` §B.3: a scalar head trained on preference pairs mined from synthetic multitext
+    logs, ``data.multitext``; ``train.rm_loop``); token, TPPO's token-level reward model (§B.1: a 3-class token
+    classifier trained on word-labeled user_query_gen responses, ``data.token_labels``;
+    ``train.token_rm_loop``). ``data_seed``, ``val_fraction``, ``test_fraction``, ``eval_every`` and
+    ``head_init_std`` serve both kinds; the other fields one kind each (as their docstrings say)."""
+
+    kind: RMKind = "pair"
+    """pair: the performance RM (scalar head, Bradley–Terry / pointwise on preference pairs); token: TPPO's
+    token-level RM (3-output head: class 0 masked/separator, 1 irrelevant, 2 relevant per token)."""
     objective: RMObjective = "bt"
     """bt: Bradley–Terry −log σ(r_chosen − r_rejected) per pair (the paper's RM); pointwise: regress each
     text's observed CTR from its score (the baseline the paper found worse at ranking similar texts), on the
@@ -426,9 +511,57 @@ class RMSpec:
     test_pairs: int = 0
     """Test pairs scored after training into ``eval/report.json`` (0: all of the test split)."""
     head_init_std: float | None = None
-    """Std of the scalar head's initial weight (bias 0); null: 1/sqrt(hidden + 1); 0: a zero head."""
+    """Std of the head's initial weight (bias 0); null: 1/sqrt(hidden + 1); 0: a zero head."""
+    rows: int = 2000
+    """token: synthetic user_query_gen rows (users) the examples are built from, split by row into train / val /
+    test (``val_fraction``, ``test_fraction``, seeded by ``data_seed``)."""
+    responses_per_row: int = 2
+    """token: responses per row: the first has the row's gold queries, the others perturbed queries
+    (``perturb_rate``)."""
+    perturb_rate: float = 0.5
+    """token: per query of a perturbed response, the probability that it goes off-topic (replaced by a query of
+    a non-interest category, half the time one of the user's one-off categories in the history, or given an
+    off-topic word); in [0, 1]."""
+    label_only_fraction: float = 0.5
+    """token: share of responses with an empty <think></think> (the SFT'd policy emits both forms); in [0, 1]."""
+    local_weight: float = 0.5
+    """token: w in L = w·L_local + (1 − w)·L_global (TPPO Eq. 3; §5.1: 0.4–0.6 best); in [0, 1]."""
+    balance_max_ratio: float = 3.0
+    """token: per micro-batch, #class-2 / #class-1 tokens kept within [1/r, r] (TPPO §3.3: about 1:3 to 3:1);
+    >= 1."""
+    class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """token: w_c of the local cross-entropy for classes 0, 1, 2 (TPPO Eq. 1; not given by the paper)."""
+    token_reward: RMTokenReward = "prob_diff"
+    """token: per-token reward the query metrics read (``tppo.token_reward_from_probs``): prob_diff (P(2) − P(1))
+    or class_map (argmax 1 → −1, 2 → +1); a query's score is its tokens' mean."""
+    val_examples: int = 256
+    """token: validation responses scored at each validation (the first N of the val split)."""
+    test_examples: int = 0
+    """token: test responses scored after training into ``eval/report.json`` (0: all of the test split)."""
 
     def __post_init__(self):
+        _one_of("rm", self, "kind", RMKind)
+        _one_of("rm", self, "token_reward", RMTokenReward)
+        for name in ("rows", "responses_per_row", "val_examples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"rm.{name}: expected an integer >= 1, got {v!r}")
+        if isinstance(self.test_examples, bool) or not isinstance(self.test_examples, int) or self.test_examples < 0:
+            raise ValueError(f"rm.test_examples: expected an integer >= 0 (0: the whole test split), "
+                             f"got {self.test_examples!r}")
+        for name in ("perturb_rate", "label_only_fraction", "local_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"rm.{name}: expected a number in [0, 1], got {v!r}")
+        if (isinstance(self.balance_max_ratio, bool) or not isinstance(self.balance_max_ratio, (int, float))
+                or not (math.isfinite(self.balance_max_ratio) and self.balance_max_ratio >= 1.0)):
+            raise ValueError(f"rm.balance_max_ratio: expected a finite ratio >= 1, got {self.balance_max_ratio!r}")
+        cw = self.class_weights
+        if (not isinstance(cw, (list, tuple)) or len(cw) != 3
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0)
+                       for w in cw) or not any(cw)):
+            raise ValueError(f"rm.class_weights: expected 3 finite weights >= 0 (classes 0, 1, 2), not all 0, "
+                             f"got {cw!r}")
         _one_of("rm", self, "objective", RMObjective)
         _one_of("rm", self, "pointwise_loss", RMPointwiseLoss)
         _one_of("rm", self, "gap", RMGap)
@@ -474,6 +607,7 @@ class JobConfig:
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     grpo: GRPOSpec = field(default_factory=GRPOSpec)
+    ppo: PPOSpec = field(default_factory=PPOSpec)
     rm: RMSpec = field(default_factory=RMSpec)
 
     def to_dict(self) -> dict[str, Any]:
@@ -487,7 +621,7 @@ class JobConfig:
         d = dict(d or {})
         nested = {"model": ModelSpec, "parallel": ParallelConfig, "data": DataSpec, "optim": OptimSpec,
                   "train": TrainSpec, "checkpoint": CheckpointSpec, "sft": SFTSpec,
-                  "grpo": GRPOSpec, "rm": RMSpec}
+                  "grpo": GRPOSpec, "ppo": PPOSpec, "rm": RMSpec}
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in d.items():

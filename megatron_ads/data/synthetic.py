@@ -12,6 +12,8 @@ generated from the same rules, so it is faithful to the label:
 - keyword query generation: narrower queries in the same category (brand, price, "near me" refinements).
 - ad rewriting: a flawed ad for a keyword and a rule-written rewrite (keyword in a ≤ 30-character headline, a
   call to action, the text near the length ``true_ctr`` favours); ``truth`` holds the true CTR of both.
+  Optionally (``noisy_rewrite_rate``) some source ads carry an exaggerated claim that half of their rewrites
+  keep, and half repeat their call to action: the noisy copy RELATE's rewards penalize.
 - user-history query generation and user profiles: histories of 1–2 interest categories (2+ events each),
   one-off categories, and cart / review / price / city / hide events; ``truth`` (query generation) holds the
   interests and which words are relevant, the gold profile is the true interests / intents / constraints.
@@ -88,9 +90,15 @@ class SyntheticConfig:
     label_noise: float = 0.0
     """Probability that a row's labels are replaced by random ones (annotator noise; the reasoning then
     no longer matches the input — use it to make a task deliberately harder, never for real data)."""
+    noisy_rewrite_rate: float = 0.0
+    """ad_rewrite only: probability that a row's source ad carries an exaggerated claim (``RISKY_CLAIMS``: words
+    of RELATE's default blacklist); its rewrite then keeps the claim with probability 1/2 and repeats its call
+    to action with probability 1/2 (independently): noisy historical rewrites, what RELATE's RL must clean
+    up (``benchmarks/relate_tiny.py``). 0 leaves every row as it is without the knob."""
 
     def __post_init__(self):
-        for name in ("match_rate", "conflict_rate", "city_rate", "city_mismatch_rate", "defect_rate", "label_noise"):
+        for name in ("match_rate", "conflict_rate", "city_rate", "city_mismatch_rate", "defect_rate", "label_noise",
+                     "noisy_rewrite_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {v}")
@@ -216,7 +224,11 @@ def ad_rewrite_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
     keyword), a description with the item, filler sentences and a call to action, sized so the ad text is near
     the 80 characters ``true_ctr`` favours and within the description limit. ``truth`` holds the true CTR of the
     original and of the rewrite (``true_ctr(keyword, ad_text(title, description))``) and the original's keyword
-    coverage; any rewrite's truth is ``true_ctr`` of its text."""
+    coverage; any rewrite's truth is ``true_ctr`` of its text.
+
+    ``cfg.noisy_rewrite_rate`` > 0: a noisy row (SyntheticConfig) draws from its own RNG (seeded by seed and
+    row index), so the other rows, and the clean parts of a noisy one, are those of the rate 0; a noisy row's
+    ``truth["noise"]`` holds ``{"claim", "kept", "repeated"}``."""
     lim = dict(AD_LIMITS)
     cat = rng.choice(sorted(CATALOGUE))
     c = CATALOGUE[cat]
@@ -227,6 +239,14 @@ def ad_rewrite_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
     parts = rng.sample(_FILLERS, rng.randint(0, 5))
     if rng.random() < 0.3:
         parts.insert(rng.randint(0, len(parts)), rng.choice(CTA_PHRASES).capitalize() + ".")
+    noise = None
+    if cfg.noisy_rewrite_rate > 0:
+        nrng = random.Random(f"ad_rewrite:noise:{cfg.seed}:{idx}")
+        if nrng.random() < cfg.noisy_rewrite_rate:
+            claim = nrng.choice(RISKY_CLAIMS)
+            parts = list(parts)
+            parts.insert(nrng.randint(0, len(parts)), claim)
+            noise = {"claim": claim, "kept": nrng.random() < 0.5, "repeated": nrng.random() < 0.5}
     desc = " ".join([f"{item.capitalize()} by {brand}."] + parts)
     original = ad_text(title, desc)
     low = original.lower()
@@ -236,6 +256,9 @@ def ad_rewrite_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
     call = rng.choice(CTA_PHRASES).capitalize() + "!"
     fill, budget = rng.sample(_FILLERS, len(_FILLERS)), 80 - len(new_title) - 2
     body = [f"{item.capitalize()} by {brand}."]
+    if noise is not None:  # a noisy rewrite: the source's claim kept, the call to action said twice
+        body += [noise["claim"]] if noise["kept"] else []
+        call = f"{call} {call}" if noise["repeated"] else call
     for f in fill:
         if len(" ".join(body + [f, call])) <= min(budget, lim["description"]):
             body.append(f)
@@ -256,10 +279,12 @@ def ad_rewrite_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
                    "keeps the length")
     rationale = "Same purchase intent; " + ", ".join(changes) + "."
     rewrite = {"rationale": rationale, "title": new_title, "description": new_desc}
+    truth = {"ctr_original": true_ctr(keyword, original),
+             "ctr_rewrite": true_ctr(keyword, ad_text(new_title, new_desc)), "coverage_original": cov}
+    if noise is not None:
+        truth["noise"] = noise
     return {"id": f"ar{cfg.seed}-{idx}", "keyword": keyword, "ad": {"title": title, "description": desc},
-            "limits": lim, "rewrite": rewrite, "reasoning": " ".join(reasons),
-            "truth": {"ctr_original": true_ctr(keyword, original),
-                      "ctr_rewrite": true_ctr(keyword, ad_text(new_title, new_desc)), "coverage_original": cov}}
+            "limits": lim, "rewrite": rewrite, "reasoning": " ".join(reasons), "truth": truth}
 
 
 def category_words(category: str) -> list[str]:
@@ -284,6 +309,14 @@ def _event(rng: random.Random, cat: str) -> str:
                        f"searched {cat}"])
 
 
+def user_query(rng: random.Random, cat: str) -> str:
+    """One search query in category ``cat`` (a brand + item, price, "near me", "best" or "reviews" refinement):
+    the templates of ``user_query_gen_row``'s queries."""
+    c = CATALOGUE[cat]
+    return rng.choice([f"{rng.choice(c['brands']).lower()} {rng.choice(c['items'])}", f"cheap {cat}",
+                       f"{cat} near me", f"best {rng.choice(c['items'])}", f"{rng.choice(c['items'])} reviews"])
+
+
 def user_query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> dict:
     """A user history (2–3 events per interest category, one event per one-off category) and the user's next
     ``USER_QUERIES`` queries, spread over the interests (brand, price, location or item refinements). ``truth``:
@@ -297,10 +330,7 @@ def user_query_gen_row(rng: random.Random, cfg: SyntheticConfig, idx: int) -> di
     rng.shuffle(events)
     queries: list[str] = []
     while len(queries) < USER_QUERIES:
-        cat = interests[len(queries) % len(interests)]
-        c = CATALOGUE[cat]
-        q = rng.choice([f"{rng.choice(c['brands']).lower()} {rng.choice(c['items'])}", f"cheap {cat}",
-                        f"{cat} near me", f"best {rng.choice(c['items'])}", f"{rng.choice(c['items'])} reviews"])
+        q = user_query(rng, interests[len(queries) % len(interests)])
         if q not in queries:
             queries.append(q)
     by_interest = {cat: category_words(cat) for cat in interests}
@@ -543,6 +573,10 @@ def ad_corpus(seed: int = 0) -> dict:
 CTA_PHRASES = ("shop now", "buy now", "order today", "get yours today", "book now", "try it free")
 """Calls to action that raise the true click probability (``true_ctr``)."""
 _WORD = re.compile(r"[\w']+")
+RISKY_CLAIMS = ("Guaranteed results.", "Risk-free purchase.", "Miracle quality.", "The #1 choice.",
+                "Best ever prices.", "Instant results.")
+"""Exaggerated claims of the noisy ad_rewrite rows (``SyntheticConfig.noisy_rewrite_rate``): each holds a term of
+``rewards.relate.DEFAULT_BLACKLIST`` (data never imports rewards; a unit test checks they match)."""
 _FILLERS = ("Fast shipping.", "Free returns.", "Top rated by customers.", "Limited stock.", "New season styles.",
             "Compare models and reviews.", "Trusted since 1990.", "Easy setup at home.")
 

@@ -95,6 +95,10 @@ class RewardResources:
     ``esmm.ESMMModel.load(dir)``)."""
     perf_model: Any = None
     """The frozen performance reward model (RLPF): ``score(keywords, texts) -> list[float]``."""
+    token_model: Any = None
+    """The frozen token-level reward model (TPPO) of the ``token_rm`` reward:
+    ``token_rewards(prompt_ids, completion_ids) -> list[list[float]]``, one reward per completion token (the
+    trainer builds it from ``grpo.resources.token_model`` on its own layout)."""
     decode: Callable[[Sequence[int]], str] | None = None
     """``decode(ids) -> text``: what made each completion's text from ``meta[i][COMPLETION_IDS]`` (the
     trainer's tokenizer decode without EOS); token-level rewards align with it (``token_spans``)."""
@@ -129,6 +133,8 @@ class RewardDef:
 
 COMPLETION_IDS = "completion_ids"
 """Meta key of a completion's token ids: exactly the tokens its loss mask covers (stop token included)."""
+PROMPT_IDS = "prompt_ids"
+"""Meta key of the prompt's token ids as the policy saw them (what a backbone reward model reads first)."""
 
 
 def token_spans(ids: Sequence[int], decode: Callable[[Sequence[int]], str],

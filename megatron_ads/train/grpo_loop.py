@@ -60,6 +60,8 @@ log = get_logger(__name__)
 DEFAULT_REWARDS = {"query_ad": {"label": 1.0}, "ad_user": {"label": 1.0},
                    "query_gen": {"recall_at_k": 1.0, "format": 0.5}}
 """Reward combination of a task ``grpo.rewards`` does not name."""
+POLICY_HEADS = ("value_head.",)
+"""State-dict prefixes of heads a trainer adds to the policy (PPO's critic) that its frozen copies do not have."""
 STATS = ("share", "pg", "kl", "clip_low", "clip_high", "dual", "entropy", "tokens")
 """Per-micro-batch sums reduced after each pass (masked sums; ``tokens`` the mask count)."""
 
@@ -97,11 +99,12 @@ def _gold(t: str, row: dict) -> dict[str, Any]:
 
 
 def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
-                  models: dict[str, str] | None = None):
+                  models: dict[str, str] | None = None, loaders: dict[str, Any] | None = None):
     """The reward functions ``weights`` uses, bound to the task parser, the gold labels, (recall@K) the
     synthetic ad corpus, ``decode`` (ids -> completion text, for token-level rewards) and the frozen models of
-    ``models`` (``grpo.resources``: {ctr_model | esmm_model: directory}), each loaded on the first ``need`` of a
-    reward that reads it (never when no used reward does). Returns {reward name: fn}."""
+    ``models`` (``grpo.resources``: {ctr_model | esmm_model | token_model: directory}), each loaded on the first
+    ``need`` of a reward that reads it (never when no used reward does); ``loaders`` ({key: fn(directory)})
+    build the keys the trainer owns (the backbone token reward model). Returns ({reward name: fn}, resources)."""
     from megatron_ads.rewards import registry, rules  # noqa: F401  (rules registers label and format)
 
     used = {n for combo in weights.values() for n in combo}
@@ -110,13 +113,15 @@ def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
     resources = registry.RewardResources(
         parse=lambda t, text: parse_output(task(t), text), gold=_gold,
         ad_corpus=ad_corpus(seed) if "recall_at_k" in used else None, decode=decode)
-    resources.loaders = {key: partial(_load_model, key, path, resources) for key, path in (models or {}).items()}
+    own = loaders or {}
+    resources.loaders = {key: (partial(own[key], path) if key in own else partial(_load_model, key, path, resources))
+                         for key, path in (models or {}).items()}
     combo = registry.RewardCombination(tasks=weights, where="grpo.rewards")
     fns = combo.build_all(resources)
     for key in sorted(models or {}):
-        if getattr(resources, key) is None:
+        if getattr(resources, key) is None and key not in own:
             log.info("grpo.resources.%s: no reward of grpo.rewards reads it; not loaded", key)
-    return fns
+    return fns, resources
 
 
 def _load_model(key: str, path: str, resources) -> Any:
@@ -180,8 +185,9 @@ class GRPOTrainer(Trainer):
         missing = sorted(set(g.task_weights) - set(self.task_names))
         if missing:
             raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
-        self.reward_fns = build_rewards(self.weights, job.sft.data_seed, decode=self.decode_completion,
-                                        models=g.resources)
+        self.reward_fns, self.resources = build_rewards(
+            self.weights, job.sft.data_seed, decode=self.decode_completion, models=g.resources,
+            loaders={"token_model": self._load_token_model})
         self.rollout = rollout_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer,
                                        batch_size=self.global_batch)
         self.model.train()  # a factory may leave it in eval mode (the inference engine does)
@@ -190,28 +196,45 @@ class GRPOTrainer(Trainer):
         self.logits_path = self.par.tp == 1
         """Log-probs (and entropy) from the full logits (TP 1); else -NLL from megatron's vocab-parallel CE."""
         self.ref = self._build_reference() if g.kl_beta > 0 else None
+        if "token_model" in g.resources and any("token_rm" in c for c in self.weights.values()):
+            self.resources.need("token_model", "token_rm")  # collective: built now, on every rank together
 
-    # ------------------------------------------------------------------ reference
-    def _build_reference(self):
-        """A frozen copy of the initial policy: a second chunk built the same way, the policy's weights copied
-        in now (before any resume), eval mode, no grad."""
+    # ------------------------------------------------------------------ frozen models
+    def build_frozen_chunk(self, load, extend=None):
+        """A frozen chunk of this rank's layout, built as the policy's: ``extend(chunk)`` (e.g. a reward head)
+        then ``load(chunk)`` its weights; eval mode, no grad."""
         from megatron_ads.model.build import build_model_chunk, transformer_config
         from megatron_ads.model.specs import use_te_default
 
         o = self.job.optim
         tconfig = transformer_config(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
                                      calculate_per_token_loss=False)
-
         chunk = build_model_chunk(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
                                   use_te=use_te_default(self.platform.name), tconfig=tconfig,
                                   experts=self.job.model.experts)
-        if self.job.model.init == "random":
-            chunk.load_state_dict(self.model.module.state_dict())
-        else:
-            load_initial_weights(chunk, self.job.model, self.cfg, self.job)
+        if extend is not None:
+            extend(chunk)
+        load(chunk)
         for p in chunk.parameters():
             p.requires_grad_(False)
         return chunk.eval()
+
+    def _build_reference(self):
+        """A frozen copy of the initial policy: a second chunk built the same way, the policy's weights copied
+        in now (before any resume), eval mode, no grad."""
+        def load(chunk):
+            if self.job.model.init == "random":
+                own = self.model.module.state_dict()
+                chunk.load_state_dict({k: v for k, v in own.items() if not k.startswith(POLICY_HEADS)})
+            else:
+                load_initial_weights(chunk, self.job.model, self.cfg, self.job)
+        return self.build_frozen_chunk(load)
+
+    def _load_token_model(self, path: str):
+        """``grpo.resources.token_model``: the frozen token-level reward model of ``path`` (``train.frozen_rm``)."""
+        from megatron_ads.train.frozen_rm import FrozenTokenRM
+
+        return FrozenTokenRM(self, path)
 
     # ------------------------------------------------------------------ prompts and rollouts
     def draw_prompts(self, step: int) -> list[tuple[str, dict]]:
@@ -262,10 +285,12 @@ class GRPOTrainer(Trainer):
         """A completion's text as rewards see it: its ids decoded without EOS (``RewardResources.decode``)."""
         return self.tokenizer.decode([x for x in ids if x != self.eos])
 
-    def compute_rewards(self, prompts, comps: list[Completion]):
+    def compute_rewards(self, prompts, comps: list[Completion], prompt_ids: list[list[int]] | None = None):
         """Reward channels per rollout (None where a channel does not score that rollout's task); each meta row
-        carries the rollout's ``completion_ids`` for token-level rewards."""
-        from megatron_ads.rewards.registry import COMPLETION_IDS, call
+        carries the rollout's ``completion_ids`` (and its prompt's ``prompt_ids`` when given) for token-level
+        and backbone rewards. Collective when a reward runs a frozen backbone model (every rank calls it with
+        the same rollouts)."""
+        from megatron_ads.rewards.registry import COMPLETION_IDS, PROMPT_IDS, call
 
         G = self.job.grpo.group_size
         tasks = [prompts[i // G][0] for i in range(len(comps))]
@@ -279,7 +304,9 @@ class GRPOTrainer(Trainer):
             spec = task(name)
             p_text = [spec.prompt(prompts[i // G][1]) for i in idx]
             meta = [dict(prompts[i // G][1], group=i // G, rollout=i % G,
-                         **{COMPLETION_IDS: list(comps[i].output_ids)}) for i in idx]
+                         **{COMPLETION_IDS: list(comps[i].output_ids)},
+                         **({PROMPT_IDS: list(prompt_ids[i // G])} if prompt_ids is not None else {}))
+                    for i in idx]
             for ch in self.weights[name]:
                 out = call(self.reward_fns[ch], p_text, [texts[i] for i in idx], name, meta)
                 vals = rewards.setdefault(ch, [None] * len(comps))
@@ -296,6 +323,25 @@ class GRPOTrainer(Trainer):
                     token_values: dict[str, list]) -> dict[str, Any]:
         """Full-batch tensors: tokens/labels/mask [N, S] (mask on completion tokens), engine log-probs and
         token advantages on the mask."""
+        g = self.job.grpo
+        full = self.batch_tokens(prompt_ids, comps, tasks)
+        tok_r = self.token_reward_tensor(token_values, tasks, full["loss_mask"]) if g.token_alpha else None
+        full["adv"] = grpo.token_advantages(adv_B, full["loss_mask"], tok_r, g.token_alpha)
+        return full
+
+    def token_reward_tensor(self, token_values: dict[str, list], tasks, mask: torch.Tensor) -> torch.Tensor | None:
+        """Σ over channels of (the task's channel weight) x (the channel's per-token values) on the mask [N, S];
+        None when no channel has token values."""
+        if not token_values:
+            return None
+        tok_r = torch.zeros(mask.shape)
+        for ch, vals in token_values.items():
+            w = torch.tensor([self.weights[t].get(ch, 0.0) for t in tasks])
+            tok_r += w[:, None] * grpo.pack_token_rewards(vals, mask)
+        return tok_r
+
+    def batch_tokens(self, prompt_ids, comps: list[Completion], tasks) -> dict[str, Any]:
+        """tokens/labels/loss_mask [N, S] (mask on the completion's label positions), engine log-probs, tasks."""
         g, S = self.job.grpo, self.job.train.seq_len
         G = g.group_size
         N = len(comps)
@@ -309,15 +355,8 @@ class GRPOTrainer(Trainer):
             n_out = len(ids) - len(p)
             mask[i, len(p) - 1:len(p) - 1 + n_out] = 1.0
             elp[i, len(p) - 1:len(p) - 1 + n_out] = torch.tensor(c.logprobs[:n_out], dtype=torch.float64)
-        tok_r = None
-        if g.token_alpha and token_values:
-            tok_r = torch.zeros(N, S)
-            for ch, vals in token_values.items():
-                w = torch.tensor([self.weights[t].get(ch, 0.0) for t in tasks])
-                tok_r += w[:, None] * grpo.pack_token_rewards(vals, mask)
-        adv = grpo.token_advantages(adv_B, mask, tok_r, g.token_alpha)
         return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(), "loss_mask": mask,
-                "adv": adv, "engine_logp": elp, "tasks": list(tasks)}
+                "engine_logp": elp, "tasks": list(tasks)}
 
     def _my_microbatches(self, full: dict[str, Any]) -> list[dict[str, Any]]:
         t = self.job.train
@@ -352,8 +391,9 @@ class GRPOTrainer(Trainer):
         logp, _ = self._token_logp(b, out)
         return torch.zeros((), device=out.device), torch.tensor(1, dtype=torch.int), {"logp": logp.detach()}
 
-    def forward_logp(self, model, mbs: list[dict[str, Any]]) -> list[torch.Tensor | None]:
-        """Per-token log-probs of each micro-batch (last stage; None elsewhere): one forward-only pass."""
+    def forward_collect(self, model, mbs: list[dict[str, Any]]) -> list[dict[str, torch.Tensor] | None]:
+        """What ``_collect_logp`` returns for each micro-batch (last stage; None elsewhere): one forward-only
+        pass of the pipeline schedule."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         t = self.job.train
@@ -363,7 +403,11 @@ class GRPOTrainer(Trainer):
                                 seq_length=t.seq_len, micro_batch_size=t.micro_batch, forward_only=True)
         if not self.ps.is_pipeline_last_stage():
             return [None] * len(mbs)
-        return [d["logp"].double() for d in store]
+        return list(store)
+
+    def forward_logp(self, model, mbs: list[dict[str, Any]]) -> list[torch.Tensor | None]:
+        """Per-token log-probs of each micro-batch (last stage; None elsewhere): one forward-only pass."""
+        return [None if d is None else d["logp"].double() for d in self.forward_collect(model, mbs)]
 
     def _forward_step(self, data_iterator, model):
         b = next(data_iterator)
@@ -379,6 +423,13 @@ class GRPOTrainer(Trainer):
             ref_logp_BT=b["ref_logp"].to(logp) if "ref_logp" in b else None,
             entropy_BT=ent, eps_low=g.eps_low, eps_high=g.eps_high, dual_clip=g.dual_clip,
             kl_estimator=g.kl_estimator, kl_beta=g.kl_beta, entropy_coef=g.entropy_coef if ent is not None else 0.0)
+        return self._loss_share(b, loss_BT, mask, pl, kl_BT, ent)
+
+    def _loss_share(self, b: dict, loss_BT: torch.Tensor, mask: torch.Tensor, pl, kl_BT, ent, extra=()):
+        """The micro-batch's share of the global loss from per-token losses ``loss_BT`` (``grpo.aggregation``
+        over the batch's global denominators), and the statistic sums of ``stats_names`` (``extra``: the
+        subclass's own sums, appended)."""
+        g = self.job.grpo
         d = self._denoms
         share = grpo.aggregate_loss(loss_BT, mask, g.aggregation, num_tokens=d["tokens"], num_seqs=d["seqs"],
                                     tasks=b["tasks"], task_tokens=d["task_tokens"], task_weights=d["task_weights"])
@@ -390,7 +441,8 @@ class GRPOTrainer(Trainer):
                 (kl_BT * mask).sum().double() if kl_BT is not None else zero,
                 (pl.clipped_low_BT & m).sum().double(), (pl.clipped_high_BT & m).sum().double(),
                 (pl.dual_clipped_BT & m).sum().double(),
-                (ent * mask).sum().double() if ent is not None else zero, mask.sum().double()]).cpu()
+                (ent * mask).sum().double() if ent is not None else zero, mask.sum().double(),
+                *[x.detach().double() for x in extra]]).cpu()
         scaled = share * self.job.train.num_microbatches * self.dp  # undo megatron's /num_microbatches and DDP's /dp
         return scaled, torch.tensor(1, dtype=torch.int), {"grpo": stats}
 
@@ -418,20 +470,72 @@ class GRPOTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         g, t = self.job.grpo, self.job.train
-        G = g.group_size
         t0 = time.time()
         prompts = self.draw_prompts(self.step)
         prompt_ids, comps = self._phase("rollout", self.run_rollouts, prompts, self.step)
         t_roll = time.time() - t0
-        tasks, texts, rewards, token_values = self.compute_rewards(prompts, comps)
-        adv = grpo.combine_advantages(rewards, [i // G for i in range(len(comps))], tasks, self.weights,
-                                      eps=g.adv_eps, leave_one_out=g.leave_one_out)
-        full = self.build_batch(prompt_ids, comps, tasks, adv.adv_B, token_values)
+        tasks, texts, rewards, token_values = self.compute_rewards(prompts, comps, prompt_ids)
+        full = self.batch_tokens(prompt_ids, comps, tasks)
+        rec_adv = self.add_advantages(full, rewards, token_values, tasks)
         self._denoms = self._denominators(full)
         mbs = self._my_microbatches(full)
+        err, max_diff = self.old_policy_pass(mbs)
+        rec_adv.update(self.after_old_pass(mbs))
+        t1 = time.time()
+        epoch_stats, ok, grad_norm, finite = self.train_epochs(mbs)
+        moe = self.moe_step_metrics()
+        t_train = time.time() - t1
+        dt = time.time() - t0
+        st = epoch_stats[0]
+        n_tok = max(st["tokens"], 1.0)
+        lens = [len(c.output_ids) for c in comps]
+        gen_tokens = sum(lens)
+        rec: dict[str, Any] = {
+            "step": self.step + 1, "loss": epoch_stats[-1]["share"],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "lr": float(self.optimizer.param_groups[0]["lr"]), "skipped": not (finite and ok),
+            "nan_steps": self.nan_steps, "pg_loss": st["pg"] / n_tok,
+            "kl": st["kl"] / n_tok if self.ref is not None else None,
+            "clip_frac_low": st["clip_low"] / n_tok, "clip_frac_high": st["clip_high"] / n_tok,
+            "clip_frac_dual": st["dual"] / n_tok, "entropy": st["entropy"] / n_tok if self.logits_path else None,
+            **rec_adv,
+            **grpo.reward_stats(rewards, tasks),
+            "response_len_mean": gen_tokens / len(lens), "response_len_max": max(lens),
+            "finish_stop_frac": sum(c.finish_reason == "stop" for c in comps) / len(comps),
+            "token_mult_prob_error": float(err[0] / err[1]) if err[1] > 0 else 0.0,
+            "logprob_max_abs_diff": float(max_diff),
+            "rollout_time_s": t_roll, "rollout_tokens_per_s": gen_tokens / max(t_roll, 1e-9),
+            "train_time_s": t_train,
+            "train_tokens_per_s": self.global_batch * t.seq_len * g.ppo_epochs / max(t_train, 1e-9),
+            "tokens_per_s": self.global_batch * t.seq_len / dt, "step_time_s": dt}
+        rec.update(self.epoch_metrics(st, n_tok))
+        if g.ppo_epochs > 1:
+            rec["loss_first_epoch"] = st["share"]
+        rec.update(moe)
+        self.last_texts = texts
+        self.step += 1
+        if not finite and self.nan_steps > t.max_nan_steps:
+            raise TrainingAborted(f"{self.nan_steps} steps with a non-finite {g.algo.upper()} loss (limit "
+                                  f"train.max_nan_steps={t.max_nan_steps}); last at step {self.step}. Lower optim.lr.")
+        return rec
+
+    # ------------------------------------------------------------------ step parts (PPOTrainer overrides some)
+    def add_advantages(self, full: dict[str, Any], rewards, token_values, tasks) -> dict[str, Any]:
+        """GRPO: group-normalized advantages per channel, weighted sum, + token_alpha·r_token → full["adv"];
+        returns the step's advantage metrics."""
+        g = self.job.grpo
+        G = g.group_size
+        adv = grpo.combine_advantages(rewards, [i // G for i in range(len(tasks))], tasks, self.weights,
+                                      eps=g.adv_eps, leave_one_out=g.leave_one_out)
+        tok_r = self.token_reward_tensor(token_values, tasks, full["loss_mask"]) if g.token_alpha else None
+        full["adv"] = grpo.token_advantages(adv.adv_B, full["loss_mask"], tok_r, g.token_alpha)
+        return {"frac_reward_zero_std": adv.frac_reward_zero_std,
+                **{f"frac_reward_zero_std/{c}": v for c, v in adv.frac_reward_zero_std_by_channel.items()}}
+
+    def old_policy_pass(self, mbs: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Old-policy (and reference) log-probs into each micro-batch; returns the engine-vs-trainer error sums
+        [Σ|exp(Δ) − 1|, tokens, ·] and the max |Δ| over all ranks."""
         old = self.forward_logp(self.model, mbs)
         ref = self.forward_logp(self.ref, mbs) if self.ref is not None else None
         err = torch.zeros(3, dtype=torch.float64)
@@ -451,7 +555,25 @@ class GRPOTrainer(Trainer):
         if self.ps.is_pipeline_last_stage():
             dist.all_reduce(max_diff, op=dist.ReduceOp.MAX, group=self.ps.get_data_parallel_group())
         dist.broadcast(max_diff, src=dist.get_world_size() - 1)
-        t1 = time.time()
+        return err, max_diff
+
+    def after_old_pass(self, mbs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Hook after the old-policy pass (PPO: GAE); returns metrics. GRPO: nothing."""
+        return {}
+
+    def epoch_metrics(self, st: dict[str, float], n_tok: float) -> dict[str, Any]:
+        """Extra per-step metrics from the first epoch's summed statistics (PPO: the value loss)."""
+        return {}
+
+    stats_names = STATS
+    """Names of the per-micro-batch statistic sums the loss returns (``STATS``; PPO adds its own)."""
+
+    def train_epochs(self, mbs: list[dict[str, Any]]):
+        """``grpo.ppo_epochs`` passes of the loss through forward_backward_func, each followed by an optimizer
+        step. Returns (per-epoch summed stats, optimizer ok, grad norm, loss finite)."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        g, t = self.job.grpo, self.job.train
         epoch_stats, ok, grad_norm, finite = [], True, None, True
         for _epoch in range(g.ppo_epochs):
             self.model.zero_grad_buffer()
@@ -461,12 +583,12 @@ class GRPOTrainer(Trainer):
                                  forward_step_func=self._forward_step, data_iterator=iter(mbs), model=[self.model],
                                  num_microbatches=t.num_microbatches, seq_length=t.seq_len,
                                  micro_batch_size=t.micro_batch, forward_only=False)
-            buf = torch.zeros(len(STATS), dtype=torch.float64)
+            buf = torch.zeros(len(self.stats_names), dtype=torch.float64)
             if self.ps.is_pipeline_last_stage():
                 for item in losses:
                     buf += item["grpo"]
             buf = self._phase("loss-report", self._reduce_last, buf)
-            epoch_stats.append(dict(zip(STATS, buf.tolist())))
+            epoch_stats.append(dict(zip(self.stats_names, buf.tolist())))
             finite = math.isfinite(epoch_stats[-1]["share"])
             if not finite:
                 ok = False
@@ -478,41 +600,7 @@ class GRPOTrainer(Trainer):
             self.scheduler.step(increment=1)
         if not finite:
             self.nan_steps += 1
-        moe = self.moe_step_metrics()
-        t_train = time.time() - t1
-        dt = time.time() - t0
-        st = epoch_stats[0]
-        n_tok = max(st["tokens"], 1.0)
-        lens = [len(c.output_ids) for c in comps]
-        gen_tokens = sum(lens)
-        rec: dict[str, Any] = {
-            "step": self.step + 1, "loss": epoch_stats[-1]["share"],
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "lr": float(self.optimizer.param_groups[0]["lr"]), "skipped": not (finite and ok),
-            "nan_steps": self.nan_steps, "pg_loss": st["pg"] / n_tok,
-            "kl": st["kl"] / n_tok if self.ref is not None else None,
-            "clip_frac_low": st["clip_low"] / n_tok, "clip_frac_high": st["clip_high"] / n_tok,
-            "clip_frac_dual": st["dual"] / n_tok, "entropy": st["entropy"] / n_tok if self.logits_path else None,
-            "frac_reward_zero_std": adv.frac_reward_zero_std,
-            **{f"frac_reward_zero_std/{c}": v for c, v in adv.frac_reward_zero_std_by_channel.items()},
-            **grpo.reward_stats(rewards, tasks),
-            "response_len_mean": gen_tokens / len(lens), "response_len_max": max(lens),
-            "finish_stop_frac": sum(c.finish_reason == "stop" for c in comps) / len(comps),
-            "token_mult_prob_error": float(err[0] / err[1]) if err[1] > 0 else 0.0,
-            "logprob_max_abs_diff": float(max_diff),
-            "rollout_time_s": t_roll, "rollout_tokens_per_s": gen_tokens / max(t_roll, 1e-9),
-            "train_time_s": t_train,
-            "train_tokens_per_s": self.global_batch * t.seq_len * g.ppo_epochs / max(t_train, 1e-9),
-            "tokens_per_s": self.global_batch * t.seq_len / dt, "step_time_s": dt}
-        if g.ppo_epochs > 1:
-            rec["loss_first_epoch"] = st["share"]
-        rec.update(moe)
-        self.last_texts = texts
-        self.step += 1
-        if not finite and self.nan_steps > t.max_nan_steps:
-            raise TrainingAborted(f"{self.nan_steps} steps with a non-finite GRPO loss (limit train.max_nan_steps="
-                                  f"{t.max_nan_steps}); last at step {self.step}. Lower optim.lr.")
-        return rec
+        return epoch_stats, ok, grad_norm, finite
 
     def run(self) -> dict[str, Any]:
         """Train (``Trainer.run``), then rank 0 writes the run's plots (``eval.plots.plot_grpo_run``) in ``plots/``."""

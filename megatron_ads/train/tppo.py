@@ -301,7 +301,7 @@ class RMLoss:
 def expected_class_value(logits_BTC: torch.Tensor) -> torch.Tensor:
     """E_t = Σ_c c·P(c) (the soft stand-in for Eq. 2's argmax), [B, T]."""
     p_BTC = torch.softmax(logits_BTC.float(), dim=-1)
-    return p_BTC @ torch.arange(logits_BTC.shape[-1], dtype=p_BTC.dtype)
+    return p_BTC @ torch.arange(logits_BTC.shape[-1], dtype=p_BTC.dtype, device=p_BTC.device)
 
 
 def token_rm_loss(logits_BTC: torch.Tensor, labels_BT: torch.Tensor, valid_BT: torch.Tensor,
@@ -322,6 +322,7 @@ def token_rm_loss(logits_BTC: torch.Tensor, labels_BT: torch.Tensor, valid_BT: t
     C = logits_BTC.shape[-1]
     v_BT = valid_BT.bool()
     w_C = torch.ones(C) if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    w_C = w_C.to(logits_BTC.device)
     if w_C.shape != (C,):
         raise ValueError(f"class_weights: expected {C} weights, got {list(w_C.shape)}")
     logp_BTC = torch.log_softmax(logits_BTC.float(), dim=-1)

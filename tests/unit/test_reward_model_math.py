@@ -176,6 +176,26 @@ def test_per_position_scores_gathered_at_the_last_token_equal_the_head_readout()
     close(wide.proj.weight.detach().std(), 0.5, atol=0.1)
 
 
+def test_head_with_several_outputs_gives_per_position_logits():
+    # rm.kind=token: the same head with num_outputs=3 (TPPO's classes); num_outputs=1 keeps the scalar head exactly
+    one = rm.ScalarHead(8, seq_first=True, generator=torch.Generator().manual_seed(3))
+    again = rm.ScalarHead(8, seq_first=True, generator=torch.Generator().manual_seed(3), num_outputs=1)
+    assert torch.equal(one.proj.weight, again.proj.weight) and one.proj.weight.shape == (1, 8)
+    head = rm.ScalarHead(8, seq_first=True, generator=torch.Generator().manual_seed(3), num_outputs=3)
+    assert head.proj.weight.shape == (3, 8) and head.proj.bias.shape == (3,) and head.num_outputs == 3
+    h_SBH = torch.randn(5, 2, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        logits = head.token_scores(h_SBH)
+        assert logits.shape == (2, 5, 3)
+        close(logits, h_SBH.transpose(0, 1) @ head.proj.weight.T + head.proj.bias)
+        assert head(h_SBH, mask).shape == (2, 3) and one.token_scores(h_SBH).shape == (2, 5)
+        close(head(h_SBH, mask), logits[torch.arange(2), torch.tensor([2, 4])])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="num_outputs"):
+            rm.ScalarHead(8, num_outputs=bad)
+
+
 def test_bt_on_a_scalar_head_learns_the_mined_preferences():
     # features a backbone could see: keyword coverage, a call to action, length; the head learns to rank
     rows = multitext.multitext_logs(120, seed=1)

@@ -1,0 +1,136 @@
+"""Frozen backbone reward models inside the RL trainers (TPPO's token-level reward model; spec
+``papers_spec.md`` §B.1): a ``train rm rm.kind=token`` run loaded on the *policy's* layout, scored through
+megatron's pipeline schedule, handed to the rewards as ``RewardResources.token_model``.
+
+How it works:
+
+1. Build: a chunk of this rank's layout built as the policy's (``GRPOTrainer.build_frozen_chunk``), the
+   reward head with ``NUM_CLASSES`` outputs attached on the last stage (``reward_model.attach_reward_head``),
+   then every weight (backbone and head) loaded from the run's latest checkpoint by megatron-core's
+   dist_checkpointing (``ckpt.load_model_weights``: any saved layout loads into this one). Frozen, eval mode.
+2. Score (collective; every rank calls it with the same rows, as ``compute_rewards`` does): sequence i is
+   prompt_ids[i] + completion_ids[i], truncated to ``train.seq_len``, right-padded, in micro-batches of
+   ``train.micro_batch`` (the last one padded by repeating a row); one forward-only pass of the pipeline
+   schedule per call; each data-parallel replica scores every row (the rows are few; no gather needed). The
+   last stage turns the per-position class logits into per-token rewards (``tppo.token_reward_from_probs``:
+   P(2) − P(1), 0 where the argmax is class 0) and the result [N, S] goes to every rank by one broadcast
+   from the last rank. Completion token j of row i is input position len(prompt_i) + j: its reward is read
+   there (the model classifies each input token from the hidden state at its own position); a token cut by
+   the length limit gets 0.
+
+The model must share the policy's tokenizer (train it with ``model.init=mcore`` from the SFT run the policy
+starts from): token ids are handed over as they are, never re-tokenized.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_ads.checkpoint.hf_io import CheckpointError
+from megatron_ads.data.packing import model_forward
+from megatron_ads.train import ckpt, tppo
+from megatron_ads.train.reward_model import attach_reward_head
+
+__all__ = ["FrozenTokenRM"]
+
+
+class FrozenTokenRM:
+    """TPPO's frozen token-level reward model on the trainer's layout (module docstring); the
+    ``token_rewards`` of ``RewardResources.token_model``."""
+
+    def __init__(self, trainer, path: str, kind: tppo.TokenReward | None = None):
+        self.trainer, self.kind = trainer, kind or "prob_diff"
+        try:
+            self.ckpt = ckpt.resolve(path)
+        except CheckpointError as exc:
+            raise ValueError(f"grpo.resources.token_model: {path}: no training checkpoint of a token reward model "
+                             f"({exc})") from exc
+        saved = self._saved_rm(path)
+        if kind is None and saved.get("token_reward"):
+            self.kind = saved["token_reward"]
+        last = trainer.ps.is_pipeline_last_stage()
+        cfg = trainer.cfg
+
+        def extend(chunk):
+            attach_reward_head(chunk, cfg.hidden_size, last_stage=last, num_outputs=tppo.NUM_CLASSES,
+                               seed=trainer.job.train.seed, tied_embeddings=cfg.tie_word_embeddings)
+
+        def load(chunk):
+            try:
+                ckpt.load_model_weights(chunk, self.ckpt)
+            except (CheckpointError, RuntimeError, KeyError, ValueError) as exc:
+                raise ValueError(f"grpo.resources.token_model: {self.ckpt}: cannot load it into this policy's "
+                                 f"architecture and layout ({exc}); it must be a token reward model trained "
+                                 f"from the same backbone") from exc
+
+        self.chunk = trainer.build_frozen_chunk(load, extend=extend)
+
+    def _saved_rm(self, path: str) -> dict[str, Any]:
+        """The run's saved ``rm`` section ({} without a saved config); refuses a run that is not a token reward
+        model (its per-token reward kind, ``rm.token_reward``, is the one this model then uses)."""
+        import yaml
+
+        for cfg_path in (self.ckpt / "config.yaml", Path(path) / "config.yaml"):
+            if cfg_path.is_file():
+                rm = (yaml.safe_load(cfg_path.read_text()) or {}).get("rm") or {}
+                kind = rm.get("kind", "pair")
+                if kind != "token":
+                    raise ValueError(f"grpo.resources.token_model: {path}: rm.kind={kind!r} in {cfg_path}; "
+                                     f"expected a token reward model (train rm rm.kind=token)")
+                return rm
+        return {}
+
+    # ------------------------------------------------------------------ scoring
+    def _step(self, data_iterator, model):
+        b = next(data_iterator)
+        return model_forward(model, b, self.trainer.device, with_labels=False), partial(self._collect, b)
+
+    def _collect(self, b: dict, logits_BSC: torch.Tensor):
+        probs_BSC = torch.softmax(logits_BSC.float(), dim=-1)
+        r_BS = tppo.token_reward_from_probs(probs_BSC, b["mask"].to(probs_BSC.device), self.kind)
+        return torch.zeros((), device=r_BS.device), torch.tensor(1, dtype=torch.int), {"r": r_BS.double().cpu()}
+
+    def token_rewards(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        """Per completion token, its reward (module docstring, step 2). Collective."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError(f"token_rewards: {len(prompt_ids)} prompts for {len(completion_ids)} completions")
+        n = len(prompt_ids)
+        if n == 0:
+            return []
+        t = self.trainer.job.train
+        S, mb = t.seq_len, t.micro_batch
+        n_pad = -(-n // mb) * mb
+        pad = self.trainer.pad
+        tokens = torch.full((n_pad, S), pad, dtype=torch.long)
+        mask = torch.zeros(n_pad, S)
+        for i in range(n_pad):
+            k = min(i, n - 1)
+            ids = (list(prompt_ids[k]) + list(completion_ids[k]))[:S]
+            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, :len(ids)] = 1.0
+        mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
+        with torch.no_grad():
+            store = self.trainer._phase("token-rm", get_forward_backward_func(), forward_step_func=self._step,
+                                        data_iterator=iter(mbs), model=[self.chunk], num_microbatches=len(mbs),
+                                        seq_length=S, micro_batch_size=mb, forward_only=True)
+        buf = torch.zeros(n_pad, S, dtype=torch.float64)
+        if self.trainer.ps.is_pipeline_last_stage():
+            buf = torch.cat([d["r"] for d in store])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(buf, src=dist.get_world_size() - 1)
+        out = []
+        for i in range(n):
+            p, c = len(prompt_ids[i]), len(completion_ids[i])
+            row = buf[i, p:min(p + c, S)].tolist()
+            out.append([float(x) for x in row] + [0.0] * (c - len(row)))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.ckpt), "kind": self.kind}
