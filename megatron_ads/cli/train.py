@@ -5,7 +5,7 @@ N gloo workers itself. ``sft`` trains the multi-task label+reasoning model; ``gr
 rewards (rollouts on the inference engine in-process); ``rm`` trains a reward model on the backbone, by ``rm.kind``:
 pair, a performance reward model (scalar head, Bradley–Terry or pointwise) on pairs mined from synthetic
 multitext logs; token, TPPO's token-level reward model (3-class token head) on word-labeled user_query_gen
-responses (ppo is not available yet).
+responses; ``ppo`` is ``grpo`` with ``grpo.algo=ppo`` (token-level PPO with a value head, TPPO).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from megatron_ads.runtime.launch import spawn
 
 
 def register(p) -> None:
-    p.add_argument("mode", choices=("lm", "sft", "grpo", "rm"),
+    p.add_argument("mode", choices=("lm", "sft", "grpo", "ppo", "rm"),
                    help="lm: next-token prediction; sft: multi-task label+reasoning SFT with reweighting; "
                    "grpo: GRPO with downstream rewards (init from an SFT checkpoint: model.init=mcore model.path=DIR); "
+                   "ppo: token-level PPO with a value head (= grpo with grpo.algo=ppo; TPPO with a token reward model); "
                    "rm: a reward model by rm.kind: pair (default; performance RM, rm.objective bt|pointwise, on multitext "
                    "preference pairs) or token (TPPO's token-level RM on word-labeled user_query_gen responses)")
     p.add_argument("--config", required=True, help="job YAML (see launch/configs/)")
@@ -45,8 +46,10 @@ def run(args) -> int:
         overrides.append("optim.stub_moe_optimizer=false")
     if args.mtp is not None:
         overrides.append(f"model.mtp={args.mtp}")
+    if args.mode == "ppo":
+        overrides.append("grpo.algo=ppo")
     job = JobConfig.load(args.config, overrides)
-    worker = {"sft": sft_worker, "grpo": grpo_worker}.get(args.mode, train_worker)
+    worker = {"sft": sft_worker, "grpo": grpo_worker, "ppo": grpo_worker}.get(args.mode, train_worker)
     if args.mode == "rm":
         worker = rm_worker_for(job.rm.kind)
     world_needed = job.parallel.tp * job.parallel.pp

@@ -4,10 +4,10 @@ megatron's pipeline schedule, handed to the rewards as ``RewardResources.token_m
 
 How it works:
 
-1. Build: a chunk of this rank's layout built as the policy's (``GRPOTrainer.build_frozen_chunk``), the
-   reward head with ``NUM_CLASSES`` outputs attached on the last stage (``reward_model.attach_reward_head``),
-   then every weight (backbone and head) loaded from the run's latest checkpoint by megatron-core's
-   dist_checkpointing (``ckpt.load_model_weights``: any saved layout loads into this one). Frozen, eval mode.
+1. Build: ``reward_model.frozen_reward_chunk`` — a chunk of this rank's layout built as the policy's, the
+   saved reward head (it must have ``NUM_CLASSES`` outputs) on the last stage, every weight (backbone and head)
+   loaded from the run's latest checkpoint by megatron-core's dist_checkpointing (any saved layout loads into
+   this one). Frozen, eval mode.
 2. Score (collective; every rank calls it with the same rows, as ``compute_rewards`` does): sequence i is
    prompt_ids[i] + completion_ids[i], truncated to ``train.seq_len``, right-padded, in micro-batches of
    ``train.micro_batch`` (the last one padded by repeating a row); one forward-only pass of the pipeline
@@ -34,7 +34,7 @@ import torch.distributed as dist
 from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.data.packing import model_forward
 from megatron_ads.train import ckpt, tppo
-from megatron_ads.train.reward_model import attach_reward_head
+from megatron_ads.train.reward_model import frozen_reward_chunk
 
 __all__ = ["FrozenTokenRM"]
 
@@ -53,22 +53,17 @@ class FrozenTokenRM:
         saved = self._saved_rm(path)
         if kind is None and saved.get("token_reward"):
             self.kind = saved["token_reward"]
-        last = trainer.ps.is_pipeline_last_stage()
-        cfg = trainer.cfg
-
-        def extend(chunk):
-            attach_reward_head(chunk, cfg.hidden_size, last_stage=last, num_outputs=tppo.NUM_CLASSES,
-                               seed=trainer.job.train.seed, tied_embeddings=cfg.tie_word_embeddings)
-
-        def load(chunk):
-            try:
-                ckpt.load_model_weights(chunk, self.ckpt)
-            except (CheckpointError, RuntimeError, KeyError, ValueError) as exc:
-                raise ValueError(f"grpo.resources.token_model: {self.ckpt}: cannot load it into this policy's "
-                                 f"architecture and layout ({exc}); it must be a token reward model trained "
-                                 f"from the same backbone") from exc
-
-        self.chunk = trainer.build_frozen_chunk(load, extend=extend)
+        try:
+            self.chunk, n = frozen_reward_chunk(
+                self.ckpt, trainer.cfg, trainer.par, dtype=trainer.job.optim.dtype, device=trainer.platform.name,
+                experts=trainer.job.model.experts, last_stage=trainer.ps.is_pipeline_last_stage())
+        except (CheckpointError, RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"grpo.resources.token_model: {self.ckpt}: cannot load it into this policy's "
+                             f"architecture and layout ({exc}); it must be a token reward model trained from the "
+                             f"same backbone") from exc
+        if n != tppo.NUM_CLASSES:
+            raise ValueError(f"grpo.resources.token_model: {self.ckpt}: a reward head with {n} output(s); expected "
+                             f"a token reward model's {tppo.NUM_CLASSES} (train rm rm.kind=token)")
 
     def _saved_rm(self, path: str) -> dict[str, Any]:
         """The run's saved ``rm`` section ({} without a saved config); refuses a run that is not a token reward

@@ -200,9 +200,9 @@ class GRPOTrainer(Trainer):
             self.resources.need("token_model", "token_rm")  # collective: built now, on every rank together
 
     # ------------------------------------------------------------------ frozen models
-    def build_frozen_chunk(self, load, extend=None):
-        """A frozen chunk of this rank's layout, built as the policy's: ``extend(chunk)`` (e.g. a reward head)
-        then ``load(chunk)`` its weights; eval mode, no grad."""
+    def build_frozen_chunk(self, load):
+        """A frozen chunk of this rank's layout, built as the policy's, ``load(chunk)`` its weights; eval mode,
+        no grad."""
         from megatron_ads.model.build import build_model_chunk, transformer_config
         from megatron_ads.model.specs import use_te_default
 
@@ -212,8 +212,6 @@ class GRPOTrainer(Trainer):
         chunk = build_model_chunk(self.cfg, self.par, dtype=o.dtype, device=self.platform.name,
                                   use_te=use_te_default(self.platform.name), tconfig=tconfig,
                                   experts=self.job.model.experts)
-        if extend is not None:
-            extend(chunk)
         load(chunk)
         for p in chunk.parameters():
             p.requires_grad_(False)

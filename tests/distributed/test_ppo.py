@@ -143,3 +143,61 @@ def test_ppo_pp2_ep2(tmp_path):
         assert torch.isfinite(torch.tensor(rec["loss"])) and rec["token_mult_prob_error"] <= PROB_ERR_TOL
         assert torch.isfinite(torch.tensor(rec["value_loss"]))
     assert recs[0]["value_mean"] == 0.0
+
+
+RM_CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "token_rm_tiny_cpu.yaml"
+RM_SMALL = ["train.steps=2", "train.seq_len=128", "train.micro_batch=4", "rm.rows=40", "rm.eval_every=2",
+            "rm.val_examples=4", "rm.test_examples=4"]
+
+
+def _rm_worker(job_dict):
+    from megatron_ads.train.token_rm_loop import TokenRMTrainer
+
+    return TokenRMTrainer(JobConfig.from_dict(job_dict)).run()
+
+
+def _token_rm_worker(job_dict):
+    """PPO with the frozen token reward model as a reward channel; also checks the frozen model's per-token
+    rewards against the RM chunk's own softmax on one rollout."""
+    from megatron_ads.cli.workers import grpo_trainer
+    from megatron_ads.data.packing import model_forward
+
+    tr = grpo_trainer(job_dict)
+    model = tr.resources.token_model  # built at init (a reward reads it)
+    p_ids, c_ids = [[5, 6, 7, 8]], [[9, 10, 11]]
+    got = model.token_rewards(p_ids, c_ids)[0]
+    with torch.no_grad():
+        logits = model_forward(model.chunk, {"tokens": torch.tensor([p_ids[0] + c_ids[0]])}, tr.device,
+                               with_labels=False)[0]
+    probs = torch.softmax(logits.float(), dim=-1)[4:7]
+    want = [float(p[2] - p[1]) if int(p.argmax()) != 0 else 0.0 for p in probs]
+    summary = tr.run()
+    return {"got": got, "want": want, "summary": summary}
+
+
+def test_ppo_with_the_frozen_token_reward_model(tmp_path):
+    rm_out = tmp_path / "token_rm"
+    spawn(_rm_worker, 1, JobConfig.load(RM_CFG, [f"out_dir={rm_out}", *RM_SMALL]).to_dict())
+    out = tmp_path / "ppo"
+    rewards = "grpo.rewards={query_ad: {token_rm: 1.0, label: 1.0}, ad_user: {token_rm: 1.0, label: 1.0}}"
+    job = JobConfig.load(CFG, [f"out_dir={out}", *COMMON[:-1], "train.steps=2", rewards,
+                               f"grpo.resources.token_model={rm_out}"])
+    r = spawn(_token_rm_worker, 1, job.to_dict())[0]
+    assert r["got"] == pytest.approx(r["want"], abs=1e-6)
+    recs = _records(out)
+    assert len(recs) == 2
+    for rec in recs:
+        v = rec["reward/query_ad/token_rm/mean"]
+        assert v is not None and torch.isfinite(torch.tensor(v)) and v != 0.0
+
+
+def test_token_model_refuses_a_pair_reward_model(tmp_path):
+    from megatron_ads.train.frozen_rm import FrozenTokenRM
+
+    (tmp_path / "config.yaml").write_text("rm: {kind: pair}\n")
+    m = FrozenTokenRM.__new__(FrozenTokenRM)
+    m.ckpt = tmp_path
+    with pytest.raises(ValueError, match="rm.kind='pair'.*train rm rm.kind=token"):
+        m._saved_rm(str(tmp_path))
+    (tmp_path / "config.yaml").write_text("rm: {kind: token, token_reward: class_map}\n")
+    assert m._saved_rm(str(tmp_path))["token_reward"] == "class_map"
