@@ -61,6 +61,11 @@ ARMS = {"ppo": ["ppo.token_credit=false", "ppo.lwp_alpha=null"],
         "tppo_a05": ["ppo.token_credit=true", "ppo.lwp_alpha=0.5"],
         "tppo_nolwp": ["ppo.token_credit=true", "ppo.lwp_alpha=null"]}
 DEFAULT_ARMS = "ppo,tppo,tppo_a05"
+RM_SET = ["optim.lr=0.001", "optim.min_lr=0.0001", "rm.class_weights=[1.0, 1.0, 1.0]", "rm.balance_max_ratio=3.0",
+          "rm.eval_every=250"]
+"""Token-RM settings of the experiment (the paper's class balance, unweighted CE): from the 200-step SFT
+checkpoint they reach a held-out query AUC of 0.74 in 1 000 steps, the recipe's weighted CE 0.67 in 1 500
+(from a random init the recipe's setting is the better one; benchmarks/RESULTS.md)."""
 FAST_SFT = ["sft.train_size=300", "sft.val_rows=4", "train.micro_batch=4", "train.log_every=10"]
 FAST_RM = ["rm.rows=60", "rm.val_examples=8", "train.micro_batch=4", "rm.eval_every=2", "train.log_every=1"]
 FAST_PPO = ["sft.train_size=300", "grpo.max_new_tokens=16", "grpo.group_size=2", "train.micro_batch=4"]
@@ -118,7 +123,7 @@ def one_seed(seed: int, args, root: Path) -> dict:
     t1 = time.time()
     rm = [f"out_dir={rm_out}", "model.init=mcore", f"model.path={sft_out / 'checkpoints'}",
           f"train.seed={1 + seed}", f"train.steps={args.rm_steps}", "resume=none",
-          "checkpoint.every=0", "checkpoint.save_at_end=true"] + (FAST_RM if args.fast else []) + args.rm_set
+          "checkpoint.every=0", "checkpoint.save_at_end=true", *RM_SET] + (FAST_RM if args.fast else []) + args.rm_set
     if not (rm_out / "checkpoints").is_dir():
         _run(["train", "rm", "--config", str(RM_CFG), *rm], work / "rm.log")
     t2 = time.time()
@@ -203,7 +208,7 @@ def main() -> int:
                                                     "runs found there are reused")
     ap.add_argument("--rows", type=int, default=None, help="held-out users (default: 200; --fast: 4)")
     ap.add_argument("--sft-steps", type=int, default=None, help="SFT steps (default: 200; --fast: 4)")
-    ap.add_argument("--rm-steps", type=int, default=None, help="token RM steps (default: 300; --fast: 2)")
+    ap.add_argument("--rm-steps", type=int, default=None, help="token RM steps (default: 1000; --fast: 2)")
     ap.add_argument("--ppo-steps", type=int, default=None, help="steps per RL arm (default: 100; --fast: 2)")
     ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, from {sorted(ARMS)} "
                                                          f"(default: %(default)s)")
@@ -223,7 +228,7 @@ def main() -> int:
         ap.error(f"--seeds: expected >= 1, got {args.seeds}")
     args.rows = args.rows or (4 if args.fast else 200)
     args.sft_steps = args.sft_steps or (4 if args.fast else 200)
-    args.rm_steps = args.rm_steps or (2 if args.fast else 300)
+    args.rm_steps = args.rm_steps or (2 if args.fast else 1000)
     args.ppo_steps = args.ppo_steps or (2 if args.fast else 100)
     args.gen_tokens = args.gen_tokens or (16 if args.fast else 96)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tppo_tiny_"))

@@ -418,7 +418,9 @@ class PPOSpec:
     value_scale: float = 10.0
     """V = value_scale x head(h): with Adam (updates of ~lr per weight whatever the gradient's scale) the same
     as a value_scale times larger learning rate for the fresh critic, which must catch up with a pretrained
-    backbone within a short run (1: the policy's rate); > 0."""
+    backbone within a short run (1: the policy's rate); > 0. The value loss's gradient into the shared trunk
+    scales with it too (vf_coef balances that). ``value_clip`` stays absolute: with returns of several units
+    a clip of 0.2 per epoch also slows the critic (null: unclipped)."""
     kl_mode: PpoKlMode = "reward"
     """reward: −grpo.kl_beta·KL_t added to the per-token rewards before GAE (PPO-RLHF; TPPO Eq. 7);
     loss: grpo.kl_beta·KL_t in the loss (as GRPO)."""

@@ -9,14 +9,15 @@ How it works:
    loaded from the run's latest checkpoint by megatron-core's dist_checkpointing (any saved layout loads into
    this one). Frozen, eval mode.
 2. Score (collective; every rank calls it with the same rows, as ``compute_rewards`` does): sequence i is
-   prompt_ids[i] + completion_ids[i], truncated to ``train.seq_len``, right-padded, in micro-batches of
+   prompt_ids[i] + completion_ids[i], left-truncated to ``train.seq_len`` (the prompt loses its first tokens:
+   every completion token is scored), right-padded, in micro-batches of
    ``train.micro_batch`` (the last one padded by repeating a row); one forward-only pass of the pipeline
    schedule per call; each data-parallel replica scores every row (the rows are few; no gather needed). The
    last stage turns the per-position class logits into per-token rewards (``tppo.token_reward_from_probs``:
    P(2) − P(1), 0 where the argmax is class 0) and the result [N, S] goes to every rank by one broadcast
    from the last rank. Completion token j of row i is input position len(prompt_i) + j: its reward is read
-   there (the model classifies each input token from the hidden state at its own position); a token cut by
-   the length limit gets 0.
+   there (the model classifies each input token from the hidden state at its own position); only a
+   completion longer than ``train.seq_len`` itself would lose tokens (they get 0).
 
 The model must share the policy's tokenizer (train it with ``model.init=mcore`` from the SFT run the policy
 starts from): token ids are handed over as they are, never re-tokenized.
@@ -105,9 +106,10 @@ class FrozenTokenRM:
         pad = self.trainer.pad
         tokens = torch.full((n_pad, S), pad, dtype=torch.long)
         mask = torch.zeros(n_pad, S)
+        cut = [max(0, len(p) + len(c) - S) for p, c in zip(prompt_ids, completion_ids)]
         for i in range(n_pad):
             k = min(i, n - 1)
-            ids = (list(prompt_ids[k]) + list(completion_ids[k]))[:S]
+            ids = (list(prompt_ids[k]) + list(completion_ids[k]))[cut[k]:][:S]
             tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             mask[i, :len(ids)] = 1.0
         mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
@@ -119,10 +121,12 @@ class FrozenTokenRM:
         if self.trainer.ps.is_pipeline_last_stage():
             buf = torch.cat([d["r"] for d in store])
         if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast(buf, src=dist.get_world_size() - 1)
+            dev = buf.to(self.trainer.device)  # NCCL takes no CPU tensors
+            dist.broadcast(dev, src=dist.get_world_size() - 1)
+            buf = dev.cpu()
         out = []
         for i in range(n):
-            p, c = len(prompt_ids[i]), len(completion_ids[i])
+            p, c = len(prompt_ids[i]) - cut[i], len(completion_ids[i])
             row = buf[i, p:min(p + c, S)].tolist()
             out.append([float(x) for x in row] + [0.0] * (c - len(row)))
         return out

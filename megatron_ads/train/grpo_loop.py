@@ -196,7 +196,10 @@ class GRPOTrainer(Trainer):
         self.logits_path = self.par.tp == 1
         """Log-probs (and entropy) from the full logits (TP 1); else -NLL from megatron's vocab-parallel CE."""
         self.ref = self._build_reference() if g.kl_beta > 0 else None
-        if "token_model" in g.resources and any("token_rm" in c for c in self.weights.values()):
+        if any("token_rm" in c for c in self.weights.values()):
+            if "token_model" not in g.resources:
+                raise ValueError("grpo.resources.token_model: reward token_rm (grpo.rewards) needs a token reward "
+                                 "model: a `train rm rm.kind=token` run directory")
             self.resources.need("token_model", "token_rm")  # collective: built now, on every rank together
 
     # ------------------------------------------------------------------ frozen models
@@ -317,16 +320,6 @@ class GRPOTrainer(Trainer):
         return tasks, texts, rewards, token_values
 
     # ------------------------------------------------------------------ batches
-    def build_batch(self, prompt_ids, comps: list[Completion], tasks, adv_B: torch.Tensor,
-                    token_values: dict[str, list]) -> dict[str, Any]:
-        """Full-batch tensors: tokens/labels/mask [N, S] (mask on completion tokens), engine log-probs and
-        token advantages on the mask."""
-        g = self.job.grpo
-        full = self.batch_tokens(prompt_ids, comps, tasks)
-        tok_r = self.token_reward_tensor(token_values, tasks, full["loss_mask"]) if g.token_alpha else None
-        full["adv"] = grpo.token_advantages(adv_B, full["loss_mask"], tok_r, g.token_alpha)
-        return full
-
     def token_reward_tensor(self, token_values: dict[str, list], tasks, mask: torch.Tensor) -> torch.Tensor | None:
         """Σ over channels of (the task's channel weight) x (the channel's per-token values) on the mask [N, S];
         None when no channel has token values."""
@@ -405,7 +398,7 @@ class GRPOTrainer(Trainer):
 
     def forward_logp(self, model, mbs: list[dict[str, Any]]) -> list[torch.Tensor | None]:
         """Per-token log-probs of each micro-batch (last stage; None elsewhere): one forward-only pass."""
-        return [None if d is None else d["logp"].double() for d in self.forward_collect(model, mbs)]
+        return [None if d is None else d["logp"].double().cpu() for d in self.forward_collect(model, mbs)]
 
     def _forward_step(self, data_iterator, model):
         b = next(data_iterator)
@@ -459,12 +452,14 @@ class GRPOTrainer(Trainer):
         return {"tokens": float(m.sum()), "seqs": float((m.sum(1) > 0).sum()), "task_tokens": task_tokens,
                 "task_weights": weights}
 
-    def _reduce_last(self, buf: torch.Tensor) -> torch.Tensor:
-        """Sum ``buf`` (float64, filled on last-stage ranks) over DP and broadcast it from the last rank."""
+    def _reduce_last(self, buf: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        """Reduce ``buf`` (float64 on the CPU, filled on last-stage ranks) over DP (``op``: sum) and broadcast it
+        from the last rank; the collectives run on the platform's device (NCCL takes no CPU tensors)."""
+        dev = buf.to(self.device)
         if self.ps.is_pipeline_last_stage():
-            dist.all_reduce(buf, group=self.ps.get_data_parallel_group())
-        dist.broadcast(buf, src=dist.get_world_size() - 1)
-        return buf
+            dist.all_reduce(dev, op=op, group=self.ps.get_data_parallel_group())
+        dist.broadcast(dev, src=dist.get_world_size() - 1)
+        return dev.cpu()
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
@@ -548,11 +543,8 @@ class GRPOTrainer(Trainer):
                                     diff.abs().max() if diff.numel() else torch.zeros((), dtype=torch.float64)])
             else:
                 b["old_logp"] = torch.zeros_like(b["loss_mask"], dtype=torch.float64)
-        max_diff = err[2].clone()
+        max_diff = self._reduce_last(err[2].clone(), op=dist.ReduceOp.MAX)
         err = self._reduce_last(err)
-        if self.ps.is_pipeline_last_stage():
-            dist.all_reduce(max_diff, op=dist.ReduceOp.MAX, group=self.ps.get_data_parallel_group())
-        dist.broadcast(max_diff, src=dist.get_world_size() - 1)
         return err, max_diff
 
     def after_old_pass(self, mbs: list[dict[str, Any]]) -> dict[str, Any]:

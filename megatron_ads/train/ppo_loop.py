@@ -43,10 +43,11 @@ from typing import Any
 
 import torch
 
+from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data.tasks import task
 from megatron_ads.runtime.log import get_logger
-from megatron_ads.train import grpo, tppo
+from megatron_ads.train import ckpt, grpo, tppo
 from megatron_ads.train.grpo_loop import STATS, GRPOTrainer
 from megatron_ads.train.reward_model import ScalarHead
 from megatron_ads.train.rollout import RolloutFactory
@@ -55,7 +56,7 @@ log = get_logger(__name__)
 
 VALUE_HEAD = "value_head"
 """Attribute (and checkpoint key prefix) of the critic on the policy's last pipeline stage."""
-PPO_STATS = STATS + ("value_loss", "value")
+PPO_STATS = STATS + ("value_loss",)
 LWP_ROWS = 256
 """SFT rows per task whose target lengths give s_l when ``ppo.lwp_length`` is null."""
 
@@ -99,6 +100,9 @@ class PPOTrainer(GRPOTrainer):
         if job.parallel.tp != 1:
             raise ValueError(f"grpo.algo=ppo: parallel.tp must be 1 (the value head rides on the full logits), "
                              f"got tp={job.parallel.tp}")
+        if job.ppo.lwp_alpha is not None and not job.ppo.token_credit:
+            raise ValueError("ppo.lwp_alpha: the length-weighted penalty scales per-token rewards; with "
+                             "ppo.token_credit=false (sentence rewards only) set it to null")
         super().__init__(job, rollout_factory)
         p = job.ppo
         self.s_l = None
@@ -121,10 +125,22 @@ class PPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ model
     def extend_model(self, chunk) -> None:
+        """The critic (``attach_value_head``); from an ``model.init=mcore`` checkpoint that holds one (a PPO run),
+        its weights too (every rank takes part in that load)."""
         super().extend_model(chunk)
         attach_value_head(chunk, self.cfg.hidden_size, last_stage=self.ps.is_pipeline_last_stage(),
                           std=self.job.ppo.value_head_std, scale=self.job.ppo.value_scale,
                           seed=self.job.train.seed)
+        m = self.job.model
+        if m.init == "mcore":
+            try:
+                src = ckpt.resolve(m.path)
+            except CheckpointError:  # a legacy converted checkpoint: an LM, no critic
+                return
+            if ckpt.holds_tensors(src, VALUE_HEAD + "."):
+                ckpt.load_model_weights(chunk, src, only=VALUE_HEAD + ".")
+                if self.rank == 0:
+                    log.info("ppo: value head loaded from %s", src)
 
     def _emit_values(self, on: bool) -> None:
         chunk = self.model.module
@@ -158,7 +174,7 @@ class PPOTrainer(GRPOTrainer):
         logp, _ = super()._token_logp(b, logits)
         d = {"logp": logp.detach()}
         if v is not None:
-            d["values"] = v.detach().float()
+            d["values"] = v.detach().float().cpu().clone()  # a copy: a view would keep the whole logits alive
         return torch.zeros((), device=out.device), torch.tensor(1, dtype=torch.int), d
 
     def forward_logp(self, model, mbs):
@@ -170,7 +186,7 @@ class PPOTrainer(GRPOTrainer):
                     if "values" not in d:
                         raise RuntimeError("ppo: the policy's forward returned no values (value head not emitting)")
                     b["old_values"] = d["values"].cpu()
-        return [None if d is None else d["logp"].double() for d in store]
+        return [None if d is None else d["logp"].double().cpu() for d in store]
 
     # ------------------------------------------------------------------ rewards and advantages
     def add_advantages(self, full: dict[str, Any], rewards, token_values, tasks) -> dict[str, Any]:
@@ -248,7 +264,7 @@ class PPOTrainer(GRPOTrainer):
         vl_BT = tppo.value_loss(v, b["old_values"].to(v), b["returns"].to(v), clip=p.value_clip)
         total_BT = loss_BT + p.vf_coef * vl_BT
         return self._loss_share(b, total_BT, mask, pl, kl_BT, ent,
-                                extra=((vl_BT * mask).sum(), (v * mask).sum()))
+                                extra=((vl_BT * mask).sum(),))
 
     def epoch_metrics(self, st: dict[str, float], n_tok: float) -> dict[str, Any]:
         return {"value_loss": st["value_loss"] / n_tok}

@@ -7,8 +7,6 @@ completion / 10, registered here) so that a random-init model's groups have rewa
 correctness alone is the format penalty for every rollout of a random model: zero-std groups, no gradient).
 """
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
+from rl_support import PROB_ERR_TOL, TIMING, records, register_test_rewards
 
 pytestmark = pytest.mark.distributed
 CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "grpo_tiny_cpu.yaml"
@@ -26,25 +25,6 @@ KEYS = ("loss", "grad_norm", "pg_loss", "kl", "clip_frac_low", "clip_frac_high",
         "reward/query_ad/test_chars/mean", "reward/query_ad/test_chars/std", "reward/ad_user/label/mean",
         "reward/ad_user/label/std", "response_len_mean", "response_len_max", "token_mult_prob_error",
         "rollout_tokens_per_s", "train_tokens_per_s")
-TIMING = ("rollout_time_s", "rollout_tokens_per_s", "train_time_s", "train_tokens_per_s", "tokens_per_s",
-          "step_time_s")
-PROB_ERR_TOL = 1e-4
-
-
-@dataclass(kw_only=True, slots=True)
-class _NoParams:
-    """The test reward has no parameters."""
-
-
-def _register_test_reward():
-    from megatron_ads.rewards import registry
-
-    if "test_chars" in registry.REWARDS:
-        return
-
-    @registry.register("test_chars", _NoParams, doc="test: distinct characters of the completion / 10")
-    def _build(params, resources):
-        return lambda prompts, completions, task, meta: [len(set(c)) / 10.0 for c in completions]
 
 
 def _flat_params(model):
@@ -56,7 +36,7 @@ def _expert_bias(model):
 
 
 def _worker(job_dict, mode="run"):
-    _register_test_reward()
+    register_test_rewards()
     from megatron_ads.cli.workers import grpo_trainer
 
     tr = grpo_trainer(job_dict)
@@ -74,10 +54,6 @@ def _worker(job_dict, mode="run"):
             "final": after, "expert_bias_same": bias_same and bool(bias_before)}
 
 
-def _records(out: Path):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_full")
@@ -88,7 +64,7 @@ def full_run(tmp_path_factory):
 
 def test_grpo_three_steps(full_run):
     out, r = full_run
-    recs = _records(out)
+    recs = records(out)
     assert [x["step"] for x in recs] == [1, 2, 3]
     for rec in recs:
         for k in KEYS:
@@ -118,9 +94,9 @@ def test_grpo_resume_is_exact(full_run, tmp_path):
     job = JobConfig.load(CFG, [f"out_dir={tmp_path}", "resume=auto", *COMMON])
     r = spawn(_worker, 1, job.to_dict())[0]
     assert r["summary"]["steps"] == 3
-    resumed = _records(tmp_path)
+    resumed = records(tmp_path)
     assert [x["step"] for x in resumed] == [3]
-    want = _records(out_full)[2]
+    want = records(out_full)[2]
     got = resumed[0]
     assert set(got) == set(want)
     for k in want:
@@ -135,7 +111,7 @@ def test_grpo_pp2_ep2(tmp_path):
                                "train.micro_batch=2", "train.num_microbatches=2", "checkpoint.save_at_end=false"])
     results = spawn(_worker, 4, job.to_dict())
     assert all(x["summary"]["steps"] == 2 for x in results)
-    recs = _records(tmp_path)
+    recs = records(tmp_path)
     assert len(recs) == 2
     for rec in recs:
         assert torch.isfinite(torch.tensor(rec["loss"])) and rec["token_mult_prob_error"] <= PROB_ERR_TOL

@@ -125,13 +125,13 @@ def test_build_rewards_loads_only_what_a_used_reward_needs(model_dirs, tmp_path)
 
     bad = tmp_path / "not_a_model"
     bad.mkdir()
-    fns = build_rewards({"ad_rewrite": {"length": 1.0}}, 0, models={"esmm_model": str(bad)})
+    fns, _ = build_rewards({"ad_rewrite": {"length": 1.0}}, 0, models={"esmm_model": str(bad)})
     assert set(fns) == {"length"}
     with pytest.raises(ValueError, match=r"grpo\.resources\.esmm_model: .*cannot load"):
         build_rewards({"ad_rewrite": {"ctcvr": 1.0}}, 0, models={"esmm_model": str(bad)})
     with pytest.raises(ValueError, match=r"resources\.ctr_model: reward 'ctr_uplift' needs it"):
         build_rewards({"ad_rewrite": {"ctr_uplift": 1.0}}, 0, models={"esmm_model": str(bad)})
-    fns = build_rewards({"ad_rewrite": {"ctcvr": 1.0}}, 0, models={"esmm_model": str(model_dirs[1])})
+    fns, _ = build_rewards({"ad_rewrite": {"ctcvr": 1.0}}, 0, models={"esmm_model": str(model_dirs[1])})
     out = fns["ctcvr"](["p"], ["<Title>Nike shoes</Title><Description>Shop now.</Description>"], "ad_rewrite",
                        [{"keyword": "shoes", "ad": {"title": "Old", "description": "Old text"}}])
     assert 0.0 <= out.values[0] <= 1.0

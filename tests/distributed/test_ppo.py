@@ -6,8 +6,6 @@ Rewards: ``test_chars`` (sentence: distinct characters / 10) and ``test_tok`` (t
 token id, sentence value their sum), registered here, so that a random model gets a reward signal.
 """
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 
 from megatron_ads.config.train import JobConfig
 from megatron_ads.runtime.launch import spawn
+from rl_support import PROB_ERR_TOL, TIMING, records, register_test_rewards
 
 pytestmark = pytest.mark.distributed
 CFG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "grpo_tiny_cpu.yaml"
@@ -24,31 +23,6 @@ COMMON = ["grpo.algo=ppo", "train.steps=3", "train.seq_len=160", "grpo.max_new_t
           REWARDS]
 KEYS = ("loss", "pg_loss", "kl", "value_loss", "value_mean", "return_mean", "adv_mean_raw", "adv_std_raw",
         "kl_reward", "token_reward_sum", "lwp_length", "token_mult_prob_error", "clip_frac_low", "entropy")
-TIMING = ("rollout_time_s", "rollout_tokens_per_s", "train_time_s", "train_tokens_per_s", "tokens_per_s",
-          "step_time_s")
-PROB_ERR_TOL = 1e-4
-
-
-@dataclass(kw_only=True, slots=True)
-class _NoParams:
-    """The test rewards have no parameters."""
-
-
-def _register_test_rewards():
-    from megatron_ads.rewards import registry
-
-    if "test_chars" not in registry.REWARDS:
-        @registry.register("test_chars", _NoParams, doc="test: distinct characters of the completion / 10")
-        def _chars(params, resources):
-            return lambda prompts, completions, task, meta: [len(set(c)) / 10.0 for c in completions]
-
-    if "test_tok" not in registry.REWARDS:
-        @registry.register("test_tok", _NoParams, doc="test: +0.1 per even completion token id")
-        def _tok(params, resources):
-            def fn(prompts, completions, task, meta):
-                tv = [[0.1 if x % 2 == 0 else 0.0 for x in m[registry.COMPLETION_IDS]] for m in meta]
-                return registry.RewardOutput([sum(v) for v in tv], token_values=tv)
-            return fn
 
 
 def _value_head(chunk):
@@ -57,7 +31,7 @@ def _value_head(chunk):
 
 
 def _worker(job_dict, mode="run"):
-    _register_test_rewards()
+    register_test_rewards()
     from megatron_ads.cli.workers import grpo_trainer
     from megatron_ads.train.ppo_loop import PPOTrainer
 
@@ -80,10 +54,6 @@ def _worker(job_dict, mode="run"):
             "emitting": bool(getattr(tr.model.module, "emit_values", False))}
 
 
-def _records(out: Path):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo_full")
@@ -93,7 +63,7 @@ def full_run(tmp_path_factory):
 
 def test_ppo_three_steps(full_run):
     out, r = full_run
-    recs = _records(out)
+    recs = records(out)
     assert [x["step"] for x in recs] == [1, 2, 3]
     for rec in recs:
         for k in KEYS:
@@ -115,7 +85,7 @@ def test_ppo_resume_is_exact(full_run, tmp_path):
     spawn(_worker, 1, job.to_dict(), "part")
     job = JobConfig.load(CFG, [f"out_dir={tmp_path}", "resume=auto", *COMMON])
     r = spawn(_worker, 1, job.to_dict())[0]
-    got, want = _records(tmp_path)[0], _records(out_full)[2]
+    got, want = records(tmp_path)[0], records(out_full)[2]
     assert got["step"] == 3 and set(got) == set(want)
     for k in want:
         if k not in TIMING:
@@ -123,11 +93,14 @@ def test_ppo_resume_is_exact(full_run, tmp_path):
     assert torch.equal(r["final"], r_full["final"])  # value head included
 
 
-def test_ppo_refuses_tensor_parallel():
+def test_ppo_refuses_tensor_parallel_and_lwp_without_token_credit():
     from megatron_ads.train.ppo_loop import PPOTrainer
 
     job = JobConfig.load(CFG, ["grpo.algo=ppo", "parallel.tp=2"])
     with pytest.raises(ValueError, match="parallel.tp must be 1"):
+        PPOTrainer(job, rollout_factory=None)
+    job = JobConfig.load(CFG, ["grpo.algo=ppo", "ppo.token_credit=false", "ppo.lwp_alpha=1.0"])
+    with pytest.raises(ValueError, match="ppo.lwp_alpha: .*token_credit=false"):
         PPOTrainer(job, rollout_factory=None)
 
 
@@ -137,7 +110,7 @@ def test_ppo_pp2_ep2(tmp_path):
                                "train.micro_batch=2", "train.num_microbatches=2", "checkpoint.save_at_end=false"])
     results = spawn(_worker, 4, job.to_dict())
     assert all(x["summary"]["steps"] == 2 for x in results)
-    recs = _records(tmp_path)
+    recs = records(tmp_path)
     assert len(recs) == 2
     for rec in recs:
         assert torch.isfinite(torch.tensor(rec["loss"])) and rec["token_mult_prob_error"] <= PROB_ERR_TOL
@@ -171,8 +144,16 @@ def _token_rm_worker(job_dict):
                                with_labels=False)[0]
     probs = torch.softmax(logits.float(), dim=-1)[4:7]
     want = [float(p[2] - p[1]) if int(p.argmax()) != 0 else 0.0 for p in probs]
+    S = tr.job.train.seq_len
+    long_p = [5 + (i % 50) for i in range(S + 20)]  # prompt + completion longer than seq_len
+    long = model.token_rewards([long_p], [[9, 10, 11]])[0]
+    with torch.no_grad():
+        lg = model_forward(model.chunk, {"tokens": torch.tensor([(long_p + [9, 10, 11])[-S:]])}, tr.device,
+                           with_labels=False)[0]
+    pl = torch.softmax(lg.float(), dim=-1)[S - 3:]
+    want_long = [float(p[2] - p[1]) if int(p.argmax()) != 0 else 0.0 for p in pl]
     summary = tr.run()
-    return {"got": got, "want": want, "summary": summary}
+    return {"got": got, "want": want, "summary": summary, "long": long, "want_long": want_long}
 
 
 def test_ppo_with_the_frozen_token_reward_model(tmp_path):
@@ -184,7 +165,9 @@ def test_ppo_with_the_frozen_token_reward_model(tmp_path):
                                f"grpo.resources.token_model={rm_out}"])
     r = spawn(_token_rm_worker, 1, job.to_dict())[0]
     assert r["got"] == pytest.approx(r["want"], abs=1e-6)
-    recs = _records(out)
+    # prompt + completion longer than seq_len: the prompt loses its first tokens, every completion token is scored
+    assert r["long"] == pytest.approx(r["want_long"], abs=1e-6)
+    recs = records(out)
     assert len(recs) == 2
     for rec in recs:
         v = rec["reward/query_ad/token_rm/mean"]
@@ -201,3 +184,10 @@ def test_token_model_refuses_a_pair_reward_model(tmp_path):
         m._saved_rm(str(tmp_path))
     (tmp_path / "config.yaml").write_text("rm: {kind: token, token_reward: class_map}\n")
     assert m._saved_rm(str(tmp_path))["token_reward"] == "class_map"
+
+
+def test_token_rm_reward_without_its_model_is_refused_at_start(tmp_path):
+    rewards = "grpo.rewards={query_ad: {token_rm: 1.0}, ad_user: {label: 1.0}}"
+    job = JobConfig.load(CFG, [f"out_dir={tmp_path}", *COMMON[:-1], "train.steps=1", rewards])
+    with pytest.raises(Exception, match="grpo.resources.token_model: reward token_rm"):
+        spawn(_token_rm_worker, 1, job.to_dict())

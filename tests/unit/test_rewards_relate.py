@@ -112,7 +112,7 @@ def test_token_reward_is_zero_minus_lambda1_or_both_eq5(tok):
     for i in (0, 1):
         assert _marked(ids[i], black.token_values[i], decode) == ["miracle"]
         assert _marked(ids[i], div.token_values[i], decode) == ["miracle shine wax for"]
-    # as the trainer sums the channels (build_batch: weight · pack_token_rewards), weights 1
+    # as the trainer sums the channels (token_reward_tensor: weight · pack_token_rewards), weights 1
     n = max(len(x) for x in ids)
     mask = torch.zeros(len(texts), n + 2)
     for i, x in enumerate(ids):
@@ -256,7 +256,7 @@ def test_token_advantage_alpha_zero_is_vanilla_grpo(tok):
 
 
 def test_trainer_reward_call_aligns_with_the_loss_mask(tok):
-    """compute_rewards and build_batch of the GRPO trainer, on a real tokenizer: token values land on the
+    """compute_rewards, batch_tokens and token_reward_tensor of the GRPO trainer, on a real tokenizer: token values land on the
     completion tokens of the mask, the stop token included."""
     from megatron_ads.train.grpo_loop import GRPOTrainer, build_rewards
 
@@ -266,7 +266,7 @@ def test_trainer_reward_call_aligns_with_the_loss_mask(tok):
                            job=SimpleNamespace(grpo=SimpleNamespace(group_size=2, token_alpha=1.0),
                                                train=SimpleNamespace(seq_len=96)))
     self.decode_completion = lambda ids: GRPOTrainer.decode_completion(self, ids)
-    self.reward_fns = build_rewards(weights, 0, decode=self.decode_completion)
+    self.reward_fns, _ = build_rewards(weights, 0, decode=self.decode_completion)
     row = {"ad": {"title": "Old title", "description": "Old text"}}
     comps = [SimpleNamespace(output_ids=_rollout(tok, t), logprobs=[0.0] * 64) for t in (
         "<think></think>\n<Title>Miracle shoes</Title>\n<Description>Guaranteed grip</Description>",
@@ -274,7 +274,9 @@ def test_trainer_reward_call_aligns_with_the_loss_mask(tok):
     tasks, texts, rewards, token_values = GRPOTrainer.compute_rewards(self, [("ad_rewrite", row)], comps)
     assert rewards["blacklist"] == [-1.0, -1.0] and rewards["diversity"][0] < 0
     prompt_ids = [list(tok("Task: rewrite the ad", add_special_tokens=False)["input_ids"])]
-    batch = GRPOTrainer.build_batch(self, prompt_ids, comps, tasks, torch.zeros(2), token_values)
+    batch = GRPOTrainer.batch_tokens(self, prompt_ids, comps, tasks)  # what add_advantages does, with A_i = 0
+    tok_r = GRPOTrainer.token_reward_tensor(self, token_values, tasks, batch["loss_mask"])
+    batch["adv"] = grpo.token_advantages(torch.zeros(2), batch["loss_mask"], tok_r, 1.0)
     P = len(prompt_ids[0])
     for i, c in enumerate(comps):
         m = batch["loss_mask"][i].bool()
