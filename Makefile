@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny clean
+.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,9 @@ grpo-tiny: setup
 
 tppo-tiny: setup
 	$(BIN)/python benchmarks/tppo_tiny.py --plot benchmarks/plots/tppo_tiny.png $(TPPO_TINY_ARGS)
+
+relate-tiny: setup
+	$(BIN)/python benchmarks/relate_tiny.py $(RELATE_TINY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
