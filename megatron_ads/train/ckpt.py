@@ -238,6 +238,18 @@ def resolve(path: str | Path) -> Path:
     return p
 
 
+def init_checkpoint(m) -> Path | None:
+    """The training checkpoint a job's model starts from (``m``: its ``ModelSpec``), where a head added on top of
+    the backbone (a reward head, PPO's critic) may find its saved weights: None unless ``model.init=mcore`` names
+    a torch_dist training checkpoint (a legacy converted directory holds an LM, no head)."""
+    if m.init != "mcore":
+        return None
+    try:
+        return resolve(m.path)
+    except CheckpointError:
+        return None
+
+
 def saved_layout(ckpt: Path) -> dict[str, Any]:
     """The layout a training checkpoint was saved from (its ``layout.json``)."""
     return json.loads((ckpt / LAYOUT).read_text())

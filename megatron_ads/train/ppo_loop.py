@@ -43,7 +43,6 @@ from typing import Any
 
 import torch
 
-from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data.tasks import task
 from megatron_ads.runtime.log import get_logger
@@ -131,12 +130,8 @@ class PPOTrainer(GRPOTrainer):
         attach_value_head(chunk, self.cfg.hidden_size, last_stage=self.ps.is_pipeline_last_stage(),
                           std=self.job.ppo.value_head_std, scale=self.job.ppo.value_scale,
                           seed=self.job.train.seed)
-        m = self.job.model
-        if m.init == "mcore":
-            try:
-                src = ckpt.resolve(m.path)
-            except CheckpointError:  # a legacy converted checkpoint: an LM, no critic
-                return
+        src = ckpt.init_checkpoint(self.job.model)
+        if src is not None:
             if ckpt.holds_tensors(src, VALUE_HEAD + "."):
                 ckpt.load_model_weights(chunk, src, only=VALUE_HEAD + ".")
                 if self.rank == 0:

@@ -51,7 +51,6 @@ from typing import Any
 
 import torch
 
-from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data.multitext import mine_pairs, multitext_logs, split_by_ad, true_order_rate
 from megatron_ads.data.packing import model_forward
@@ -165,12 +164,8 @@ class HeadTrainer(Trainer):
         attach_reward_head(chunk, self.cfg.hidden_size, last_stage=self.ps.is_pipeline_last_stage(),
                            num_outputs=self.NUM_OUTPUTS, std=self.job.rm.head_init_std, seed=self.job.train.seed,
                            tied_embeddings=self.cfg.tie_word_embeddings)
-        m = self.job.model
-        if m.init == "mcore":
-            try:
-                src = ckpt.resolve(m.path)
-            except CheckpointError:  # a legacy converted checkpoint: an LM, no head
-                return
+        src = ckpt.init_checkpoint(self.job.model)
+        if src is not None:
             n = saved_head_outputs(src)
             if n == self.NUM_OUTPUTS:
                 ckpt.load_model_weights(chunk, src, only=HEAD + ".")
