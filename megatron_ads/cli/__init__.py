@@ -36,6 +36,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "generate": ("megatron_ads.cli.generate", "plain completions from a JSONL of prompts (KV-cache engine)"),
     "label": ("megatron_ads.cli.label", "label a task's rows: label-only scoring or reasoning, resumable, cost report"),
     "quantize": ("megatron_ads.cli.quantize", "per-tensor FP8 PTQ with nvidia-modelopt, calibrated on task rows"),
+    "cook": ("megatron_ads.cli.cook", "cook labeled raw rows into the reasoning-augmented SFT corpus: teacher "
+             "reasoning, golden-set prompt validation, rejection sampling, verifier, splits"),
     "autoeval": ("megatron_ads.cli.autoeval", "MarketingFM AutoEval: rule checks + 0-5 LLM judge, human agreement, "
                  "threshold sweep, review sampling, refinement"),
 }

@@ -19,6 +19,10 @@ A GRPO run (``plot_grpo_run``, from ``metrics.jsonl`` alone) gets ``plots/``:
 - ``throughput.png``           rollout and train tokens/s
 - ``loss.png``                 GRPO loss and policy-gradient loss
 
+A data-cooking report (``plot_cook_report``, from ``cook_report.json``) gets, per task, its kept/dropped
+inputs and candidates by filter, the verifier and self-consistency score histograms and the golden-set
+figures of its prompt (``megatron-ads cook``).
+
 Files are written atomically (a reader never sees half a PNG); a run directory being written to is
 fine (a torn last line of a JSONL file is left for the next call).
 """
@@ -195,4 +199,57 @@ def plot_grpo_run(run_dir: str | Path) -> list[Path]:
         path = chart_of_keys(plots / name, rows, keys[name], title, ylabel=ylabel, ylim=ylim)
         if path is not None:
             written.append(path)
+    return written
+
+
+def bar_chart(path: str | Path, values: dict[str, float], title: str, ylabel: str = "count",
+              ylim: tuple[float, float] | None = None) -> Path:
+    """One bar per named value (labels rotated when there are many). Returns ``path``."""
+    if not values:
+        raise ValueError(f"bar_chart {title!r}: no values")
+    fig = Figure(figsize=SIZE_IN)
+    ax = fig.add_subplot()
+    names = list(values)
+    ax.bar(range(len(names)), [float(values[n]) for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center", fontsize="small")
+    ax.set(title=title, ylabel=ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, Path(path))
+
+
+def plot_cook_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """PNG plots of a ``cook_report.json`` (``megatron-ads cook``) into ``out_dir``, per cooked task:
+    ``TASK_inputs.png`` (kept and dropped inputs by filter), ``TASK_candidates.png`` (surviving and dropped
+    candidates by filter), ``TASK_verifier.png`` / ``TASK_self_consistency.png`` (score histograms) and
+    ``TASK_prompt_validation.png`` (the golden-set figures per variation). Returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, s in report.get("tasks", {}).items():
+        if "inputs" in s:
+            i, c = s["inputs"], s["candidates"]
+            written.append(bar_chart(out / f"{name}_inputs.png", {"kept": i["kept"], **i["dropped"]},
+                                     f"{name}: inputs kept and dropped (by filter)", ylabel="inputs"))
+            written.append(bar_chart(out / f"{name}_candidates.png", {"survived": c["survived"], **c["dropped"]},
+                                     f"{name}: candidates surviving and dropped (first failed filter)",
+                                     ylabel="candidates"))
+            for key, label in (("verifier", "verifier faithfulness score"),
+                               ("self_consistency", "mean cosine to the other candidates")):
+                h = s.get("scores", {}).get(key) or {}
+                if h.get("n"):
+                    written.append(histogram_counts(out / f"{name}_{key}.png", h["counts"], h["edges"],
+                                                    f"{name}: {label}", xlabel=key))
+        pv = s.get("prompt_validation")
+        if pv and pv.get("variations"):
+            vals = {f"{v}/{k}": figs[k] for v, figs in pv["variations"].items()
+                    for k in ("format_validity", "label_consistency", "grounding") if _finite(figs.get(k))}
+            if _finite(pv.get("agreement")):
+                vals["agreement"] = pv["agreement"]
+            if vals:
+                written.append(bar_chart(out / f"{name}_prompt_validation.png", vals,
+                                         f"{name}: golden-set validation of {pv['prompt']}", ylabel="share",
+                                         ylim=(0.0, 1.0)))
     return written

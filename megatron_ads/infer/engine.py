@@ -39,7 +39,8 @@ per-module costs (on a tiny model these, not the math, set the speed of a decode
 
 Sampling: temperature 0 (or top_k 1) is greedy (argmax). Otherwise logits / temperature, then top-k,
 then top-p (the smallest set of most likely tokens whose probability reaches top_p), then one draw
-from a ``torch.Generator`` *per row*, seeded ``seed + i`` for the i-th prompt of the call: a row's
+from a ``torch.Generator`` *per row*, seeded ``seed + i`` for the i-th prompt of the call (or
+``seeds[i]`` when ``SamplingParams.seeds`` gives one per prompt): a row's
 draws depend on its seed and its own logits only, not on which other rows share its batch.
 Log-probabilities returned are those of the chosen token under the model's distribution at
 temperature 1 (``log_softmax(logits)``), before temperature, top-k and top-p: what a policy-gradient
@@ -90,6 +91,10 @@ class SamplingParams:
     """Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches top_p."""
     seed: int = 0
     """Row i of a call samples with a generator seeded ``seed + i``."""
+    seeds: list[int] | None = None
+    """Per-row seeds: row i of a call samples with a generator seeded ``seeds[i]`` (one per prompt), so a
+    row's draws do not depend on where it sits in the call (data cooking: seeded by input id and candidate);
+    None: ``seed + i``."""
     stop_ids: set[int] = field(default_factory=set)
     """A row stops after generating one of these ids (kept in its output)."""
     stop_sequences: list[list[int]] = field(default_factory=list)
@@ -110,6 +115,8 @@ class SamplingParams:
         if any(not s for s in self.stop_sequences):
             raise ValueError("stop_sequences: expected non-empty id sequences, got an empty one")
         self.stop_ids = {int(i) for i in self.stop_ids}
+        if self.seeds is not None:
+            self.seeds = [int(x) for x in self.seeds]
 
     @property
     def greedy(self) -> bool:
@@ -406,7 +413,8 @@ class Engine:
         ids_BS = torch.zeros(b, width, dtype=torch.long)
         for j, p in enumerate(prompts):
             ids_BS[j, :len(p)] = torch.tensor(p, dtype=torch.long)
-        gens = [torch.Generator().manual_seed(params.seed + r) for r in rows]
+        gens = [torch.Generator().manual_seed(params.seeds[r] if params.seeds is not None else params.seed + r)
+                for r in rows]
         outs: list[list[int]] = [[] for _ in rows]
         lps: list[list[float]] = [[] for _ in rows]
         done: list[FinishReason | None] = [None] * b
@@ -464,6 +472,8 @@ class Engine:
     def _generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                   on_batch: Callable[[int], None] | None) -> list[Generation]:
         _check_ids(prompt_ids, self.cfg.vocab_size, "prompt_ids")
+        if params.seeds is not None and len(params.seeds) != len(prompt_ids):
+            raise ValueError(f"seeds: expected one per prompt ({len(prompt_ids)}), got {len(params.seeds)}")
         limit = self.cfg.max_position_embeddings
         for i, p in enumerate(prompt_ids):
             if len(p) + params.max_new_tokens > limit:
