@@ -4,7 +4,10 @@
 
 Generates a llama-architecture HF checkpoint of about --gb GB (random bf16 tensors, 4 shards),
 copies its shards (baseline), converts it HF -> Megatron (pp=2) in a subprocess that reports its
-peak RSS growth, and prints the ratio of conversion throughput to copy throughput.
+peak RSS growth, and prints the ratio of conversion throughput to copy throughput. The last line printed
+is one JSON object: ``copy_mb_per_s``, ``convert_mb_per_s``, ``ratio_convert_over_copy``,
+``rss_growth_mb`` (peak RSS growth of the conversion), ``rss_budget_mb``, ``checkpoint_mb``,
+``ratio_rss_over_checkpoint``, ``layers``, ``workers``, ``copy_s``, ``convert_s``.
 """
 
 from __future__ import annotations
@@ -99,9 +102,17 @@ def main() -> int:
         print(f"ratio conversion/copy throughput: {conv_rate / copy_rate:.3f}")
         print(f"peak RSS growth during conversion: {conv['rss_growth_mb']:.0f} MB "
               f"(budget {args.budget_gb * 1024:.0f} MB, checkpoint {total / 2**20:.0f} MB)")
+        ckpt_mb = total / 2**20
+        figures = {"checkpoint_gb": total / 1e9, "checkpoint_mb": ckpt_mb, "layers": cfg.num_layers,
+                   "workers": args.workers, "copy_s": copy_s, "convert_s": conv["seconds"],
+                   "copy_mb_per_s": copy_rate, "convert_mb_per_s": conv_rate,
+                   "ratio_convert_over_copy": conv_rate / copy_rate, "rss_growth_mb": conv["rss_growth_mb"],
+                   "rss_budget_mb": args.budget_gb * 1024,
+                   "ratio_rss_over_checkpoint": conv["rss_growth_mb"] / ckpt_mb}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures), flush=True)  # the last line: machine-readable figures (benchmarks/run_all.py)
     return 0
 
 

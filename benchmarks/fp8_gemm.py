@@ -17,6 +17,11 @@ TFLOP/s = 2 S^3 / time (CUDA events, median of ``--repeat`` after warm-up) and t
 On CPU the GPU figures are pending: it prints so, then a small sanity ratio of the reference path
 (``FP8LinearReference``: weights dequantized at load, bf16 matmul) and of the emulated block-scaled
 GEMM (``fp8_gemm_ref``) against a bf16 matmul at S = 512. Nothing is asserted.
+
+The last line printed is one JSON object (``--json``: only that line): on CUDA ``{"device", "sizes": {"4096":
+{bf16_tflops, triton_tflops, triton_vs_bf16, scaled_mm_tflops, scaled_mm_vs_bf16, ...}, ...}}``; on CPU
+``{"device": "cpu", "cpu": {size, bf16_gflops, reference_gflops, emulated_gflops, reference_vs_bf16,
+emulated_vs_bf16}}``.
 """
 
 from __future__ import annotations
@@ -106,8 +111,10 @@ def bench_cpu(repeat: int, size: int = 512) -> dict:
     t_bf16 = _cpu_time(lambda: torch.matmul(x, w16.t()), repeat)
     t_ref = _cpu_time(lambda: torch.matmul(x, w_deq.t()), repeat)
     t_emu = _cpu_time(lambda: fp8_gemm_ref(x, q, sc), max(2, repeat // 5))
-    return {"size": size, "device": "cpu", "bf16_s": t_bf16, "reference_vs_bf16": t_bf16 / t_ref,
-            "emulated_vs_bf16": t_bf16 / t_emu}
+    flops = 2.0 * size ** 3
+    return {"size": size, "device": "cpu", "bf16_s": t_bf16, "bf16_gflops": flops / t_bf16 / 1e9,
+            "reference_gflops": flops / t_ref / 1e9, "emulated_gflops": flops / t_emu / 1e9,
+            "reference_vs_bf16": t_bf16 / t_ref, "emulated_vs_bf16": t_bf16 / t_emu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,24 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if torch.cuda.is_available():
         rows = bench_cuda([int(s) for s in args.sizes.split(",")], args.repeat)
-        if args.json:
-            print(json.dumps(rows, indent=2))
-        else:
+        if not args.json:
             for r in rows:
                 print(f"S={r['size']} on {r['device']}: bf16 {r['bf16_tflops']:.0f} TFLOP/s"
                       + (f" | triton {r['triton_tflops']:.0f} ({r['triton_vs_bf16']:.2f}x, rel err "
                          f"{r['triton_rel_err']:.1e})" if "triton_tflops" in r else f" | {r.get('triton')}")
                       + (f" | scaled_mm {r['scaled_mm_tflops']:.0f} ({r['scaled_mm_vs_bf16']:.2f}x, rel err "
                          f"{r['scaled_mm_rel_err']:.1e})" if "scaled_mm_tflops" in r else f" | {r.get('scaled_mm')}"))
+        # the last line: machine-readable figures (benchmarks/run_all.py)
+        print(json.dumps({"device": rows[0]["device"] if rows else "cuda", "sizes": {str(r["size"]): r for r in rows}}))
         return 0
-    print("FP8 GEMM TFLOP/s (Triton, torch._scaled_mm) vs bf16: GPU figures pending (no CUDA device here).")
     r = bench_cpu(max(3, args.repeat // 4))
-    if args.json:
-        print(json.dumps(r, indent=2))
-    else:
+    if not args.json:
+        print("FP8 GEMM TFLOP/s (Triton, torch._scaled_mm) vs bf16: GPU figures pending (no CUDA device here).")
         print(f"CPU sanity, S={r['size']}: reference path (dequantized at load) / bf16 matmul = "
               f"{r['reference_vs_bf16']:.2f}x; emulated block-scaled GEMM (fp8_gemm_ref) / bf16 = "
               f"{r['emulated_vs_bf16']:.3g}x")
+    print(json.dumps({"device": "cpu", "cpu": r}))  # the last line: machine-readable figures (benchmarks/run_all.py)
     return 0
 
 

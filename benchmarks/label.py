@@ -1,7 +1,8 @@
 """Labeling throughput: label-only vs reasoning mode, our KV-cache generation vs transformers, MLA cache bytes.
 
     python benchmarks/label.py [--flavors tiny_deepseek_v3,tiny_llama] [--rows 8] [--reasoning-tokens 279]
-                               [--new-tokens 64] [--batch-size 4] [--repeat 2] [--threads N] [--json]
+                               [--new-tokens 64] [--batch-size 4] [--repeat 2] [--threads N]
+                               [--usd-per-gpu-s 0.0027] [--json]
 
 For each tiny flavor, a random-weight HF checkpoint (``megatron-ads init-model``) and synthetic query-ad
 rows (``megatron-ads data synth``) in a temporary directory, then, all in one process and one run:
@@ -29,10 +30,19 @@ rows (``megatron-ads data synth``) in a temporary directory, then, all in one pr
    (per-head K and V: heads * (qk_head_dim + v_head_dim)) vs the compressed latent
    (kv_lora_rank + qk_rope_head_dim) - arithmetic from the config.
 
+4. the labeling cost table in the form of AdNanny's Table 10: per flavor, label-only (the default cache) and
+   label+reasoning (our cache) rows with average input / output tokens, samples/s and $ per 1M samples at
+   ``--usd-per-gpu-s`` x 1 device (``LabelResult.cost``). The default, 0.0027 $/GPU-s ($9.72 per GPU-hour),
+   is the GPU cost the paper's Table 10 states for its FP8 H100-class cluster, so the $ column reads on the
+   paper's scale; on a CPU machine it prices this machine's seconds as if they were that GPU's (an
+   illustration, not a cost).
+
 Each timing is the best of ``--repeat`` runs after one warm-up run, both sides of a ratio measured in this
 process, interleaved. ``--threads`` sets torch's intra-op threads (default: torch's own choice); on a
 loaded 2-core machine one thread is often faster for both sides (OpenMP waits on a descheduled peer).
-Nothing is asserted.
+Nothing is asserted. The last line printed is one JSON object with every figure (``--json``: only that line):
+``{"args", "torch_threads", "device", "usd_per_gpu_s", "flavors": {name: {"label_job": {...}, "generation":
+{...}, "cost_table": [...]}}, "cache": {...}}``.
 """
 
 from __future__ import annotations
@@ -59,6 +69,10 @@ from megatron_ads.infer.engine import Engine, SamplingParams
 from megatron_ads.infer.job import LabelJob, run_job
 from megatron_ads.infer.scorer import EngineScorer
 from megatron_ads.infer.weights import eos_ids, load_for_inference
+
+
+PAPER_USD_PER_GPU_S = 0.0027
+"""AdNanny Table 10's GPU cost ($/s): the default price of the cost table here."""
 
 
 def quiet_cli(argv: list[str]) -> None:
@@ -97,7 +111,8 @@ def label_modes(model_dir: Path, rows: Path, work: Path, args) -> dict:
     def once(key, mode, cache):
         n[0] += 1
         job = LabelJob(input=rows, output=work / f"{key}-{n[0]}.jsonl", task=task("query_ad"), mode=mode,
-                       batch_size=args.batch_size, max_new_tokens=args.reasoning_tokens, model=str(model_dir))
+                       batch_size=args.batch_size, max_new_tokens=args.reasoning_tokens, model=str(model_dir),
+                       gpu_cost_per_s=args.usd_per_gpu_s)
         return run_job(job, scorers[cache])
 
     for m in modes:  # warm-up
@@ -111,6 +126,7 @@ def label_modes(model_dir: Path, rows: Path, work: Path, args) -> dict:
         c = best.cost()
         out[key] = {"samples_per_s": best.labeled / best.seconds, "seconds": best.seconds, "rows": best.labeled,
                     "avg_input_tokens": c["avg_input_tokens"], "avg_output_tokens": c["avg_output_tokens"],
+                    "usd_per_gpu_s": args.usd_per_gpu_s, "usd_per_1m_samples": c.get("usd_per_1m_samples"),
                     "parse_failed": best.parse_failed}
     out["label_cache"] = default_cache_kind(cfg)
     for c in caches(cfg):
@@ -124,7 +140,8 @@ def generation(model_dir: Path, args) -> dict:
 
     model, cfg, _ = load_for_inference(model_dir, precision="fp32")
     engines = {c: Engine(model, cfg, batch_size=args.batch_size, cache=c) for c in caches(cfg)}
-    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    device = next(model.parameters()).device  # transformers runs where ours does (CUDA on a GPU machine)
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).to(device).eval()
     g = torch.Generator().manual_seed(0)
     plen, n_new, b = args.prompt_len, args.new_tokens, args.batch_size
     equal = torch.randint(3, cfg.vocab_size, (b, plen), generator=g).tolist()
@@ -136,10 +153,10 @@ def generation(model_dir: Path, args) -> dict:
     @torch.inference_mode()
     def theirs(batch):
         width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         return hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new,
-                           do_sample=False, pad_token_id=pad, eos_token_id=None)
+                           do_sample=False, pad_token_id=pad, eos_token_id=None).cpu()
 
     out: dict = {"batch": b, "prompt_len": plen, "ragged_prompt_lens": lens, "new_tokens": n_new}
     tokens = b * n_new
@@ -161,6 +178,18 @@ def generation(model_dir: Path, args) -> dict:
     out["greedy_identical_single_row"] = {c: e.generate(equal[:1], params)[0].output_ids == one_hf
                                           for c, e in engines.items()}
     return out
+
+
+def cost_table(lj: dict) -> list[dict]:
+    """AdNanny Table 10's rows for this flavor: label-only (the default cache) and label+reasoning (our cache)."""
+    ours = next(c for c in ("latent", "kv") if f"reasoning_{c}" in lj)
+    rows = []
+    for mode, key, cache in (("label only", "label", lj["label_cache"]), ("label + reasoning", f"reasoning_{ours}", ours)):
+        m = lj[key]
+        rows.append({"mode": mode, "cache": cache, "avg_input_tokens": m["avg_input_tokens"],
+                     "avg_output_tokens": m["avg_output_tokens"], "usd_per_gpu_s": m["usd_per_gpu_s"],
+                     "samples_per_s": m["samples_per_s"], "usd_per_1m_samples": m["usd_per_1m_samples"]})
+    return rows
 
 
 def cache_bytes() -> dict:
@@ -186,13 +215,17 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=64, help="prompt tokens in the generation comparison")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs after one warm-up; the best is kept")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--usd-per-gpu-s", type=float, default=PAPER_USD_PER_GPU_S,
+                    help="$ per GPU-second for the cost table (default %(default)s: AdNanny Table 10's GPU cost)")
+    ap.add_argument("--json", action="store_true", help="print only the results, as one JSON line")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="megatron_ads_bench_label_"))
-    results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads(), "flavors": {}}
+    results: dict = {"args": vars(args), "torch_threads": torch.get_num_threads(),
+                     "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                     "usd_per_gpu_s": args.usd_per_gpu_s, "flavors": {}}
     try:
         rows = work / "rows.jsonl"
         quiet_cli(["data", "synth", "--task", "query_ad", "--n", str(args.rows), "--out", str(rows)])
@@ -201,6 +234,7 @@ def main() -> int:
             quiet_cli(["init-model", "--flavor", name, "--out", str(d)])
             r = {"label_job": label_modes(d, rows, work / f"{name}-out", args)}
             r["generation"] = generation(d, args)
+            r["cost_table"] = cost_table(r["label_job"])
             results["flavors"][name] = r
             if not args.json:
                 lj, gen = r["label_job"], r["generation"]
@@ -231,6 +265,14 @@ def main() -> int:
                               f"**{g[f'ratio_{k}_over_transformers']:.2f}** |")
                 print(f"| greedy tokens identical to transformers, single unpadded row | "
                       f"{gen['greedy_identical_single_row']} |")
+                print(f"-- labeling cost, AdNanny Table 10 form ({name}, {results['device']}, "
+                      f"${args.usd_per_gpu_s}/GPU-s x 1)")
+                print("| mode | avg input tokens | avg output tokens | GPU $/s | samples/s | $ / 1M samples |\n"
+                      "|---|---|---|---|---|---|")
+                for c in r["cost_table"]:
+                    usd = "n/a" if c["usd_per_1m_samples"] is None else f"{c['usd_per_1m_samples']:.0f}"
+                    print(f"| {c['mode']} ({c['cache']} cache) | {c['avg_input_tokens']} | {c['avg_output_tokens']} | "
+                          f"{c['usd_per_gpu_s']} | {c['samples_per_s']:.2f} | {usd} |")
         results["cache"] = cb = cache_bytes()
         if not args.json:
             print("== DeepSeek-V3 KV cache per token per layer (config arithmetic)")
@@ -239,8 +281,7 @@ def main() -> int:
             print(f"latent cache: {cb['kv_lora_rank']}+{cb['qk_rope_head_dim']} = "
                   f"{cb['latent_values_per_token_layer']} values ({cb['latent_bf16_bytes_per_token_layer']} B bf16)")
             print(f"ratio static / latent: {cb['ratio_static_over_latent']:.1f}")
-        else:
-            print(json.dumps(results, indent=2))
+        print(json.dumps(results), flush=True)  # the last line: machine-readable figures (benchmarks/run_all.py)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

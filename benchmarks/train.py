@@ -8,6 +8,13 @@ random-weight HF checkpoint, on the same synthetic batches, with AdamW. Prints m
 each (first 2 steps excluded) and the ratio ours / HF. ``--experts`` picks our routed experts module
 (``model.experts``: grouped GEMM, or megatron's SequentialMLP; ``both`` runs ours once with each);
 ``--num-experts`` overrides the flavor's routed expert count (n_routed_experts).
+
+On CUDA both sides also get an MFU (``model.flops.mfu``: training FLOPs per token x tokens/s over the GPU's
+dense bf16 peak, ``train.loop.PEAK_FLOPS``; ours is the median of the trainer's own ``mfu`` records). The
+random checkpoint is written in ``--dtype``. The last line printed is one JSON object: ``device``,
+``hf_tokens_per_s``, ``ours_tokens_per_s`` and ``ratio_ours_over_hf`` (the first ``--experts`` kind),
+``ours_by_experts`` / ``ratio_by_experts`` (every kind run), ``hf_mfu`` / ``ours_mfu`` (CUDA, known GPU;
+else null), and the settings.
 """
 
 from __future__ import annotations
@@ -46,6 +53,21 @@ print(json.dumps({"tokens_per_s": [mb * seq / x for x in times]}))
 """
 
 
+def _device_and_hf_mfu(hf: Path, seq_len: int, hf_tokens_per_s: float) -> tuple[str, float | None]:
+    """This machine's device name, and the HF loop's MFU where it ran on a GPU of known peak (else None)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", None
+    from megatron_ads.config.model import ModelConfig
+    from megatron_ads.model.flops import mfu
+    from megatron_ads.train.loop import PEAK_FLOPS
+
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return name, (mfu(ModelConfig.from_hf(hf), seq_len, hf_tokens_per_s, peak) if peak else None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flavor", default="tiny_deepseek_v3")
@@ -60,17 +82,17 @@ def main() -> int:
         hf = Path(tmp) / "hf"
         if args.num_experts is None:
             subprocess.run([sys.executable, "-m", "megatron_ads", "init-model", "--flavor", args.flavor, "--out",
-                            str(hf), "--dtype", "fp32"], check=True, capture_output=True)
+                            str(hf), "--dtype", args.dtype], check=True, capture_output=True)
         else:
             from megatron_ads.checkpoint.hf_init import write_random_checkpoint
             from megatron_ads.config.flavors import flavor_dict
 
             cfg = {**flavor_dict(args.flavor), "n_routed_experts": args.num_experts}
-            write_random_checkpoint(cfg, hf, seed=0, dtype="fp32")
+            write_random_checkpoint(cfg, hf, seed=0, dtype=args.dtype)
         r = subprocess.run([sys.executable, "-c", HF_LOOP, str(hf), str(args.steps), str(args.seq_len),
                             str(args.micro_batch), args.dtype], check=True, capture_output=True, text=True)
         hf_tps = json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"][2:]
-        ours = {}
+        ours, ours_mfu = {}, {}
         for kind in (("grouped", "sequential") if args.experts == "both" else (args.experts,)):
             run = Path(tmp) / f"ours_{kind}"
             subprocess.run([sys.executable, "-m", "megatron_ads", "train", "lm", "--config",
@@ -83,6 +105,9 @@ def main() -> int:
                            check=True, capture_output=True)
             recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][2:]
             ours[kind] = statistics.median(x["tokens_per_s"] for x in recs)
+            mfus = [x["mfu"] for x in recs if x.get("mfu") is not None]
+            ours_mfu[kind] = statistics.median(mfus) if mfus else None
+        device, hf_mfu = _device_and_hf_mfu(hf, args.seq_len, statistics.median(hf_tps))
     base = statistics.median(hf_tps)
     experts = f", {args.num_experts} experts" if args.num_experts else ""
     print(f"model {args.flavor}{experts}, {args.dtype}, seq {args.seq_len} x mb {args.micro_batch}, {args.steps} steps "
@@ -92,6 +117,16 @@ def main() -> int:
         print(f"megatron_ads trainer ({kind} experts): {tps:10.1f} tokens/s (median), ratio ours / HF: {tps / base:.3f}")
     if len(ours) == 2:
         print(f"grouped / sequential: {ours['grouped'] / ours['sequential']:.3f}")
+    first = next(iter(ours))
+    if hf_mfu is not None or ours_mfu[first] is not None:
+        fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"MFU on {device}: HF loop {fmt(hf_mfu)}, ours ({first}) {fmt(ours_mfu[first])}")
+    figures = {"device": device, "flavor": args.flavor, "dtype": args.dtype, "seq_len": args.seq_len,
+               "micro_batch": args.micro_batch, "steps": args.steps, "num_experts": args.num_experts,
+               "hf_tokens_per_s": base, "ours_tokens_per_s": ours[first], "ratio_ours_over_hf": ours[first] / base,
+               "ours_experts": first, "ours_by_experts": ours, "ratio_by_experts": {k: v / base for k, v in ours.items()},
+               "hf_mfu": hf_mfu, "ours_mfu": ours_mfu[first], "ours_mfu_by_experts": ours_mfu}
+    print(json.dumps(figures), flush=True)  # the last line: machine-readable figures (benchmarks/run_all.py)
     return 0
 
 
