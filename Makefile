@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny clean
+.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny sft-seeds generalization clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/megatron-ads demo
+	$(BIN)/megatron-ads demo --out runs/demo-$$(date +%Y%m%d-%H%M%S) $(DEMO_ARGS)
 
 lint-imports: setup
 	$(BIN)/lint-imports --no-cache
@@ -43,10 +43,18 @@ test-distributed: setup
 test-gpu: setup
 	$(BIN)/python -m pytest tests/gpu -q -m gpu $(PYTEST_ARGS)
 
-# Benchmarks that need a finished run or take tens of minutes are run by hand (their docstrings say how).
-BENCH_SKIP := benchmarks/grpo_tiny.py benchmarks/fp8_agreement.py
+# Every speed benchmark, one run (~10 min on 2 cores): benchmarks/run_all.py writes benchmarks/results.json and the
+# generated block at the top of benchmarks/RESULTS.md, exits 1 if any benchmark failed. Experiments that take tens
+# of minutes (grpo-tiny, tppo-tiny, relate-tiny, sft-seeds, generalization) have their own targets. BENCH_ARGS: e.g.
+# "--only convert,train". bench-gpu: the GPU subset (FP8 GEMM, trainer tokens/s + MFU, labeling; < 8 min on one
+# H100), skipped without CUDA.
+BENCH_ARGS ?=
+.PHONY: bench-gpu
 bench: setup
-	@for b in $(filter-out $(BENCH_SKIP),$(wildcard benchmarks/*.py)); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-gpu: setup
+	$(BIN)/python benchmarks/run_all.py --gpu $(BENCH_ARGS)
 
 # SFT tiny -> GRPO tiny -> held-out eval (issue 14; ~30+ min per seed on 2 cores, so not part of `make bench`).
 # GRPO_TINY_ARGS: e.g. "--seeds 3" or "--fast" (a smoke run).
@@ -59,6 +67,17 @@ tppo-tiny: setup
 
 relate-tiny: setup
 	$(BIN)/python benchmarks/relate_tiny.py $(RELATE_TINY_ARGS)
+
+# The tiny SFT recipe over 3 training seeds, held-out metrics as mean ± std (issue 18; ~30 min per seed on 2 cores).
+SFT_SEEDS_ARGS ?= --seeds 3 --parallel 3
+sft-seeds: setup
+	$(BIN)/python benchmarks/sft_seeds.py $(SFT_SEEDS_ARGS)
+
+# AdNanny Table 8 in shape (issue 18): general-only base -> ads-only SFT vs ads + general mix SFT, held-out general
+# NLL / exact match and ads metrics (~25 min on 2 cores). GENERALIZATION_ARGS: e.g. "--fast" (a smoke run).
+GENERALIZATION_ARGS ?=
+generalization: setup
+	$(BIN)/python benchmarks/generalization.py $(GENERALIZATION_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -203,8 +203,9 @@ class SFTSpec:
     """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""
 
     tasks: list[str] = field(default_factory=list)
-    """Tasks to train (of query_ad, ad_user, query_gen); empty: query_ad and ad_user. Task names and the
-    task-dependent settings below are checked against the task registry (``data.tasks.check_sft``)."""
+    """Tasks to train (of query_ad, ad_user, query_gen, ...); empty: query_ad and ad_user; [general]: the
+    instruction data of ``general_path`` alone (a base model with general ability, e.g. for Table 8). Task
+    names and the task-dependent settings below are checked against the task registry (``data.tasks.check_sft``)."""
     train_size: int = 2000
     """Synthetic rows per task (before the val/test split)."""
     data_seed: int = 0
@@ -260,7 +261,15 @@ class SFTSpec:
     """Optional JSONL of public instruction data ({"id", "prompt", "response"}) mixed in as a fixed-weight
     "general" task (paper Table 8)."""
     general_weight: float = 0.1
-    """λ of the general task (the adaptive tasks share the rest); also its sampling share."""
+    """λ of the general task (the adaptive tasks share the rest); also its sampling share (1 with tasks [general]).
+    0: never trained on, only scored in the test report (the general metrics of an ads-only run)."""
+    general_test_path: str | None = None
+    """Held-out general rows (same format) scored into the test report (``eval/report.json`` "general": response
+    NLL, perplexity, greedy exact match); None: 10% of ``general_path`` (by ``data_seed``) is held out instead."""
+    tokenizer_tasks: list[str] = field(default_factory=list)
+    """Tasks whose training rows a random-init run's BPE tokenizer also learns from, besides the tasks it trains
+    on (a general-only base run that ads SFT runs continue from: [query_ad, ad_user]); ``synthetic`` / ``files``
+    settings apply to them too."""
 
     def __post_init__(self):
         if not 0.0 <= self.label_only_fraction <= 1.0:
@@ -283,8 +292,11 @@ class SFTSpec:
         for t, kw in self.synthetic.items():
             if not isinstance(kw, dict):
                 raise ValueError(f"sft.synthetic.{t}: expected a mapping of SyntheticConfig fields, got {kw!r}")
-        if self.general_path is not None and not 0.0 < self.general_weight < 1.0:
-            raise ValueError(f"sft.general_weight: expected 0 < w < 1, got {self.general_weight}")
+        if self.general_path is not None and not 0.0 <= self.general_weight < 1.0:
+            raise ValueError(f"sft.general_weight: expected 0 <= w < 1 (0: scored, not trained on), "
+                             f"got {self.general_weight}")
+        if self.general_test_path is not None and not self.general_path:
+            raise ValueError("sft.general_test_path: set without sft.general_path (the general training rows)")
 
 
 GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model")

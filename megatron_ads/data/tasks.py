@@ -495,8 +495,16 @@ def load_jsonl(path: str | Path, spec: Task, with_targets: bool = True) -> list[
 
 # ------------------------------------------------------------------------------------ SFT options
 def sft_tasks(sft) -> list[str]:
-    """The adaptive tasks of an SFT spec (``sft.tasks``, or the defaults when it is empty)."""
+    """The adaptive tasks of an SFT spec (``sft.tasks``, or the defaults when it is empty; none when it is
+    [general], ``general_only``)."""
+    if general_only(sft):
+        return []
     return list(sft.tasks) if sft.tasks else list(DEFAULT_SFT_TASKS)
+
+
+def general_only(sft) -> bool:
+    """Whether an SFT spec trains on its general instruction data alone (``sft.tasks: [general]``)."""
+    return list(sft.tasks) == [GENERAL.name]
 
 
 def lambda_metric(sft, name: str) -> str:
@@ -509,13 +517,26 @@ def check_sft(sft) -> None:
     """The task-dependent checks of an SFT spec (``config.train.SFTSpec``): task names, λ metrics, and the
     per-task ``synthetic`` / ``files`` settings. Raises ValueError naming the field."""
     trainable = [n for n, t in TASKS.items() if t.metric]
+    if GENERAL.name in sft.tasks:
+        if not general_only(sft):
+            raise ValueError(f"sft.tasks: {GENERAL.name!r} stands alone ([{GENERAL.name}]: sft.general_path's data "
+                             f"only); to mix general data into ads SFT, list the ads tasks and set sft.general_path "
+                             f"(sft.general_weight), got {list(sft.tasks)}")
+        if not sft.general_path:
+            raise ValueError(f"sft.general_path: required by sft.tasks=[{GENERAL.name}] (the instruction data to "
+                             f"train on)")
     names = sft_tasks(sft)
     bad = [n for n in names if n not in trainable]
     if bad:
-        raise ValueError(f"sft.tasks: expected a non-empty subset of {sorted(trainable)}, got {list(sft.tasks)}")
+        raise ValueError(f"sft.tasks: expected a non-empty subset of {sorted(trainable)} or [{GENERAL.name}], "
+                         f"got {list(sft.tasks)}")
+    bad = [n for n in sft.tokenizer_tasks if n not in trainable]
+    if bad:
+        raise ValueError(f"sft.tokenizer_tasks: expected tasks of {sorted(trainable)}, got {list(sft.tokenizer_tasks)}")
+    names = names + [n for n in sft.tokenizer_tasks if n not in names]  # settings below may name either
     for n, f in sft.files.items():
         if n not in names:
-            raise ValueError(f"sft.files.{n}: task not in sft.tasks {names}")
+            raise ValueError(f"sft.files.{n}: task not in sft.tasks or sft.tokenizer_tasks {names}")
         if not isinstance(f, dict) or not f.get("train") or set(f) - {"train", "val", "test"}:
             raise ValueError(f"sft.files.{n}: expected {{train: FILE[, val: FILE][, test: FILE]}}, got {f!r}")
     with_lambda = {n: t.lambda_metrics for n, t in TASKS.items() if t.lambda_metrics}
@@ -525,7 +546,8 @@ def check_sft(sft) -> None:
                              f"(tasks with a metric: {sorted(with_lambda)}), got {m!r}")
     bad = set(sft.synthetic) - set(names)
     if bad:
-        raise ValueError(f"sft.synthetic: settings for task(s) {sorted(bad)} not in sft.tasks {names}")
+        raise ValueError(f"sft.synthetic: settings for task(s) {sorted(bad)} not in sft.tasks or "
+                         f"sft.tokenizer_tasks {names}")
 
 
 def normalized(value: float) -> float:

@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from megatron_ads.runtime.log import get_logger
+
 if TYPE_CHECKING:
     from megatron_ads.config.train import ModelSpec
+
+log = get_logger(__name__)
 
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<think>", "</think>"]
 
@@ -51,13 +55,40 @@ def load_tokenizer(directory: str | Path):
     return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
 
 
+def init_tokenizer_dir(m: "ModelSpec") -> Path | None:
+    """The directory holding the init checkpoint's tokenizer (``tokenizer.json``), or None (a random init, or a
+    checkpoint without one): an HF directory itself; for ``model.init=mcore``, ``tokenizer/`` of the directory
+    ``model.path`` names or of the newest complete checkpoint it resolves to (a training run, its
+    ``checkpoints/`` or ``latest``: the step directory carries the tokenizer)."""
+    if m.init == "random":
+        return None
+    src = Path(m.path)
+    dirs = [src, src / "tokenizer"]
+    if m.init == "mcore":
+        from megatron_ads.checkpoint.dist_io import resolve_dir  # heavy (torch): at use
+        from megatron_ads.checkpoint.hf_io import CheckpointError
+
+        try:
+            step = resolve_dir(src)
+        except CheckpointError:
+            step = None
+        if step is not None:
+            dirs += [step, step / "tokenizer"]
+    return next((d for d in dirs if (d / "tokenizer.json").is_file()), None)
+
+
 def run_tokenizer(m: "ModelSpec", vocab_size: int, texts: Callable[[], Iterable[str]], save_to: Path | None):
-    """A training run's tokenizer: the init checkpoint's own when it has one (an HF directory, or ``tokenizer/``
-    of an mcore checkpoint); else a byte-level BPE trained on ``texts()`` (a random init), saved to ``save_to``
-    when given (where the run's checkpoints copy it from)."""
-    tok_dir = Path(m.path) / ("tokenizer" if m.init == "mcore" else "") if m.init != "random" else None
-    if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
+    """A training run's tokenizer: the init checkpoint's own when it has one (``init_tokenizer_dir``: an HF
+    directory, or ``tokenizer/`` of an mcore checkpoint or of a training run's newest checkpoint); else a
+    byte-level BPE trained on ``texts()``, saved to ``save_to`` when given (where the run's checkpoints copy it
+    from). A non-random init without a tokenizer gets a new BPE too, with a warning (its token ids are not
+    the ones the weights were trained on)."""
+    tok_dir = init_tokenizer_dir(m)
+    if tok_dir is not None:
         return load_tokenizer(tok_dir)
+    if m.init != "random":
+        log.warning("model.path %s (model.init=%s) holds no tokenizer.json: training a new BPE tokenizer, "
+                    "whose ids the initial weights never saw", m.path, m.init)
     tok = train_bpe_tokenizer(vocab_size, list(texts()))
     if save_to is not None:
         tok.save_pretrained(str(save_to))

@@ -1,8 +1,9 @@
 """SFT validation and the held-out test report: every task predicts through the ``Scorer`` the trainer was
 given (label-candidate scoring or greedy decoding, ``data.tasks.Task.predict``), its metric
 (``eval.metrics.METRICS``) scores the predictions, and the values logged per interval / λ_t's input
-come from the metric's summary. Also the interval's instance-weight histogram (Eq. 5), reduced over
-every rank."""
+come from the metric's summary. The test report also scores held-out general instruction rows (response NLL,
+perplexity, greedy exact match: ``general_report``). Also the interval's instance-weight histogram (Eq. 5),
+reduced over every rank."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_ads.config.train import SFTSpec
+from megatron_ads.data.general import evaluate_general
 from megatron_ads.data.synthetic import true_ctr, write_jsonl
-from megatron_ads.data.tasks import Scorer, lambda_metric, normalized, task
+from megatron_ads.data.tasks import GENERAL, Scorer, lambda_metric, normalized, task
 from megatron_ads.eval.metrics import evaluate, markdown, metric, parsed_rows
 from megatron_ads.runtime.io import write_text
 from megatron_ads.runtime.log import get_logger
@@ -70,9 +72,11 @@ def weight_summary(interval_w: list[tuple[str, float]], tasks: list[str], s: SFT
 
 
 def test_report(names: list[str], data: dict[str, dict[str, list[dict]]], scorer: Scorer, s: SFTSpec,
-                run_dir: Path, step: int, write: bool) -> dict[str, Any]:
+                run_dir: Path, step: int, write: bool, tokenizer: Any = None) -> dict[str, Any]:
     """Predict the test split of every task (every rank), write ``eval/<task>.{pred,gold}.jsonl`` and score them
-    with the ``megatron-ads eval`` code path; ``eval/report.md`` holds the paper-style tables (``write``: rank 0)."""
+    with the ``megatron-ads eval`` code path; ``eval/report.md`` holds the paper-style tables (``write``: rank 0).
+    With held-out general rows in ``data`` and the run's ``tokenizer``, also the general metrics
+    (``general_report``) under "general"."""
     out_dir = run_dir / "eval"
     results: dict[str, Any] = {}
     sections = []
@@ -91,8 +95,35 @@ def test_report(names: list[str], data: dict[str, dict[str, list[dict]]], scorer
         r = evaluate(t.metric, pred_path, gold_path, ctr_fn=true_ctr)
         results[name] = {k: v for k, v in r.items() if k not in ("pred_line_errors", "unmatched_predictions")}
         sections.append(f"## {name} (step {step}, {len(rows)} test rows)\n\n{markdown(t.metric, r)}\n")
+    general_rows = data.get(GENERAL.name, {}).get("test", [])[: s.test_rows]
+    if general_rows and tokenizer is not None:
+        metrics, section = general_report(general_rows, scorer, tokenizer, out_dir if write else None, step)
+        if write:
+            results[GENERAL.name] = metrics
+            sections.append(section)
     if write and sections:
         write_text(out_dir / "report.md", f"# Held-out test report: {run_dir}\n\n" + "\n".join(sections))
         write_text(out_dir / "report.json", json.dumps(results, indent=1))
         log.info("test report: %s", out_dir / "report.md")
     return results
+
+
+def general_report(rows: list[dict], scorer: Scorer, tokenizer: Any, out_dir: Path | None,
+                   step: int) -> tuple[dict[str, Any], str]:
+    """Held-out general metrics (``data.general.evaluate_general``: mean response NLL per token, perplexity,
+    greedy exact match, per family) of ``rows`` through ``scorer``; predictions to ``out_dir/general.pred.jsonl``
+    when given. Returns the metrics and the report's markdown section."""
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    metrics, preds = evaluate_general(rows, scorer, encode, eos=getattr(tokenizer, "eos_token", None))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(preds, out_dir / f"{GENERAL.name}.pred.jsonl")
+    fams = metrics["exact_match_by_family"]
+    lines = [f"## {GENERAL.name} (step {step}, {metrics['n']} held-out instructions)", "",
+             "| response NLL / token | perplexity | exact match |", "|---|---|---|",
+             f"| {metrics['nll']:.4f} | {metrics['ppl']:.3f} | {metrics['exact_match']:.3f} |", ""]
+    if fams:
+        lines += ["| family | exact match |", "|---|---|", *(f"| {f} | {v:.3f} |" for f, v in fams.items()), ""]
+    return metrics, "\n".join(lines)

@@ -2,9 +2,11 @@
 intervals (``train/sft_eval.py``), task weights λ_t and per-sample perplexity state in checkpoints.
 
 Data (``data/sft_data.py``): synthetic rule-labeled corpora per task or the user's own JSONL, split
-train/val/test; each training example is the task prompt + "label + reasoning" target (or its
-label-only form with an empty <think>), tokenized to a fixed length with loss on target tokens only,
-drawn by the task mixer (``data/mixing.py``).
+train/val/test, and optional general instruction data at a fixed weight (``sft.general_path``; with
+``sft.tasks: [general]`` alone, λ = 1: a base model for Table 8; weight 0: held-out rows scored only); each
+training example is the task prompt + "label + reasoning" target (or its label-only form with an empty
+<think>), tokenized to a fixed length with loss on target tokens only, drawn by the task mixer
+(``data/mixing.py``).
 
 Loss (Eq. 2): per-sample mean NLL ℓ_{t,i}, instance weights w_{t,i} from perplexity progress between
 validation intervals (Eq. 3–5), task weights λ_t from validation difficulty (Eq. 6–7).
@@ -28,7 +30,7 @@ from megatron_ads.config.train import JobConfig
 from megatron_ads.data.mixing import TaskMixer, uniform_lambdas
 from megatron_ads.data.packing import collate, model_forward
 from megatron_ads.data.sft_data import load_sft_data, sft_tokenizer
-from megatron_ads.data.tasks import GENERAL, Scorer, check_sft, sft_tasks, task
+from megatron_ads.data.tasks import GENERAL, Scorer, check_sft, general_only, sft_tasks, task
 from megatron_ads.eval.plots import plot_sft_run
 from megatron_ads.runtime.log import get_logger
 from megatron_ads.train.loop import Trainer
@@ -50,19 +52,22 @@ class SFTTrainer(Trainer):
         super().__init__(job)
         s, t = job.sft, job.train
         self.adaptive = sft_tasks(s)
+        """The tasks with Eq. 6–7 weights (none with ``sft.tasks: [general]``)."""
         self.data = load_sft_data(s)
-        self.train_tasks = list(self.data)
-        """The adaptive tasks, then the general task when ``sft.general_path`` is set."""
+        self.general_weight = 1.0 if general_only(s) else s.general_weight if s.general_path else None
+        """λ of the general task: None without ``sft.general_path``; 0: its held-out rows are only scored."""
+        self.train_tasks = [n for n in self.data if n != GENERAL.name or self.general_weight]
+        """The adaptive tasks, then the general task when ``sft.general_path`` is set (and its weight is > 0)."""
         self.tokenizer = sft_tokenizer(job.model, self.cfg.vocab_size, self.data,
-                                       self.out / "tokenizer" if self.rank == 0 else None)
-        self.mixer = TaskMixer(data={n: d["train"] for n, d in self.data.items()}, seed=s.data_seed,
+                                       self.out / "tokenizer" if self.rank == 0 else None, s)
+        self.mixer = TaskMixer(data={n: self.data[n]["train"] for n in self.train_tasks}, seed=s.data_seed,
                                label_only_fraction=s.label_only_fraction)
         self.instance = InstanceReweighter(beta=s.beta, w_min=s.w_min, w_max=s.w_max)
-        self.general_weight = s.general_weight if s.general_path else None
         self.tasks = TaskReweighter(tasks=list(self.adaptive), alpha=s.alpha, lambda_min=s.lambda_min,
                                     lambda_ema=s.lambda_ema,
                                     general_task=GENERAL.name if s.general_path else None,
-                                    general_weight=self.general_weight or 0.0)
+                                    general_weight=self.general_weight or 0.0) if self.adaptive else None
+        """Eq. 6–7 task weights (None without adaptive tasks: the general task alone, λ = 1)."""
         self.scorer = scorer_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer, seq_len=t.seq_len,
                                      micro_batch=t.micro_batch)
         self.model.train()  # a factory may leave it in eval mode (the inference engine does)
@@ -90,7 +95,7 @@ class SFTTrainer(Trainer):
         """Task-mixer probabilities: λ_t in "sampling" mode, else uniform over the adaptive tasks
         (the general task always gets its fixed share)."""
         s = self.job.sft
-        if s.task_weighting == "sampling" and s.reweight_tasks:
+        if s.task_weighting == "sampling" and s.reweight_tasks and self.tasks is not None:
             return dict(self.tasks.lambdas)
         return uniform_lambdas(self.adaptive, self.general_weight)
 
@@ -123,7 +128,8 @@ class SFTTrainer(Trainer):
         if s.task_weighting == "sampling":  # the mixer already drew tasks by λ_t: a plain weighted mean
             loss = (w.to(per_sample) * per_sample).mean()
         else:
-            lam = self.tasks.lambdas if s.reweight_tasks else uniform_lambdas(self.adaptive, self.general_weight)
+            lam = (self.tasks.lambdas if s.reweight_tasks and self.tasks is not None
+                   else uniform_lambdas(self.adaptive, self.general_weight))
             # λ sums to 1 over tasks; scale by the number of tasks so the loss stays on the per-sample scale
             loss = weighted_loss(per_sample, batch["tasks"], w, lam) * len(self.train_tasks)
         report = torch.stack([per_sample.detach().sum(), torch.tensor(float(len(per_sample)))])
@@ -145,7 +151,7 @@ class SFTTrainer(Trainer):
         with self.predicting() as scorer:
             values, norm = validate_tasks(self.adaptive, self.data, scorer, self.job.sft)
         rec.update(values)
-        if self.job.sft.reweight_tasks:
+        if self.job.sft.reweight_tasks and self.tasks is not None:
             lam = self.tasks.update(norm)
             rec.update({f"lambda/{k}": v for k, v in lam.items()})
         ws = list(self.instance.current.values())
@@ -159,7 +165,8 @@ class SFTTrainer(Trainer):
     def test_report(self) -> dict[str, Any]:
         """Held-out test predictions and metrics in ``eval/`` (see ``sft_eval.test_report``)."""
         with self.predicting() as scorer:
-            return test_report(self.adaptive, self.data, scorer, self.job.sft, self.out, self.step, self.rank == 0)
+            return test_report(self.adaptive, self.data, scorer, self.job.sft, self.out, self.step, self.rank == 0,
+                               tokenizer=self.tokenizer)
 
     def run(self) -> dict[str, Any]:
         summary = super().run()
@@ -181,11 +188,12 @@ class SFTTrainer(Trainer):
         return rec
 
     def checkpoint_common(self) -> dict[str, Any]:
-        return {**super().checkpoint_common(), "sft_tasks": self.tasks.state_dict()}
+        extra = {"sft_tasks": self.tasks.state_dict()} if self.tasks is not None else {}
+        return {**super().checkpoint_common(), **extra}
 
     def restore_common(self, state: dict[str, Any]) -> None:
         super().restore_common(state)
-        if "sft_tasks" in state:
+        if "sft_tasks" in state and self.tasks is not None:
             self.tasks.load_state_dict(state["sft_tasks"])
 
     def checkpoint_rank(self) -> dict[str, Any]:
