@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from megatron_ads.config.yaml_io import read_mapping, split_override
 
 ANSWER_MODES = ("teacher", "gold")
 
@@ -144,27 +143,8 @@ class CookConfig:
         d: dict[str, Any] = {}
         source = "cook config"
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: cook config file not found")
-            try:
-                d = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: invalid YAML ({exc})") from exc
-            if not isinstance(d, dict):
-                raise ValueError(f"{path}: expected a mapping of CookConfig fields")
-            source = str(path)
+            d, source = read_mapping(path, "cook config"), str(path)
         for item in overrides or []:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: expected key=value (e.g. n_candidates=2)")
-            key, raw = item.split("=", 1)
-            d[key.strip()] = _yaml_value(raw)
+            key, value = split_override(item, "n_candidates=2")
+            d[key] = value
         return cls.from_dict(d, source)
-
-
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _yaml_value(raw: str) -> Any:
-    v = yaml.safe_load(raw)
-    return float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v

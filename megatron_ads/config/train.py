@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict, get_args
@@ -13,6 +12,7 @@ import yaml
 
 from megatron_ads.config.model import MtpPolicy
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.config.yaml_io import read_mapping, split_override
 
 Init = Literal["random", "hf", "mcore"]
 DataKind = Literal["synthetic"]
@@ -189,13 +189,6 @@ class TaskFiles(TypedDict, total=False):
     test: str
 
 
-_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _yaml_value(raw: str) -> Any:
-    """A YAML-typed override value; ``1e-5`` is a float (YAML 1.1 would read it as a string)."""
-    v = yaml.safe_load(raw)
-    return float(v) if isinstance(v, str) and _FLOAT.match(v.strip()) else v
 
 
 @dataclass(kw_only=True, slots=True)
@@ -654,22 +647,14 @@ class JobConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> "JobConfig":
         """Read YAML and apply ``key=value`` overrides (dotted keys, YAML-typed values)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML ({exc})") from exc
+        d = read_mapping(path)
         for item in overrides or []:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: expected key=value (e.g. train.steps=10)")
-            key, raw = item.split("=", 1)
+            key, value = split_override(item, "train.steps=10")
             node = d
             parts = key.split(".")
             for p in parts[:-1]:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     raise ValueError(f"override {item!r}: {p!r} is not a section")
-            node[parts[-1]] = _yaml_value(raw)
+            node[parts[-1]] = value
         return cls.from_dict(d, source=str(path))
