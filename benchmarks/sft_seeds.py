@@ -6,8 +6,8 @@
 Seed s runs ``megatron-ads train sft --config launch/configs/sft_tiny_cpu.yaml train.seed=<1 + s>`` (the data,
 its held-out split and the recipe stay fixed; the seed changes the initialization, the sampling order and the
 dropout-free training noise), up to ``--parallel`` runs at a time, each in its own process and run directory
-``<workdir>/seed<s>``; a run whose ``eval/report.json`` exists is reused, so an interrupted sweep resumes and
-seeds can be spread over several invocations. Per run it reads the held-out test report (``eval/report.json``:
+``<workdir>/seed<s>``; a run whose ``eval/report.json`` exists is reused (refused if it was made with other
+overrides, e.g. ``--fast``), so an interrupted sweep resumes and seeds can be spread over several invocations. Per run it reads the held-out test report (``eval/report.json``:
 query–ad Bad / Fair / location / quality BACC, ad–user AUC and BACC) and the smallest λ_t of every validation
 (``val_metrics.jsonl``, against ``sft.lambda_min``), then prints a markdown table (per seed, mean ± population
 std) and, last, one JSON object: ``metrics`` {name: {mean, std, per_seed}}, ``min_lambda``, ``seeds``,
@@ -46,7 +46,11 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> float:
     """Train seed ``seed`` into ``work/seed<seed>`` (skipped when its test report exists); wall seconds."""
     out = work / f"seed{seed}"
     if (out / "eval" / "report.json").is_file():
-        return float(json.loads((out / "wall.json").read_text())["wall_s"]) if (out / "wall.json").is_file() else math.nan
+        done = json.loads((out / "wall.json").read_text()) if (out / "wall.json").is_file() else {}
+        if done.get("overrides") != extra:
+            raise SystemExit(f"{out}: a finished run with other overrides ({done.get('overrides')}) than these "
+                             f"({extra}); use another --workdir")
+        return float(done["wall_s"])
     out.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "megatron_ads", "train", "sft", "--config", str(CFG), f"out_dir={out}",
             f"train.seed={1 + seed}", "resume=auto", *extra]
@@ -57,7 +61,7 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> float:
     if p.returncode != 0:
         tail = "\n".join((out / "train.log").read_text().splitlines()[-30:])
         raise SystemExit(f"seed {seed}: exit {p.returncode}: {' '.join(argv[2:])}\n--- {out / 'train.log'}\n{tail}")
-    (out / "wall.json").write_text(json.dumps({"wall_s": round(wall, 1)}))
+    (out / "wall.json").write_text(json.dumps({"wall_s": round(wall, 1), "overrides": extra}))
     return wall
 
 

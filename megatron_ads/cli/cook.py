@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from megatron_ads.cli import CommandFailed, emit
 from megatron_ads.config.cook import CookConfig
+from megatron_ads.config.yaml_io import read_mapping
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.cook import pipeline as P
 from megatron_ads.data.cook.prompts import PROMPTS, CookPrompt, prompt_for, prompt_from_dict
@@ -304,12 +305,10 @@ def run(args) -> int:
             raise BadInput(f"{flag} {path}: no such {'file' if kind == 'file' else 'checkpoint directory'}")
     prompt = prompt_for(args.task)
     if args.prompts:
-        import yaml
-
         try:
-            d = yaml.safe_load(Path(args.prompts).read_text())
-        except yaml.YAMLError as exc:
-            raise BadInput(f"--prompts {args.prompts}: invalid YAML ({exc})") from None
+            d = read_mapping(args.prompts, "--prompts")
+        except (FileNotFoundError, ValueError) as exc:
+            raise BadInput(f"--prompts: {exc}") from None
         prompt = prompt_from_dict(args.task, d, source=f"--prompts {args.prompts}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -189,8 +189,6 @@ class TaskFiles(TypedDict, total=False):
     test: str
 
 
-
-
 @dataclass(kw_only=True, slots=True)
 class SFTSpec:
     """Multi-task SFT: tasks, synthetic data sizes, reweighting (AdNanny Eq. 2–7) and validation."""

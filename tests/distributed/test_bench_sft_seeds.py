@@ -40,3 +40,7 @@ def test_sft_seeds_fast(tmp_path):
     _, again = _bench(tmp_path)
     assert (tmp_path / "seed0" / "eval" / "report.json").stat().st_mtime_ns == stamp
     assert again["metrics"] == out["metrics"]
+    # a finished smoke run is never reported as the full recipe: other overrides, other workdir
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sft_seeds.py"), "--seeds", "1",
+                        "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode != 0 and "other overrides" in p.stderr, p.stderr[-2000:]

@@ -389,3 +389,11 @@ def test_cook_config_defaults_and_validation():
         CookConfig(answer="model")
     with pytest.raises(ValueError, match="unknown field"):
         CookConfig.load(None, ["n_candidate=2"])
+
+
+def test_human_report_with_a_refused_task():
+    """A task refused on the golden set has no counts: the console report names it instead of failing."""
+    from megatron_ads.data.cook.report import human
+
+    text = human({"tasks": {"query_ad": {"prompt_validation": {"prompt": "query_ad", "passed": False}}}})
+    assert text == "query_ad: refused (prompt query_ad); see its prompt_validation"

@@ -100,7 +100,7 @@ def schema_check(task: Task, text: str, answer: str, finish_reason: str = "stop"
 
     ``answer="teacher"``: the text holds ``<think>...</think>`` and the tags. ``answer="gold"``: the text is the
     reasoning after the prefilled ``<think>``, ending with ``</think>``; the gold tags are appended by the
-    caller (``build_output``). Returns the parsed output of the text as a whole target (its ``reasoning`` is
+    caller (``Task.target`` with the row's ``reasoning``). Returns the parsed output of the text as a whole target (its ``reasoning`` is
     the think block's content) and the problem."""
     if answer == "gold":
         end = text.find("</think>")
@@ -121,10 +121,6 @@ def schema_check(task: Task, text: str, answer: str, finish_reason: str = "stop"
         parsed.errors.append("empty reasoning")
     return parsed, "; ".join(parsed.errors) if parsed.errors else None
 
-
-def build_output(task: Task, row: dict, reasoning: str) -> str:
-    """The training target of ``row`` with ``reasoning`` (``Task.target``: ``<think>`` then the gold tags)."""
-    return task.target({**row, "reasoning": reasoning})
 
 
 def _norm_query(q: str) -> str:

@@ -27,7 +27,7 @@ A prompt renders as (``render``)::
     <think>                      (answer mode "gold" only: the teacher continues the reasoning)
 
 ``verifier`` says how the smaller verifier model scores a candidate's faithfulness in one prefill
-(``pipeline.verifier_requests``): ``label`` — the task's own label-only prompt with the candidate's reasoning
+(``pipeline.verifier_scores``): ``label`` — the task's own label-only prompt with the candidate's reasoning
 in ``<think>``, then each gold label scored against the field's other values (the score is the smallest
 probability of a gold value: every label must follow from the reasoning); ``judge`` — a yes/no question about
 the reasoning, the score is P(positive) among the candidates.
@@ -198,6 +198,7 @@ def prompt_from_dict(task_name: str, d: dict[str, Any], source: str = "prompts")
         raise ValueError(f"{source}: {exc}") from None
     for name in ("intro", "inputs", "given", "rules", "example"):
         _placeholders(out, name, getattr(out, name))
+    _placeholders(out, "verifier.template", out.verifier.template, extra=("reasoning",))
     return out
 
 
@@ -253,10 +254,10 @@ def format_instruction(task: Task, answer: str) -> str:
 def render(prompt: CookPrompt, variation: Variation, task: Task, row: dict, answer: str) -> str:
     """The teacher's prompt for ``row`` under ``variation`` (module docstring)."""
     view = row_view(task, row)
-    parts = [prompt.intro]
-    if prompt.rules:
-        parts.append(prompt.rules)
     try:
+        parts = [prompt.intro.format(**view)]
+        if prompt.rules:
+            parts.append(prompt.rules.format(**view))
         parts += [prompt.inputs.format(**view), prompt.given.format(**view)]
         if prompt.example:
             parts.append("Example:\n" + prompt.example.format(**view))

@@ -92,6 +92,10 @@ def human(report: dict) -> str:
     """A few lines per task for the console."""
     lines = []
     for name, s in report["tasks"].items():
+        if "inputs" not in s:  # a task whose prompt was refused on the golden set: nothing cooked
+            pv = s.get("prompt_validation") or {}
+            lines.append(f"{name}: refused (prompt {pv.get('prompt', '?')}); see its prompt_validation")
+            continue
         i, c = s["inputs"], s["candidates"]
         drops = ", ".join(f"{k} {v}" for k, v in i["dropped"].items() if v) or "none"
         cdrops = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
