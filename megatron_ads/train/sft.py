@@ -53,10 +53,18 @@ class InstanceReweighter:
         return torch.exp((token_nll * mask).sum(dim=1) / n)
 
     def weight(self, sample_id: str, ppl_now: float) -> float:
-        """Eq. 4–5 for one sample (Δ = 0, w = 1 when it has no previous perplexity yet)."""
+        """Eq. 4–5 for one sample (Δ = 0, w = 1 when it has no previous perplexity yet). The exponent is capped
+        at log(w_max) before exp (the clip would cap the weight there anyway): a sample whose perplexity
+        regressed by more than ~709/β would otherwise overflow ``math.exp``; an undefined Δ (inf − inf) counts
+        as no progress (w = 1)."""
         prev = self.previous.get(sample_id)
         delta = 0.0 if prev is None else prev - ppl_now
-        return min(max(math.exp(-self.beta * delta), self.w_min), self.w_max)
+        expo = -self.beta * delta
+        if math.isnan(expo):
+            expo = 0.0
+        if expo >= math.log(self.w_max):
+            return self.w_max
+        return max(math.exp(expo), self.w_min)
 
     def weights(self, sample_ids: list[str], token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Weights for a batch; records the batch's current perplexities."""

@@ -123,3 +123,15 @@ def test_lambda_settings_are_checked():
     with pytest.raises(ValueError, match="sft.lambda_ema"):
         SFTSpec(lambda_ema=-0.1)
     assert SFTSpec().lambda_min == 0.05 and SFTSpec().lambda_ema == 0.0
+
+
+def test_eq5_weight_survives_huge_regressions_and_infinite_perplexity():
+    """A sample whose perplexity regressed by thousands (exp(-β·Δ) beyond float range) gets w_max, not an
+    OverflowError (seen in an ads SFT run from a general-only base); inf - inf counts as no progress."""
+    r = InstanceReweighter(beta=1.0, w_min=0.2, w_max=5.0)
+    r.previous = {"up": 1.0, "down": 5000.0, "inf": math.inf, "to_inf": 3.0}
+    assert r.weight("up", 5000.0) == 5.0                    # Δ = -4999: exp(4999) would overflow
+    assert r.weight("down", 1.0) == 0.2                     # Δ = +4999: exp(-4999) underflows to 0 -> w_min
+    assert r.weight("inf", math.inf) == 1.0                 # Δ undefined
+    assert r.weight("to_inf", math.inf) == 5.0              # Δ = -inf
+    assert r.weight("up", 1.0 + math.log(2.0)) == pytest.approx(2.0)  # unchanged inside the clip: exp(ln 2)
