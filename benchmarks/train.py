@@ -1,13 +1,16 @@
 """Training throughput of our megatron-core trainer vs a plain HF-transformers loop, same model and data.
 
     python benchmarks/train.py [--flavor tiny_deepseek_v3] [--steps 12] [--seq-len 128] [--micro-batch 4] [--dtype fp32]
-                               [--experts grouped|sequential|both] [--num-experts N]
+                               [--experts grouped|sequential|both] [--num-experts N] [--profile]
 
 Both run in one process on this machine's device (CPU here; CUDA on a GPU machine), from the same
 random-weight HF checkpoint, on the same synthetic batches, with AdamW. Prints median tokens/s of
 each (first 2 steps excluded) and the ratio ours / HF. ``--experts`` picks our routed experts module
 (``model.experts``: grouped GEMM, or megatron's SequentialMLP; ``both`` runs ours once with each);
-``--num-experts`` overrides the flavor's routed expert count (n_routed_experts).
+``--num-experts`` overrides the flavor's routed expert count (n_routed_experts). ``--profile``: our run also
+profiles steps 3..N (``train.profile_steps``) and prints its trainer phases (ms per step) and top ops, so the
+fixed costs per step (loss report, expert-load reduction, stop check, step log) show next to forward-backward
+(the profiler slows the profiled steps: take ratios from a run without ``--profile``).
 
 On CUDA both sides also get an MFU (``model.flops.mfu``: training FLOPs per token x tokens/s over the GPU's
 dense bf16 peak, ``train.loop.PEAK_FLOPS``; ours is the median of the trainer's own ``mfu`` records). The
@@ -77,7 +80,10 @@ def main() -> int:
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--experts", choices=("grouped", "sequential", "both"), default="grouped")
     ap.add_argument("--num-experts", type=int, default=None, help="override n_routed_experts of the flavor")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler over our steps 3..N: phases and top ops")
     args = ap.parse_args()
+    if args.profile and args.steps < 3:
+        ap.error("--profile profiles steps 3..N: needs --steps >= 3")
     with tempfile.TemporaryDirectory(prefix="megatron_ads_trainbench_") as tmp:
         hf = Path(tmp) / "hf"
         if args.num_experts is None:
@@ -92,7 +98,7 @@ def main() -> int:
         r = subprocess.run([sys.executable, "-c", HF_LOOP, str(hf), str(args.steps), str(args.seq_len),
                             str(args.micro_batch), args.dtype], check=True, capture_output=True, text=True)
         hf_tps = json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"][2:]
-        ours, ours_mfu = {}, {}
+        ours, ours_mfu, profiles = {}, {}, {}
         for kind in (("grouped", "sequential") if args.experts == "both" else (args.experts,)):
             run = Path(tmp) / f"ours_{kind}"
             subprocess.run([sys.executable, "-m", "megatron_ads", "train", "lm", "--config",
@@ -101,8 +107,14 @@ def main() -> int:
                             "parallel.pp=1", "parallel.ep=1", "parallel.stage_layers=null",
                             f"train.steps={args.steps}", f"train.seq_len={args.seq_len}",
                             f"train.micro_batch={args.micro_batch}", "train.num_microbatches=1",
-                            f"optim.dtype={args.dtype}", "checkpoint.save_at_end=false", "train.moe_metrics=false"],
+                            f"optim.dtype={args.dtype}", "checkpoint.save_at_end=false", "train.moe_metrics=false",
+                            *([f"train.profile_steps=[3,{args.steps}]"] if args.profile else [])],
                            check=True, capture_output=True)
+            if args.profile:
+                profiles[kind] = json.loads((run / "profile" / "rank0.json").read_text())["ms_per_step"]
+                table = (run / "profile" / "rank0.txt").read_text().splitlines()
+                print(f"--- profile, ours ({kind} experts) ---")
+                print("\n".join(table[:60]))
             recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][2:]
             ours[kind] = statistics.median(x["tokens_per_s"] for x in recs)
             mfus = [x["mfu"] for x in recs if x.get("mfu") is not None]
@@ -125,7 +137,8 @@ def main() -> int:
                "micro_batch": args.micro_batch, "steps": args.steps, "num_experts": args.num_experts,
                "hf_tokens_per_s": base, "ours_tokens_per_s": ours[first], "ratio_ours_over_hf": ours[first] / base,
                "ours_experts": first, "ours_by_experts": ours, "ratio_by_experts": {k: v / base for k, v in ours.items()},
-               "hf_mfu": hf_mfu, "ours_mfu": ours_mfu[first], "ours_mfu_by_experts": ours_mfu}
+               "hf_mfu": hf_mfu, "ours_mfu": ours_mfu[first], "ours_mfu_by_experts": ours_mfu,
+               "profile_ms_per_step": profiles or None}
     print(json.dumps(figures), flush=True)  # the last line: machine-readable figures (benchmarks/run_all.py)
     return 0
 

@@ -162,11 +162,22 @@ class TrainSpec:
     """DeepSeek-V3 sequence-wise balance loss coefficient (0: aux-loss-free balancing only, via expert bias)."""
     tensorboard: bool = False
     """Also write TensorBoard scalars (needs the tensorboard package)."""
+    profile_steps: list[int] | None = None
+    """[first, last]: run ``torch.profiler`` over these optimizer steps (1-based, as ``step`` in metrics.jsonl);
+    every rank writes ``profile/rank<r>.txt`` (ops by self time, the trainer's phases) and a Chrome trace."""
 
     def __post_init__(self):
         for name in ("steps", "seq_len", "micro_batch", "num_microbatches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name}: expected >= 1, got {getattr(self, name)}")
+        p = self.profile_steps
+        if p is not None and (not isinstance(p, (list, tuple)) or len(p) != 2
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+                              or not 1 <= p[0] <= p[1]):
+            raise ValueError(f"train.profile_steps: expected [first, last] optimizer steps with 1 <= first <= last "
+                             f"(or null), got {p!r}")
+        if p is not None:
+            self.profile_steps = list(p)
 
 
 @dataclass(kw_only=True, slots=True)

@@ -33,6 +33,7 @@ from megatron_ads.runtime.errors import Failure
 from megatron_ads.train import ckpt
 from megatron_ads.train.build import build, model_config, stub_parts
 from megatron_ads.train.moe import ExpertLoad, track_moe_metrics
+from megatron_ads.train.profile import StepProfiler
 from megatron_ads.train.step_log import StepLog
 from megatron_ads.train.timeouts import CollectiveTimeout, is_timeout, named_timeout
 
@@ -74,7 +75,9 @@ class Trainer:
         self.step = 0
         self.nan_steps = 0
         self._stop_requested = False
+        self._stop_seen: bool | None = None  # this step's agreed stop flag, when a collective already carried it
         self.metrics_path = self.out / "metrics.jsonl"
+        self.profiler = StepProfiler(t.profile_steps, self.out, self.rank, self.platform.name == "cuda")
 
     def extend_model(self, chunk) -> None:
         """Hook: change this rank's model chunk after its initial weights are loaded and before DDP and the
@@ -98,7 +101,8 @@ class Trainer:
                                   min(d.vocab_limit, self.cfg.vocab_size))
 
     def _forward_step(self, data_iterator, model):
-        b = next(data_iterator)
+        with self.profiler.phase("data"):
+            b = next(data_iterator)
         mask = b["loss_mask"].to(self.device)
         kwargs = {"loss_mask": mask} if self.cfg.num_mtp_layers else {}
         return model_forward(model, b, self.device, **kwargs), partial(_masked_loss, mask)
@@ -106,7 +110,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def _phase(self, name: str, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with self.profiler.phase(name):
+                return fn(*args, **kwargs)
         except RuntimeError as exc:
             if is_timeout(exc) and not isinstance(exc, CollectiveTimeout):
                 raise named_timeout(name, self.rank, self.job.train.collective_timeout_s,
@@ -116,12 +121,16 @@ class Trainer:
 
     def moe_step_metrics(self) -> dict:
         """Collective: this step's MoE metrics (megatron's aux-loss tracker when ``train.moe_metrics``) and the
-        per-expert load; {} for a dense model."""
+        per-expert load; {} for a dense model. The expert-load all-reduce also carries the ranks' stop flags
+        (SIGTERM), so a MoE step needs no separate stop collective."""
         if not self.cfg.is_moe:
             return {}
         if self.job.train.moe_metrics:
             self._phase("moe-metrics", track_moe_metrics, self.cfg, self.step, "metrics" in self.stub_parts)
-        return self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0)
+        out = self._phase("moe-load", self.expert_load.reduce, self.ps.get_tensor_model_parallel_rank() == 0,
+                          stop=self._stop_requested)
+        self._stop_seen = out.pop("stop")
+        return out
 
     def train_step(self) -> dict[str, Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func  # heavy: megatron-core at use
@@ -256,8 +265,13 @@ class Trainer:
         self._stop_requested = True
 
     def _stop_agreed(self) -> bool:
+        """Collective unless this step's expert-load reduction carried it: True when any rank got SIGTERM
+        (every rank sees the same answer, from one collective)."""
+        if self._stop_seen is not None:
+            seen, self._stop_seen = self._stop_seen, None
+            return seen
         flag = torch.tensor([1 if self._stop_requested else 0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._phase("stop-check", dist.all_reduce, flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
     def run(self) -> dict[str, Any]:
@@ -277,12 +291,15 @@ class Trainer:
                 log.info("resumed from %s at step %d", resumed, self.step)
             with StepLog(self.metrics_path, t, self.out / "tensorboard") if self.rank == 0 else nullcontext() as steps:
                 while self.step < t.steps:
-                    rec = self.train_step()
-                    first_loss = rec["loss"] if first_loss is None else first_loss
-                    last_loss = rec["loss"]
-                    if steps is not None:
-                        steps.write(rec)
-                    if self._stop_agreed():
+                    with self.profiler.step(self.step + 1):
+                        rec = self.train_step()
+                        first_loss = rec["loss"] if first_loss is None else first_loss
+                        last_loss = rec["loss"]
+                        if steps is not None:
+                            with self.profiler.phase("step-log"):
+                                steps.write(rec)
+                        stop = self._stop_agreed()
+                    if stop:
                         stopped_by_signal = True
                         self.save()
                         break
@@ -295,6 +312,7 @@ class Trainer:
                         self.save()
         finally:
             signal.signal(signal.SIGTERM, old)
+            self.profiler.close()
         return {"steps": self.step, "first_loss": first_loss, "last_loss": last_loss,
                 "stopped_by_signal": stopped_by_signal, "optimizer": self.optim_info,
                 "out_dir": str(self.out), "world_size": dist.get_world_size(), "dp": self.dp}

@@ -31,16 +31,20 @@ class ExpertLoad:
     def reset(self) -> None:
         self.counts = {}
 
-    def reduce(self, count_here: bool) -> dict[str, Any]:
+    def reduce(self, count_here: bool, stop: bool = False) -> dict[str, Any]:
         """Per-expert load of every MoE layer (summed over all ranks' tokens; ``count_here``: this rank's counts
         are included, i.e. it is the first of its tensor-parallel group) and its imbalance; a [L, E] world
-        all-reduce every rank joins (zeros on dense-only stages)."""
-        counts = torch.zeros(self.cfg.num_layers, self.cfg.num_experts)
+        all-reduce every rank joins (zeros on dense-only stages). One more element carries the ranks' ``stop``
+        flags: ``out["stop"]`` is True when any rank passed ``stop=True``."""
+        L, E = self.cfg.num_layers, self.cfg.num_experts
+        buf = torch.zeros(L * E + 1)
+        counts = buf[:-1].view(L, E)
         for g, c in self.counts.items():
             if count_here:
                 counts[g] += c.cpu()
-        dist.all_reduce(counts)
-        out: dict[str, Any] = {}
+        buf[-1] = float(stop)
+        dist.all_reduce(buf)
+        out: dict[str, Any] = {"stop": bool(buf[-1] > 0)}
         moe_layers = [i for i in range(self.cfg.num_layers) if self.cfg.is_moe_layer(i)]
         if moe_layers:
             loads = counts[moe_layers]

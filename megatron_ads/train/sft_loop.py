@@ -178,7 +178,7 @@ class SFTTrainer(Trainer):
     def train_step(self) -> dict[str, Any]:
         rec = super().train_step()
         if self.step % self.job.sft.eval_every == 0 or self.step == self.job.train.steps:
-            val = self.validate()
+            val = self._phase("validate", self.validate)
             if self.rank == 0:
                 with open(self.val_path, "a") as f:
                     f.write(json.dumps(val) + "\n")

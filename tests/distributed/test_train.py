@@ -51,7 +51,10 @@ def test_loss_decreases_and_layouts_agree(tiny_ckpts, tmp_path):
     assert (tmp_path / "pp2ep2" / "checkpoints" / "latest").is_file()
 
 
-def test_sigterm_finishes_the_step_and_saves(tmp_path):
+@pytest.mark.parametrize("signalled", [(0, 1), (0,)], ids=["both", "dense-stage-only"])
+def test_sigterm_finishes_the_step_and_saves(tmp_path, signalled):
+    """Both ranks stop at the same step and save, also when only the dense-only first stage got SIGTERM (its
+    flag reaches the other rank through the expert-load all-reduce, which carries the stop flags)."""
     out = tmp_path / "sig"
     port = free_port()
     procs = []
@@ -66,8 +69,8 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
         time.sleep(0.2)
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
+    for r in signalled:
+        procs[r].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=240) for p in procs]
     errs = [p.stderr.read().decode() for p in procs]
     assert codes == [0, 0], [e[-2000:] for e in errs]
@@ -85,6 +88,26 @@ def test_sigterm_finishes_the_step_and_saves(tmp_path):
     resumed = job(tmp_path, "sig", "parallel.ep=1", "resume=auto", f"train.steps={saved_step + 1}")
     r = spawn(train_worker, 2, resumed.to_dict())[0]
     assert r["steps"] == saved_step + 1
+
+
+def test_profile_window_writes_phases_per_rank(tmp_path):
+    """train.profile_steps: each rank writes its op table, phase summary and Chrome trace for the window."""
+    j = job(tmp_path, "prof", "parallel.ep=1", "train.steps=4", "train.profile_steps=[2,3]",
+            "checkpoint.save_at_end=false")
+    spawn(train_worker, 2, j.to_dict())
+    for rank in range(2):
+        d = tmp_path / "prof" / "profile"
+        summary = json.loads((d / f"rank{rank}.json").read_text())
+        assert summary["steps"] == [2, 3] and summary["profiled_steps"] == 2
+        phases = summary["ms_per_step"]
+        for name in ("step", "forward-backward", "optimizer", "loss-report", "moe-load", "data"):
+            assert phases[name] > 0, (rank, name, phases)
+        assert phases["step"] >= phases["forward-backward"] + phases["optimizer"]
+        assert "stop-check" not in phases  # a MoE step's stop flags ride on the expert-load all-reduce
+        assert ("step-log" in phases) == (rank == 0)  # only rank 0 writes metrics.jsonl
+        table = (d / f"rank{rank}.txt").read_text()
+        assert "trainer phases" in table and "aten::" in table
+        assert json.loads((d / f"rank{rank}.trace.json").read_text())["traceEvents"]
 
 
 def _nan_worker(job_dict, bad_steps):

@@ -8,8 +8,9 @@ def test_tiny_cpu_config_and_overrides(tmp_path):
 
     cfg = Path(__file__).resolve().parents[2] / "launch" / "configs" / "tiny_cpu.yaml"
     job = JobConfig.load(cfg, ["train.steps=7", "out_dir=/x", "resume=auto", "checkpoint.every=3",
-                               "parallel.stage_layers=null"])
+                               "parallel.stage_layers=null", "train.profile_steps=[2,4]"])
     assert (job.train.steps, job.out_dir, job.resume, job.checkpoint.every) == (7, "/x", "auto", 3)
+    assert job.train.profile_steps == [2, 4]
     assert job.parallel.pp == 2 and job.parallel.ep == 2 and job.parallel.stage_layers is None
     again = tmp_path / "again.yaml"
     again.write_text(job.to_yaml())
@@ -24,6 +25,10 @@ def test_tiny_cpu_config_and_overrides(tmp_path):
     ("model.init=hf", "model.path"),
     ("parallel.tp=0", "tp"),
     ("nokeyvalue", "key=value"),
+    ("train.profile_steps=[3,2]", "train.profile_steps"),
+    ("train.profile_steps=[0,2]", "train.profile_steps"),
+    ("train.profile_steps=5", "train.profile_steps"),
+    ("train.profile_steps=[1,2,3]", "train.profile_steps"),
 ])
 def test_bad_values_name_the_field(override, needle, tmp_path):
     path = tmp_path / "c.yaml"
