@@ -104,6 +104,27 @@ def megatron_optimizer_config(o: OptimSpec):
     return OptimizerConfig(**shared, **derived, **o.megatron)
 
 
+FUSED_ADAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def fuse_torch_adam(opt) -> bool:
+    """Switch a torch Adam / AdamW that megatron built (no TransformerEngine or apex: its fallback) to torch's
+    fused kernel, before its first step: one kernel per parameter group instead of torch's CPU default, a Python
+    loop over the parameters (CPU: ~4x faster optimizer step; CUDA: fused rather than foreach). Same update up to
+    float rounding (1 ulp on a few elements). Returns whether it did; anything else (a stub, TE's FusedAdam, a
+    group on a device or dtype the kernel does not take) is left as it is."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW) or opt.state:
+        return False
+    groups = opt.param_groups
+    params = [p for g in groups for p in g["params"]]
+    if any(g.get("differentiable") or g.get("capturable") for g in groups) or not all(
+            p.device.type in ("cpu", "cuda") and p.dtype in FUSED_ADAM_DTYPES for p in params):
+        return False
+    for g in [*groups, opt.defaults]:
+        g["fused"], g["foreach"] = True, False
+    return True
+
+
 def build_optimizer(opt_config, model_chunks, stub: bool = True, impl: str = "megatron"):
     """megatron's (Chained)Optimizer for ``model_chunks``; see the module docstring for ``stub``. ``impl="project"``
     (debug): where megatron built its own expert-side stub, use ``ExpertStubOptimizer`` in its place.
@@ -116,6 +137,8 @@ def build_optimizer(opt_config, model_chunks, stub: bool = True, impl: str = "me
 
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
     chain = list(optimizer.chained_optimizers) if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    for opt in chain:
+        fuse_torch_adam(getattr(opt, "optimizer", None))
     is_moe = getattr(model_chunks[0].config, "num_moe_experts", None) is not None
     has_experts = _has_expert_params(model_chunks)
     info = {"has_expert_params": has_experts, "expert_optimizer": "none"}
