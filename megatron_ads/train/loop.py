@@ -182,6 +182,8 @@ class Trainer:
     def reduce_last_stage(self, buf: torch.Tensor) -> torch.Tensor:
         """Collective: ``buf`` (float64; filled on last-stage ranks) summed over data-parallel ranks and
         broadcast from the last rank to every rank; returns it."""
+        if dist.get_world_size() == 1:  # one process (a single-GPU run, the CPU benchmark): nothing to exchange
+            return buf
         if self.ps.is_pipeline_last_stage():
             dist.all_reduce(buf, group=self.ps.get_data_parallel_group())
         dist.broadcast(buf, src=dist.get_world_size() - 1)  # the last global rank is on the last stage
@@ -270,6 +272,8 @@ class Trainer:
         if self._stop_seen is not None:
             seen, self._stop_seen = self._stop_seen, None
             return seen
+        if dist.get_world_size() == 1:
+            return self._stop_requested
         flag = torch.tensor([1 if self._stop_requested else 0])
         self._phase("stop-check", dist.all_reduce, flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

@@ -43,7 +43,8 @@ class ExpertLoad:
             if count_here:
                 counts[g] += c.cpu()
         buf[-1] = float(stop)
-        dist.all_reduce(buf)
+        if dist.get_world_size() > 1:
+            dist.all_reduce(buf)
         out: dict[str, Any] = {"stop": bool(buf[-1] > 0)}
         moe_layers = [i for i in range(self.cfg.num_layers) if self.cfg.is_moe_layer(i)]
         if moe_layers:
