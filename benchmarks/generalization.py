@@ -24,7 +24,7 @@ Every SFT run's test report (``eval/report.json``) holds the held-out general me
 token, perplexity, greedy exact match, per family) and the ads metrics on the held-out test split (query–ad
 Bad-view BACC, location BACC, ad–user AUC); the base run's ads metrics come from ``megatron-ads label`` +
 ``megatron-ads eval`` on the same test rows (it never saw an ads label: chance level). Finished runs in
-``--workdir`` are reused. Prints a markdown table, then, last, one JSON object: ``base``, ``ads_only``, ``mix``
+``--workdir`` are reused when their saved config has the same settings (else refused: use another workdir). Prints a markdown table, then, last, one JSON object: ``base``, ``ads_only``, ``mix``
 (each: ``nll``, ``ppl``, ``exact_match``, ``exact_match_by_family``, ``bad_view_bacc``, ``location_bacc``,
 ``auc``, ``steps``, ``wall_s``), ``exact_match_drop_rel`` (ads-only vs base), ``exact_match_recovered`` and
 ``nll_recovered`` (share of the ads-only loss the mix wins back), ``ads_max_diff_points`` (largest |mix -
@@ -84,10 +84,26 @@ def corpus(work: Path, n: int) -> Path:
     return out
 
 
+def _settings(job: JobConfig) -> dict:
+    """What makes two runs the same run: the whole job config but where it is written and how it started."""
+    d = job.to_dict()
+    d.pop("out_dir", None)
+    d.pop("resume", None)
+    return d
+
+
 def train(out: Path, overrides: list[str]) -> float:
-    """``train sft`` into ``out`` (skipped when its test report and checkpoint exist); wall seconds."""
+    """``train sft`` into ``out`` (skipped when its test report and checkpoint exist and its saved config has
+    these settings; a finished run with other settings is refused); wall seconds."""
     wall_file = out / "wall.json"
     if (out / "eval" / "report.json").is_file() and (out / "checkpoints").is_dir() and wall_file.is_file():
+        want = _settings(JobConfig.load(CFG, [f"out_dir={out}", "resume=none", *overrides]))
+        have = _settings(JobConfig.load(out / "config.yaml"))
+        if have != want:
+            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+            raise SystemExit(f"{out}: a finished run made with other settings (differing sections: {diff}, e.g. "
+                             f"train.steps {have.get('train', {}).get('steps')} vs {want.get('train', {}).get('steps')})"
+                             f"; use another --workdir")
         return float(json.loads(wall_file.read_text())["wall_s"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

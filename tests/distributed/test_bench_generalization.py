@@ -35,3 +35,15 @@ def test_generalization_fast(tmp_path):
         assert ckpt_tok.read_text() == base_tok
     assert json.loads((tmp_path / "ads_only" / "val_metrics.jsonl").read_text().splitlines()[-1])["lambda/general"] == 0
     assert (tmp_path / "mix" / "eval" / "general.pred.jsonl").is_file()
+    # finished runs are reused only with the same settings: the same command again reuses all three (same
+    # figures); other SFT steps are refused, naming the run, instead of reporting the old runs as the new ones
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalization.py"), "--fast", "--workdir",
+                            str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    reused = json.loads(again.stdout.strip().splitlines()[-1])
+    assert {k: reused[k]["exact_match"] for k in ("base", "ads_only", "mix")} == \
+        {k: out[k]["exact_match"] for k in ("base", "ads_only", "mix")}
+    other = subprocess.run([sys.executable, str(REPO / "benchmarks" / "generalization.py"), "--fast", "--workdir",
+                            str(tmp_path), "--sft-steps", "5"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert other.returncode != 0 and "other settings" in other.stderr and "train.steps 4 vs 5" in other.stderr, \
+        other.stderr[-3000:]
