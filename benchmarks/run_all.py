@@ -14,7 +14,8 @@ Writes, each through a temporary file and a rename:
 
 - ``--results-json`` (default ``benchmarks/results.json``; ``results_gpu.json`` with ``--gpu``): the machine
   (CPU model, cores, RAM, GPU, load average), the versions (python, torch, megatron-core, transformers), the
-  date, the git commit, and per benchmark its command, exit code, wall time and figures;
+  date, the git commit, and per benchmark its command, exit code, wall time, date and figures. ``--only`` reruns
+  some benchmarks and keeps the others' entries from the existing file (the block names their dates);
 - ``--results-md`` (default ``benchmarks/RESULTS.md``): only the block between ``<!-- make bench: begin -->``
   and ``<!-- make bench: end -->`` (``make bench-gpu`` for ``--gpu``), inserted after the title when absent
   (the GPU block after the CPU block when that one is there); every byte outside the block stays as it was.
@@ -441,11 +442,33 @@ def render_block(report: dict, suite: str) -> str:
                          f"{fmt(_num(c['usd_per_1m_samples']))} |")
     lines += ["", "Benchmarks: " + "; ".join(
         f"{b['name']} {'ok' if b['status'] == 'ok' else '**' + b['status'].upper() + '** (' + b['error'] + ')'} "
-        f"{_wall(b['wall_s'])}" for b in report["benchmarks"]) + "."]
+        f"{_wall(b['wall_s'])}" + (f" (run {b['date']})" if b.get("date", report["date"]) != report["date"] else "")
+        for b in report["benchmarks"]) + "."]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+def merge_previous(every: list[Bench], ran: list[Bench], results: list[dict], results_json: Path,
+                   suite: str) -> tuple[list[Bench], list[dict]]:
+    """``--only``: this run's results plus, for every other benchmark of the suite, its entry in the existing
+    ``results_json`` (same suite; each keeps its own ``date``), in the suite's order."""
+    previous: dict[str, dict] = {}
+    if results_json.is_file():
+        try:
+            old = json.loads(results_json.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"--only: {results_json} is not readable JSON ({exc}); writing this run's benchmarks alone",
+                  file=sys.stderr)
+            old = {}
+        if old.get("suite") == suite:
+            previous = {b["name"]: {**{k: v for k, v in b.items() if k != "argv"}, "date": b.get("date", old["date"])}
+                        for b in old.get("benchmarks", [])}
+    now = {b.name: r for b, r in zip(ran, results)}
+    pairs = [(b, now.get(b.name, previous.get(b.name))) for b in every]
+    pairs = [(b, r) for b, r in pairs if r is not None]
+    return [b for b, _ in pairs], [r for _, r in pairs]
+
 
 def main(argv: list[str] | None = None, benchmarks: list[Bench] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -466,7 +489,8 @@ def main(argv: list[str] | None = None, benchmarks: list[Bench] | None = None) -
         if not torch.cuda.is_available():
             print("no CUDA device: GPU benchmarks skipped")
             return 0
-    benches = list(benchmarks if benchmarks is not None else (GPU_BENCHMARKS if args.gpu else BENCHMARKS))
+    every = list(benchmarks if benchmarks is not None else (GPU_BENCHMARKS if args.gpu else BENCHMARKS))
+    benches = every
     if args.only:
         wanted = [x.strip() for x in args.only.split(",") if x.strip()]
         unknown = sorted(set(wanted) - {b.name for b in benches})
@@ -494,6 +518,11 @@ def main(argv: list[str] | None = None, benchmarks: list[Bench] | None = None) -
         results.append(run_bench(b, args.usd_per_gpu_s, b.timeout_s if left is None else min(b.timeout_s, left)))
     report["wall_s"] = round(time.time() - t0, 1)
     report["load_average_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    for r in results:
+        r["date"] = report["date"]
+    fresh = list(results)
+    if args.only:  # the other benchmarks keep their figures from the results file's earlier run
+        benches, results = merge_previous(every, benches, results, results_json, suite)
     report["benchmarks"] = [{**r, "argv": list(b.command(args.usd_per_gpu_s))} for b, r in zip(benches, results)]
     report["ratios"] = [row for b, r in zip(benches, results) for row in ratio_rows(b, r, args.usd_per_gpu_s)]
     report["cost"] = [row for b, r in zip(benches, results) for row in cost_rows(b, r)]
@@ -502,7 +531,7 @@ def main(argv: list[str] | None = None, benchmarks: list[Bench] | None = None) -
     text = results_md.read_text(encoding="utf-8") if results_md.exists() else TITLE + "\n"
     new = replace_block(text, render_block(report, suite), suite, after="make bench" if args.gpu else None)
     write_atomic(results_md, new)
-    failed = [r for r in results if r["status"] != "ok"]
+    failed = [r for r in fresh if r["status"] != "ok"]  # this run's; kept entries were reported when they ran
     print(f"wrote {results_json} and the `{suite}` block of {results_md} in {_wall(report['wall_s'])}")
     if failed:
         print("FAILED: " + ", ".join(f"{r['name']} ({r['error']})" for r in failed), file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -141,6 +142,36 @@ def test_runner_all_ok_exits_zero_and_only(tmp_path):
     assert md.read_text().startswith(run_all.TITLE + "\n\n" + BEGIN)
     assert [b["name"] for b in json.loads(js.read_text())["benchmarks"]] == ["ok"]
     assert not list(tmp_path.glob(".*.tmp"))  # temp files renamed away
+
+
+def test_only_keeps_the_other_benchmarks_entries(tmp_path):
+    """``--only X`` reruns X and keeps every other benchmark's figures (and date) from results.json, in the
+    suite's order; an old failure stays visible but does not fail this run."""
+    one = _script(tmp_path, "one", "import json\nprint(json.dumps({'a': 1.0, 'b': 2.0}))\n")
+    two = _script(tmp_path, "two", "import json\nprint(json.dumps({'a': 3.0, 'b': 1.0}))\n")
+    bad = _script(tmp_path, "bad", "raise SystemExit(2)\n")
+    R = run_all.Ratio
+    benches = [run_all.Bench("one", (one,), ratios=(R("r1", "a", "b", "x"),)),
+               run_all.Bench("bad", (bad,), ratios=(R("rb", "a", "b", "x"),)),
+               run_all.Bench("two", (two,), ratios=(R("r2", "a", "b", "x"),))]
+    md, js = tmp_path / "R.md", tmp_path / "r.json"
+    assert run_all.main(["--results-md", str(md), "--results-json", str(js)], benchmarks=benches) == 1
+    first = json.loads(js.read_text())
+    old = {b["name"]: b for b in first["benchmarks"]}
+    old["one"]["date"] = "2026-01-01 00:00 UTC"  # as if the full run had been earlier
+    js.write_text(json.dumps(first))
+    Path(two).write_text("import json\nprint(json.dumps({'a': 5.0, 'b': 1.0}))\n")
+    assert run_all.main(["--results-md", str(md), "--results-json", str(js), "--only", "two"], benchmarks=benches) == 0
+    report = json.loads(js.read_text())
+    assert [b["name"] for b in report["benchmarks"]] == ["one", "bad", "two"]
+    by = {b["name"]: b for b in report["benchmarks"]}
+    assert by["one"]["figures"] == {"a": 1.0, "b": 2.0} and by["one"]["date"] == "2026-01-01 00:00 UTC"
+    assert by["two"]["figures"]["a"] == 5.0 and by["two"]["date"] == report["date"]
+    assert by["bad"]["status"] == "failed"
+    text = md.read_text()
+    assert "| r1 | 1.00 | 2.00 | **0.50** | x |" in text and "| r2 | 5.00 | 1.00 | **5.00** | x |" in text
+    assert "| rb | **FAILED**" in text and re.search(r"one ok \d+ s \(run 2026-01-01 00:00 UTC\)", text)
+    assert not re.search(r"two ok \d+ s \(run", text)  # this run's date is the block's
 
 
 def test_gpu_without_cuda_skips(monkeypatch, tmp_path, capsys):
