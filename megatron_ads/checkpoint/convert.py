@@ -38,6 +38,7 @@ from megatron_ads.checkpoint.mapping import alias_of, apply_transform, expected_
 from megatron_ads.checkpoint.megatron_io import (FORMAT_VERSION, LATEST, LAYOUT, MEGATRON_LM_PT, SHARD_INDEX,
                                                  MegatronAsHF, all_coords, group_of, iter_dirname, shard_dirname)
 from megatron_ads.checkpoint.mtp import mtp_tensors_in, resolve_mtp
+from megatron_ads.checkpoint.tokenizer_dir import tokenizer_files
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import stage_layers
@@ -52,8 +53,6 @@ WORKING_SET_FACTOR = 3
 GB = 1e9
 """Sizes behind ``--max-memory-gb`` / ``--shard-size-gb`` are decimal gigabytes (10^9 bytes), as in
 ``megatron-ads plan`` and transformers' ``max_shard_size="5GB"``."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json", "chat_template.jinja")
 
 
 @dataclass(slots=True)
@@ -368,7 +367,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
 
 
 def _copy_tokenizer(src_dir: Path, dst: Path) -> None:
-    files = [src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file()]
+    files = tokenizer_files(src_dir)
     if not files:
         return
     dst.mkdir(parents=True, exist_ok=True)

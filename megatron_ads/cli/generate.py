@@ -28,7 +28,8 @@ from megatron_ads.cli.engine_args import add_engine_args, read_layout
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.tokenizer import load_tokenizer
 from megatron_ads.infer.engine import Engine, SamplingParams
-from megatron_ads.infer.weights import eos_ids, load_for_inference, read_model_config, tokenizer_dir
+from megatron_ads.checkpoint.tokenizer_dir import find_tokenizer_dir
+from megatron_ads.infer.weights import eos_ids, load_for_inference, read_model_config
 from megatron_ads.runtime import launch
 from megatron_ads.runtime.dist import read_env
 from megatron_ads.runtime.errors import BadInput
@@ -135,9 +136,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise BadInput(f"--batch-size: expected >= 1, got {args.batch_size}")
     par, nproc = read_layout(args)
-    rows = read_prompts(args.input, tokenizer_dir(args.model) is not None)
+    rows = read_prompts(args.input, find_tokenizer_dir(args.model) is not None)
     cfg = read_model_config(args.model)
-    tok_dir = tokenizer_dir(args.model)
+    tok_dir = find_tokenizer_dir(args.model)
     tok = load_tokenizer(tok_dir) if tok_dir is not None else None
     prompts = encode_prompts(rows, tok, cfg, args.input, params.max_new_tokens)
     params.stop_ids = eos_ids(cfg, tok)

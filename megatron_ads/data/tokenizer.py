@@ -62,19 +62,9 @@ def init_tokenizer_dir(m: "ModelSpec") -> Path | None:
     ``checkpoints/`` or ``latest``: the step directory carries the tokenizer)."""
     if m.init == "random":
         return None
-    src = Path(m.path)
-    dirs = [src, src / "tokenizer"]
-    if m.init == "mcore":
-        from megatron_ads.checkpoint.dist_io import resolve_dir  # heavy (torch): at use
-        from megatron_ads.checkpoint.hf_io import CheckpointError
+    from megatron_ads.checkpoint.tokenizer_dir import find_tokenizer_dir  # heavy (torch): at use
 
-        try:
-            step = resolve_dir(src)
-        except CheckpointError:
-            step = None
-        if step is not None:
-            dirs += [step, step / "tokenizer"]
-    return next((d for d in dirs if (d / "tokenizer.json").is_file()), None)
+    return find_tokenizer_dir(m.path, require="tokenizer.json")
 
 
 def run_tokenizer(m: "ModelSpec", vocab_size: int, texts: Callable[[], Iterable[str]], save_to: Path | None):

@@ -33,6 +33,7 @@ import torch
 
 from megatron_ads._compat import require
 from megatron_ads.checkpoint.hf_io import HFCheckpoint, write_dequantized_copy
+from megatron_ads.checkpoint.tokenizer_dir import TOKENIZER_FILES
 from megatron_ads.data.tasks import task, validate_row
 from megatron_ads.runtime.errors import BadInput
 from megatron_ads.runtime.io import atomic_path, iter_jsonl, write_json
@@ -46,8 +47,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 """Load / compute dtypes (unquantized tensors are exported in this dtype)."""
 REPORT_FILE = "ptq_report.json"
 """The report written beside the export."""
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -250,7 +249,7 @@ def quantize(cfg: PTQConfig) -> dict:
                   "calibration_s": round(calib_s, 3), "settings": asdict(cfg)}
         with atomic_path(out) as tmp, _captured_stdout("modelopt export"):
             export_hf_checkpoint(model, dtype=dtype, export_dir=str(tmp))
-            for name in _TOKENIZER_FILES:
+            for name in TOKENIZER_FILES:
                 if (Path(cfg.model) / name).is_file() and not (tmp / name).exists():
                     shutil.copy2(Path(cfg.model) / name, tmp / name)
             qcfg = tmp / "hf_quant_config.json"

@@ -45,12 +45,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_ads.checkpoint.convert import TOKENIZER_FILES
 from megatron_ads.checkpoint.dist_io import resolve_dir
-from megatron_ads.checkpoint.hf_io import CheckpointError, HFCheckpoint
+from megatron_ads.checkpoint.hf_io import HFCheckpoint
 from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk, load_mcore_into_chunk
 from megatron_ads.checkpoint.megatron_io import MegatronAsHF, read_layout
 from megatron_ads.checkpoint.mtp import resolve_mtp
+from megatron_ads.checkpoint.tokenizer_dir import find_tokenizer_dir
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.data.tokenizer import load_tokenizer
@@ -129,24 +129,6 @@ def is_hf_dir(path: str | Path) -> bool:
     """True when ``path`` is an HF checkpoint directory (``config.json`` and safetensors)."""
     p = Path(path)
     return (p / HF_CONFIG_FILE).is_file() and any(p.glob("*.safetensors"))
-
-
-def tokenizer_dir(model_dir: str | Path) -> Path | None:
-    """Where the checkpoint's tokenizer files are (the HF directory itself, or a Megatron checkpoint's
-    ``tokenizer/``), or None when it has none. Cheap: no model is read."""
-    p = Path(model_dir)
-    candidates = [p] if is_hf_dir(p) else []
-    if not candidates:
-        try:
-            d = resolve_dir(p)
-        except CheckpointError:
-            d = p
-        candidates = [d, d / "tokenizer"]
-    for d in candidates:
-        if any((d / f).is_file() for f in TOKENIZER_FILES if f not in ("generation_config.json",
-                                                                         "chat_template.jinja")):
-            return d
-    return None
 
 
 def read_model_config(model_dir: str | Path) -> ModelConfig:
@@ -232,7 +214,7 @@ def load_for_inference(model_dir: str | Path, precision: str = "fp32", device: s
             if param.dtype == torch.float32:
                 param.data = param.data.to(torch.bfloat16)
     model.eval()
-    tok_dir = tokenizer_dir(path)
+    tok_dir = find_tokenizer_dir(path)
     tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
     log.info("loaded %s (%s, %d tensors, %s%s)", path, built_cfg.model_type, n, dtype,
              "" if not fp8 else f", FP8 linears: {backend}" if backend and backend != "reference"

@@ -38,9 +38,8 @@ import torch.distributed as dist
 
 from megatron_ads.checkpoint.dist_io import (HF_CONFIG, LATEST, complete_checkpoints, find_latest,  # noqa: F401
                                              is_torch_dist, resolve_dir)
-from megatron_ads.checkpoint.convert import TOKENIZER_FILES
+from megatron_ads.checkpoint.tokenizer_dir import find_tokenizer_dir, tokenizer_files as files_in
 from megatron_ads.checkpoint.hf_io import CheckpointError
-from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
 from megatron_ads.runtime.io import atomic_path, write_text
 
 LAYOUT = "layout.json"
@@ -305,17 +304,8 @@ def tokenizer_files(m, run_dir: Path | None = None) -> list[Path]:
     generates as it is): the initial checkpoint's of model spec ``m``; for a random init, the one the run
     trained itself (``run_dir/tokenizer``, e.g. SFT's BPE), if any."""
     if m.init == "random":
-        dirs = [Path(run_dir) / "tokenizer"] if run_dir is not None else []
-    else:
-        src = Path(m.path)
-        if m.init == "mcore" and not (src / LEGACY_LATEST).is_file():
-            src = resolve(src)
-        dirs = [src, src / "tokenizer"]
-    for d in dirs:
-        found = [d / f for f in TOKENIZER_FILES if (d / f).is_file()]
-        if found:
-            return found
-    return []
+        return files_in(Path(run_dir) / "tokenizer") if run_dir is not None else []
+    return files_in(find_tokenizer_dir(m.path))
 
 
 def same_layout(a: dict[str, Any], b: dict[str, Any]) -> bool:

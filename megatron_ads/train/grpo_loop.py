@@ -31,26 +31,23 @@ Shapes: B rollouts in a micro-batch, S = train.seq_len, V vocab.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from megatron_ads.checkpoint.megatron_io import LATEST as LEGACY_LATEST
-from megatron_ads.config.train import JobConfig, ModelSpec
+from megatron_ads.config.train import JobConfig
 from megatron_ads.data.packing import model_forward
 from megatron_ads.data.sft_data import load_sft_data, sft_tokenizer
 from megatron_ads.data.synthetic import ad_corpus
 from megatron_ads.data.tasks import check_sft, parse_output, sft_tasks, task
 from megatron_ads.eval.plots import plot_grpo_run
 from megatron_ads.runtime.log import get_logger
-from megatron_ads.train import ckpt, grpo
+from megatron_ads.train import grpo
 from megatron_ads.train.build import load_initial_weights
 from megatron_ads.train.loop import Trainer, TrainingAborted
 from megatron_ads.train.rollout import Completion, RolloutFactory, RolloutSettings, check_groups
@@ -143,15 +140,6 @@ def _load_model(key: str, path: str, resources) -> Any:
     return model
 
 
-def tokenizer_source(job: JobConfig) -> ModelSpec:
-    """The model spec whose checkpoint holds the tokenizer: an mcore training run's checkpoints root (or its
-    ``latest``) resolved to the step directory, which carries ``tokenizer/``."""
-    m = job.model
-    if m.init == "mcore" and not (Path(m.path) / "tokenizer").is_dir() and not (Path(m.path) / LEGACY_LATEST).is_file():
-        return dataclasses.replace(m, path=str(ckpt.resolve(m.path)))
-    return m
-
-
 def stop_text(name: str) -> str | None:
     """Where a rollout of task ``name`` may stop besides EOS: its last output field's closing tag."""
     outs = task(name).outputs
@@ -177,7 +165,7 @@ class GRPOTrainer(Trainer):
         self.n_prompts = self.global_batch // g.group_size
         self.task_names = sft_tasks(job.sft)
         self.data = load_sft_data(job.sft)
-        self.tokenizer = sft_tokenizer(tokenizer_source(job), self.cfg.vocab_size, self.data,
+        self.tokenizer = sft_tokenizer(job.model, self.cfg.vocab_size, self.data,
                                        self.out / "tokenizer" if self.rank == 0 else None)
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos

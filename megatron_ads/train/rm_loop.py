@@ -58,7 +58,6 @@ from megatron_ads.data.tokenizer import run_tokenizer
 from megatron_ads.runtime.io import write_text
 from megatron_ads.runtime.log import get_logger
 from megatron_ads.train import ckpt
-from megatron_ads.train.grpo_loop import tokenizer_source
 from megatron_ads.train.loop import Trainer, worker_logging
 from megatron_ads.train.reward_model import (HEAD, attach_reward_head, bt_loss, gather_last, pairwise_accuracy,
                                              pointwise_loss, saved_head_outputs)
@@ -333,7 +332,7 @@ class RMTrainer(HeadTrainer):
         self.pairs_per_step = self.items_per_step
         train_ads = {p["ad_id"] for p in self.pairs["train"]}
         self.tokenizer = run_tokenizer(  # a random init: a BPE trained on the training ads' texts
-            tokenizer_source(job), self.cfg.vocab_size,
+            job.model, self.cfg.vocab_size,
             lambda: [rm_prompt(x) + " " + x["text"] for x in self.rows.values() if x["ad_id"] in train_ads],
             self.out / "tokenizer" if self.rank == 0 else None)
         self.eos = self.tokenizer.eos_token_id

@@ -50,17 +50,15 @@ from __future__ import annotations
 import time
 import zlib
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from megatron_ads.config.train import JobConfig
 from megatron_ads.data.packing import model_forward
-from megatron_ads.data.tokenizer import run_tokenizer
+from megatron_ads.data.tokenizer import init_tokenizer_dir, run_tokenizer
 from megatron_ads.runtime.log import get_logger
 from megatron_ads.train import tppo
-from megatron_ads.train.grpo_loop import tokenizer_source
 from megatron_ads.train.loop import worker_logging
 from megatron_ads.train.rm_loop import HeadTrainer
 from megatron_ads.train.token_rm import encode_example, pad_rows, token_metrics, token_rm_examples, token_rm_spec
@@ -88,18 +86,16 @@ class TokenRMTrainer(HeadTrainer):
         if job.rm.kind != "token":
             raise ValueError(f"rm.kind: the token reward model trainer needs rm.kind=token, got {job.rm.kind!r}")
         self.spec = token_rm_spec(job.rm)
-        src = tokenizer_source(job)
-        if src.init != "random":  # refused before any process group exists
-            tok_dir = Path(src.path) / ("tokenizer" if src.init == "mcore" else "")
-            if not (tok_dir / "tokenizer.json").is_file():
-                raise ValueError(f"model.path: {src.path} has no tokenizer ({tok_dir}/tokenizer.json): the token "
-                                 f"reward model must tokenize as the policy it scores")
+        if job.model.init != "random" and init_tokenizer_dir(job.model) is None:  # before any process group exists
+            raise ValueError(f"model.path: {job.model.path} has no tokenizer (tokenizer.json in it, its tokenizer/ "
+                             f"or its newest checkpoint's): the token reward model must tokenize as the policy it "
+                             f"scores")
         super().__init__(job)
         r = job.rm
         self.data = token_rm_examples(r)
         self.train_items = self.data["train"]
         self.tokenizer = run_tokenizer(  # a random init: a BPE trained on the training examples
-            src, self.cfg.vocab_size,
+            job.model, self.cfg.vocab_size,
             lambda: [e["prompt"] + e["response"] for e in self.data["train"][:TOKENIZER_EXAMPLES]],
             self.out / "tokenizer" if self.rank == 0 else None)
         self.eos = self.tokenizer.eos_token_id
