@@ -125,6 +125,10 @@ BENCHMARKS: list[Bench] = [
         Ratio("trainer (megatron-core, tiny DeepSeek-V3, fp32) vs an HF/transformers training loop",
               "ours_tokens_per_s", "hf_tokens_per_s", "tokens/s"),
     )),
+    Bench("memory", ("benchmarks/memory.py",), ratios=(
+        Ratio("peak training memory per rank, measured (RSS growth; ~100M-param Llama, fp32) vs the planner's "
+              "estimate (target within 15%)", "measured_gb.total", "planner_gb.total", "GB"),
+    )),
     Bench("label", ("benchmarks/label.py", "--repeat", "2", "--threads", "1"),
           ratios=_label_ratios("tiny_deepseek_v3", "latent") + _label_ratios("tiny_llama", "kv"),
           cost=_label_cost("tiny_deepseek_v3") + _label_cost("tiny_llama"), price_arg=True),

@@ -192,4 +192,4 @@ def test_benchmark_lists_are_well_formed():
             assert (ROOT / b.argv[0]).is_file(), b.argv[0]
             assert b.ratios, b.name
     cpu = {b.name for b in run_all.BENCHMARKS}
-    assert {"convert", "train", "label", "fp8_gemm", "grpo_speed"} <= cpu
+    assert {"convert", "train", "memory", "label", "fp8_gemm", "grpo_speed"} <= cpu
