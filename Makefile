@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny sft-seeds generalization clean
+.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny sft-seeds generalization cook-sft clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -78,6 +78,9 @@ sft-seeds: setup
 GENERALIZATION_ARGS ?=
 generalization: setup
 	$(BIN)/python benchmarks/generalization.py $(GENERALIZATION_ARGS)
+
+cook-sft: setup
+	$(BIN)/python benchmarks/cook_sft.py $(COOK_SFT_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

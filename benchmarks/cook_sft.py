@@ -1,0 +1,313 @@
+"""Cooked vs hand-built SFT corpus (issue 16): does ``megatron-ads cook`` on the synthetic raw rows give a corpus
+on which ``train sft`` reaches the held-out metrics of the hand-built (rule-reasoning) corpus, within 2 BACC
+points?
+
+    python benchmarks/cook_sft.py [--workdir DIR] [--fast] [--rows N] [--test-rows N] [--teacher-rows N]
+        [--teacher-steps T] [--sft-steps S] [--parallel P] [--set key=value ...] [--teacher-set ...]
+        [--cook-set ...]
+
+All runs use ``launch/configs/sft_tiny_cpu.yaml``:
+
+0. **raw rows**: per task (query_ad, ad_user) ``--rows`` rows with the recipe's synthetic settings
+   (``sft.synthetic``, e.g. the raised city rates of query_ad; ``data.sft_data.synthetic_config``, what the
+   recipe itself generates — ``data synth`` has no flag for them) at seed ``sft.data_seed``: the hand-built
+   corpus (rule reasoning and gold labels) and, without its reasoning used, the cook's input; a held-out test
+   file per task (seed + 1, ``--test-rows``) shared by both arms; a teacher set (seed + 2, ``--teacher-rows``).
+1. **teacher**: a tiny model trained to follow the cook prompts, ``train sft sft.tasks=[general]`` on a general
+   instruction file (``{id, family, prompt, response}``) built from the teacher set: per row and per prompt
+   variation the cook prompt (``data.cook.prompts.render``, the cook's answer mode) with, as response, exactly
+   what the cook's parser accepts — answer ``teacher`` (the default): ``Task.target`` of the row, i.e.
+   ``<think>`` rule reasoning ``</think>`` then the gold tags; answer ``gold``: the reasoning then
+   ``</think>`` — plus one *verifier* row per input: the task's own label-only prompt with the rule reasoning in
+   ``<think>`` (``pipeline.verifier_scores``' prompt) and the gold tags as response. The same model is the
+   cook's teacher **and** its verifier (the paper's verifier is a smaller model; here one tiny model serves
+   both: without ``--verifier`` ``cook`` would skip that filter). Its BPE tokenizer is also trained on
+   query_ad / ad_user rows (``sft.tokenizer_tasks``); ``train.seq_len`` is raised (``--teacher-seq-len``,
+   default 352) so that a whole cook prompt and its answer fit.
+2. **cook**: ``megatron-ads cook`` of each task's raw rows with that teacher, at the **default thresholds**
+   (golden-set validation on the first 16 inputs, 4 candidates, self-consistency 0.8, verifier 0.5, entity
+   overlap 1), with ``test_fraction=0`` (the test split is the shared file) and ``batch_size=32`` (speed only:
+   candidate seeds are per input and candidate) — ``--cook-set`` adds more.
+   The two tasks cook in parallel, each into its own directory.
+3. **arms**: ``train sft`` from the same random init (``train.seed`` 1) and recipe, ``--sft-steps`` each, in
+   parallel: ``hand`` (``sft.files``: the raw rows, 10% of them as validation) and ``cooked`` (``sft.files``: the
+   cooked train / val splits); both tested on the shared test file (``sft.test_rows`` = its size).
+
+Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC), the
+cook's counts per filter and the teacher's held-out exact match, then, last, one JSON object: ``arms``
+{hand, cooked: metrics, ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
+trained: relevance, location), ``steps``, ``wall_s``}, ``diff_points`` (cooked − hand per metric, in points),
+``max_bacc_diff_points`` (largest |cooked − hand| BACC of the five views) and ``max_bacc_diff_metric`` (which),
+``target_points`` (2), ``within_target``, ``cook``
+{task: inputs read / kept / ``keep_rate`` / dropped per filter, candidates, ``prompt_passed``,
+``agreement``, ``reasoning_exact`` (share of kept train rows whose cooked reasoning is the rule text)},
+``teacher`` {steps, rows, exact_match, exact_match_by_family, wall_s}, the sizes, ``fast``, ``wall_s``.
+
+One training seed per arm: the Fair view's BACC varies by 2.8 points (std) between training seeds of the recipe
+(``RESULTS.md``, ``make sft-seeds``), the other views by ≤ 0.6; read ``diff_points`` per view before the maximum.
+
+A finished run in ``--workdir`` is reused when its overrides are the same (``sft_seeds.run_seed``: otherwise
+refused — use another workdir); ``cook`` resumes its journal and refuses other settings the same way.
+
+``--fast``: a few rows and 2 steps, and the relaxed cook settings of the demo (``cli.demo.COOK_RELAXED``: a
+teacher trained for 2 steps cannot pass the golden set): the smoke test in
+``tests/distributed/test_bench_cook_sft.py``, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from generalization import _run
+from sft_seeds import CFG, METRICS, read_seed, run_seed
+
+from megatron_ads.cli.demo import COOK_RELAXED
+from megatron_ads.config.cook import CookConfig
+from megatron_ads.config.train import JobConfig
+from megatron_ads.data import synthetic
+from megatron_ads.data.cook.prompts import prompt_for, render
+from megatron_ads.data.sft_data import synthetic_config, user_data
+from megatron_ads.data.tasks import task
+
+TASKS = ("query_ad", "ad_user")
+KEYS = dict(zip([name for name, _, _ in METRICS],
+                ("bad_view_bacc", "fair_view_bacc", "quality_bacc", "location_bacc", "ad_user_auc", "ad_user_bacc")))
+"""``sft_seeds.METRICS`` column -> JSON key."""
+BACC = [k for k in KEYS.values() if k.endswith("bacc")]
+TARGET_POINTS = 2.0
+ARMS = (("hand", "hand-built (rule reasoning)"), ("cooked", "cooked (teacher reasoning)"))
+DEFAULTS = {"rows": 4000, "test_rows": 1000, "teacher_rows": 2000, "teacher_steps": 3000, "sft_steps": 7000}
+FAST_SIZES = {"rows": 12, "test_rows": 8, "teacher_rows": 6, "teacher_steps": 2, "sft_steps": 2}
+FAST = ["sft.val_rows=4", "sft.eval_every=2", "train.micro_batch=4", "train.log_every=2", "checkpoint.every=0"]
+COOK_SET = ["test_fraction=0", "batch_size=32"]
+"""The benchmark's cook settings (no threshold among them): no test split (the arms share the test file); 32
+inputs (128 candidates) per generation call, which changes nothing but speed (candidate seeds are per input)."""
+FAST_COOK = [*COOK_RELAXED, "max_new_tokens=8", "batch_size=6"]
+
+
+# ------------------------------------------------------------------------------------ 0. rows
+def raw_rows(cfg: JobConfig, name: str, n: int, seed: int) -> list[dict]:
+    """``n`` rows of task ``name`` with the recipe's synthetic settings, at ``seed``."""
+    return synthetic.generate(name, dataclasses.replace(synthetic_config(cfg.sft, name), size=n, seed=seed))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """``rows`` to ``path`` (JSONL), rewritten only when the content changes (a resumed run keeps its inputs)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if not path.is_file() or path.read_text() != text:
+        synthetic.write_jsonl(rows, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ 1. teacher
+def teacher_rows(name: str, rows: list[dict], answer: str, verifier: bool) -> list[dict]:
+    """General instruction rows that teach the cook prompts of task ``name`` (module docstring, 1): per row
+    and prompt variation the rendered prompt and the answer the cook parses; with ``verifier`` one more row
+    per input, the task's label-only prompt after the rule reasoning -> the gold tags."""
+    t, prompt = task(name), prompt_for(name)
+    out = []
+    for r in rows:
+        reasoning = str(r["reasoning"]).strip()
+        target = t.target(r)  # <think>reasoning</think>\n<Tag>gold</Tag>...
+        for v in prompt.variations:
+            response = target if answer == "teacher" else f"{reasoning}</think>"
+            out.append({"id": f"{r['id']}:{v.name}", "family": f"cook/{name}",
+                        "prompt": render(prompt, v, t, r, answer), "response": response})
+        if verifier:
+            think, _, tags = target.partition("</think>\n")
+            out.append({"id": f"{r['id']}:verify", "family": f"verify/{name}",
+                        "prompt": t.prompt(r) + think + "</think>\n", "response": tags})
+    return out
+
+
+def teacher_report(run: Path) -> dict:
+    g = json.loads((run / "eval" / "report.json").read_text())["general"]
+    return {"exact_match": g["exact_match"], "exact_match_by_family": g["exact_match_by_family"],
+            "test_rows": g["n"], "nll": g["nll"]}
+
+
+# ------------------------------------------------------------------------------------ 2. cook
+def cook(name: str, raw: Path, teacher: Path, out: Path, overrides: list[str]) -> dict:
+    """``megatron-ads cook`` of one task into ``out`` (resumed when it holds this task's journal); its report."""
+    out.mkdir(parents=True, exist_ok=True)
+    _run(["cook", "--task", name, "--input", str(raw), "--teacher", str(teacher), "--verifier", str(teacher),
+          "--out", str(out), *overrides, "--json"], out / f"cook_{name}.log")
+    return json.loads((out / "cook_report.json").read_text())
+
+
+def cook_summary(name: str, report: dict, raw: list[dict]) -> dict:
+    """One task's cook figures (module docstring)."""
+    s = report["tasks"][name]
+    i, c = s["inputs"], s["candidates"]
+    rule = {str(r["id"]): str(r["reasoning"]).strip() for r in raw}
+    train = [json.loads(x) for x in Path(report["sft_files"][name]["train"]).read_text().splitlines() if x.strip()]
+    exact = [row["reasoning"].strip() == rule.get(str(row["id"]).split("#")[0]) for row in train]
+    pv = s.get("prompt_validation") or {}
+    return {"read": i["read"], "kept": i["kept"], "keep_rate": i["kept"] / i["read"] if i["read"] else math.nan,
+            "dropped": i["dropped"], "candidates": c["generated"], "candidates_survived": c["survived"],
+            "candidates_dropped": c["dropped"], "rows": s["rows"],
+            "prompt_passed": pv.get("passed"), "agreement": pv.get("agreement"),
+            "reasoning_exact": sum(exact) / len(exact) if exact else math.nan}
+
+
+# ------------------------------------------------------------------------------------ 3. arms
+def files(name: str, train: Path, test: Path, val: Path | None = None) -> list[str]:
+    """``sft.files`` overrides of one task (no val file: 10% of train is held out as validation)."""
+    out = [f"sft.files.{name}.train={train}", f"sft.files.{name}.test={test}"]
+    if val is not None and val.is_file() and val.read_text().strip():
+        out.append(f"sft.files.{name}.val={val}")
+    return out
+
+
+def trained(overrides: list[str]) -> dict:
+    """Rows each task trains on under ``overrides`` (after the validation split), and the query_ad rows'
+    defect shares (relevance bad, location bad)."""
+    s = JobConfig.load(CFG, overrides).sft
+    data = {name: user_data(name, s.files[name], s.data_seed)["train"] for name in TASKS}
+    qa = data["query_ad"]
+    share = {k: sum(r["labels"][k] == "bad" for r in qa) / len(qa) if qa else math.nan
+             for k in ("relevance", "location")}
+    return {"rows_trained": {n: len(v) for n, v in data.items()}, "defect_share": share}
+
+
+# ------------------------------------------------------------------------------------ output
+def _f(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
+
+
+def table(res: dict, cooks: dict, teacher: dict) -> str:
+    cols = [name for name, _, _ in METRICS]
+    lines = ["| arm | rows trained (query_ad / ad_user) | " + " | ".join(cols) + " | min λ | steps | wall s |",
+             "|---" * (len(cols) + 6) + "|"]
+    for key, label in ARMS:
+        r = res[key]
+        n = r["rows_trained"]
+        lines.append(f"| {label} | {n['query_ad']} / {n['ad_user']} | "
+                     + " | ".join(_f(r[KEYS[c]]) for c in cols)
+                     + f" | {_f(r['min_lambda'])} | {r['steps']} | {r['wall_s']:.0f} |")
+    d = res["diff_points"]
+    lines.append("| cooked − hand (points) | | " + " | ".join(_f(d[KEYS[c]], "+.1f") for c in cols) + " | | | |")
+    lines += ["", "| cook | inputs kept / read | keep rate | inputs dropped by | candidates survived / generated | "
+                  "candidates dropped by | golden set | reasoning = rule text |", "|---" * 8 + "|"]
+    for name, c in cooks.items():
+        drop = ", ".join(f"{k} {v}" for k, v in c["dropped"].items() if v) or "none"
+        cdrop = ", ".join(f"{k} {v}" for k, v in c["candidates_dropped"].items() if v) or "none"
+        gold = ("off" if c["prompt_passed"] is None else ("passed" if c["prompt_passed"] else "refused")) + \
+            (f", agreement {c['agreement']:.2f}" if c["agreement"] is not None else "")
+        lines.append(f"| {name} | {c['kept']} / {c['read']} | {_f(c['keep_rate'])} | {drop} | "
+                     f"{c['candidates_survived']} / {c['candidates']} | {cdrop} | {gold} | "
+                     f"{_f(c['reasoning_exact'])} |")
+    fams = ", ".join(f"{k} {v:.3f}" for k, v in sorted(teacher["exact_match_by_family"].items()))
+    lines += ["", f"teacher ({teacher['steps']} steps on {teacher['rows']} instruction rows, "
+                  f"{teacher['wall_s']:.0f} s): held-out exact match {teacher['exact_match']:.3f} ({fams})"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", default=None, help="rows, runs, cooked corpus and logs; finished runs are reused "
+                                                    "(default: runs/cook_sft, --fast: runs/cook_sft_fast)")
+    ap.add_argument("--fast", action="store_true", help="tiny counts, relaxed cook: a smoke run, not a measurement")
+    ap.add_argument("--rows", type=int, default=None,
+                    help=f"raw rows per task, hand-built = cook input (default: {DEFAULTS['rows']})")
+    ap.add_argument("--test-rows", type=int, default=None,
+                    help=f"shared held-out test rows per task (default: {DEFAULTS['test_rows']})")
+    ap.add_argument("--teacher-rows", type=int, default=None,
+                    help=f"teacher-set rows per task (x 3 prompt variations + 1 verifier row; default: "
+                         f"{DEFAULTS['teacher_rows']})")
+    ap.add_argument("--teacher-steps", type=int, default=None,
+                    help=f"teacher training steps (default: {DEFAULTS['teacher_steps']})")
+    ap.add_argument("--teacher-seq-len", type=int, default=352, help="teacher train.seq_len (default: %(default)s)")
+    ap.add_argument("--sft-steps", type=int, default=None, help=f"steps of each arm (default: {DEFAULTS['sft_steps']})")
+    ap.add_argument("--parallel", type=int, default=2, help="cooks / arms at a time (default: %(default)s)")
+    ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override of both SFT arms (and of the raw rows' synthetic settings)")
+    ap.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE", help="extra teacher override")
+    ap.add_argument("--cook-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra cook setting (CookConfig key=value)")
+    args = ap.parse_args()
+    sizes = {k: (FAST_SIZES if args.fast else DEFAULTS)[k] if getattr(args, k) is None else getattr(args, k)
+             for k in DEFAULTS}
+    if min(sizes.values()) < 1 or args.parallel < 1:
+        ap.error("--rows, --test-rows, --teacher-rows, --teacher-steps, --sft-steps, --parallel: expected >= 1")
+    work = Path(args.workdir or ("runs/cook_sft_fast" if args.fast else "runs/cook_sft")).resolve()
+    cook_set = [*COOK_SET, *(FAST_COOK if args.fast else []), *args.cook_set]
+    try:
+        cook_cfg = CookConfig.load(None, cook_set)  # checked before anything runs
+    except (ValueError, TypeError) as exc:
+        ap.error(f"--cook-set: {exc}")
+    fast = FAST if args.fast else []
+    for sub in ("data", "cook"):
+        (work / sub).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    # 0. raw rows, shared test rows, teacher set
+    cfg = JobConfig.load(CFG, args.common)
+    seed = cfg.sft.data_seed
+    data, raw, tests = work / "data", {}, {}
+    teach: list[dict] = []
+    for name in TASKS:
+        raw[name] = raw_rows(cfg, name, sizes["rows"], seed)
+        write_rows(data / f"{name}.raw_{sizes['rows']}.jsonl", raw[name])
+        tests[name] = write_rows(data / f"{name}.test_{sizes['test_rows']}.jsonl",
+                                 raw_rows(cfg, name, sizes["test_rows"], seed + 1))
+        teach += teacher_rows(name, raw_rows(cfg, name, sizes["teacher_rows"], seed + 2), cook_cfg.answer, True)
+    general = write_rows(data / f"teacher_{sizes['teacher_rows']}_{cook_cfg.answer}.jsonl", teach)
+
+    # 1. teacher
+    steps_t = sizes["teacher_steps"]
+    t_over = [*fast, "sft.tasks=[general]", f"sft.general_path={general}", "sft.tokenizer_tasks=[query_ad, ad_user]",
+              f"train.steps={steps_t}", f"train.seq_len={args.teacher_seq_len}", f"sft.eval_every={steps_t}",
+              f"sft.test_rows={8 if args.fast else 64}", "checkpoint.save_at_end=true", *args.teacher_set]
+    t_wall = run_seed(0, work / "teacher", t_over)
+    teacher_dir = work / "teacher" / "seed0"
+    teacher = {**teacher_report(teacher_dir), "steps": steps_t, "rows": len(teach), "wall_s": round(t_wall, 1)}
+
+    # 2. cook, the tasks in parallel
+    raw_files = {n: data / f"{n}.raw_{sizes['rows']}.jsonl" for n in TASKS}
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {n: pool.submit(cook, n, raw_files[n], teacher_dir, work / "cook" / n, cook_set) for n in TASKS}
+        reports = {n: f.result() for n, f in futures.items()}
+    cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
+
+    # 3. the two arms, same init and recipe, in parallel
+    steps_s = sizes["sft_steps"]
+    common = [*fast, f"train.steps={steps_s}", f"sft.test_rows={sizes['test_rows']}",
+              *([] if args.fast else [f"sft.eval_every={min(500, steps_s)}"]), *args.common]
+    arms = {"hand": [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]],
+            "cooked": [*common, *[x for n in TASKS for x in files(
+                n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]}
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futures = {k: pool.submit(run_seed, 0, work / k, v) for k, v in arms.items()}
+        walls = {k: f.result() for k, f in futures.items()}
+    res: dict = {}
+    for k, _ in ARMS:
+        m = read_seed(work / k / "seed0")
+        res[k] = {**{KEYS[c]: m[c] for c in KEYS}, "min_lambda": m["min λ"], **trained(arms[k]), "steps": steps_s,
+                  "wall_s": round(walls[k], 1)}
+    diff = {key: (res["cooked"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
+    res["diff_points"] = diff
+    max_key = max(BACC, key=lambda k: abs(diff[k]))
+    max_diff = abs(diff[max_key])
+    print(table(res, cooks, teacher))
+    print(f"max |cooked − hand| BACC: {max_diff:.2f} points ({max_key}; target ≤ {TARGET_POINTS:.0f}: "
+          f"{'met' if max_diff <= TARGET_POINTS else 'NOT met'}){'  [--fast: smoke run]' if args.fast else ''}")
+    print(f"workdir: {work}")
+    out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "max_bacc_diff_points": max_diff,
+           "max_bacc_diff_metric": max_key,
+           "target_points": TARGET_POINTS, "within_target": max_diff <= TARGET_POINTS, "cook": cooks,
+           "teacher": teacher, **sizes, "cook_settings": cook_set, "fast": args.fast,
+           "wall_s": round(time.time() - t0, 1)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""``benchmarks/cook_sft.py --fast`` (issue 16, smoke run): raw rows -> a teacher trained on the cook prompts ->
+``cook`` of both tasks -> hand-built and cooked SFT arms on the shared test file; ends with the JSON line of all
+figures. Not the 2-point target: tiny counts and the demo's relaxed cook settings."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BACC = ("bad_view_bacc", "fair_view_bacc", "quality_bacc", "location_bacc", "ad_user_bacc")
+
+
+@pytest.mark.parametrize("name", ["query_ad", "ad_user"])
+def test_teacher_rows_are_what_cook_prompts_and_parses(name, monkeypatch):
+    """The teacher's instruction rows: its prompt is the cook's prompt as ``train sft`` renders a general row, its
+    response what the cook's schema and contradiction checks accept; the verifier row is ``verifier_scores``' prompt."""
+    from megatron_ads.config.train import JobConfig
+    from megatron_ads.data.cook import filters as F
+    from megatron_ads.data.cook.prompts import prompt_for, render
+    from megatron_ads.data.tasks import GENERAL, task
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cook_sft
+
+    t, prompt = task(name), prompt_for(name)
+    rows = cook_sft.raw_rows(JobConfig.load(cook_sft.CFG, []), name, 3, 5)
+    out = cook_sft.teacher_rows(name, rows, "teacher", verifier=True)
+    assert len(out) == 3 * (len(prompt.variations) + 1)
+    for i, r in enumerate(rows):
+        mine = out[i * 4:(i + 1) * 4]
+        for v, g in zip(prompt.variations, mine):
+            assert GENERAL.prompt(g) == render(prompt, v, t, r, "teacher")
+            parsed, bad = F.schema_check(t, GENERAL.target(g), "teacher")
+            assert bad is None and parsed.reasoning == r["reasoning"]
+            assert F.contradiction(t, r, parsed, "teacher") is None
+        v = mine[-1]
+        assert GENERAL.prompt(v) == t.prompt(r) + f"<think>{r['reasoning']}</think>\n"
+        assert GENERAL.target(v) == t.target(r).partition("</think>\n")[2] and GENERAL.target(v).startswith("<")
+    for g in cook_sft.teacher_rows(name, rows, "gold", verifier=False):
+        parsed, bad = F.schema_check(t, GENERAL.target(g), "gold")
+        assert bad is None and parsed.reasoning in {r["reasoning"] for r in rows}
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_cook_sft_fast(tmp_path):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cook_sft.py"), "--fast", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert {"arms", "diff_points", "max_bacc_diff_points", "max_bacc_diff_metric", "target_points", "within_target",
+            "cook", "teacher", "rows", "test_rows", "teacher_rows", "teacher_steps", "sft_steps", "cook_settings",
+            "fast", "wall_s"} <= set(out)
+    assert out["fast"] and out["target_points"] == 2.0 and out["rows"] == 12 and out["test_rows"] == 8
+    # the cooked corpus exists and has rows; the report's counts are read back
+    for name in ("query_ad", "ad_user"):
+        c = out["cook"][name]
+        assert c["read"] == 12 and 0 < c["kept"] <= 12 and c["keep_rate"] == pytest.approx(c["kept"] / 12)
+        assert c["candidates"] == 24 and c["rows"]["train"] > 0 and c["rows"]["test"] == 0  # test_fraction=0
+        rows = (tmp_path / "cook" / name / f"{name}.train.jsonl").read_text().splitlines()
+        assert len(rows) == c["rows"]["train"] and "reasoning" in json.loads(rows[0])
+    # both arms trained and were tested on the shared test file (same rows: same defect rates)
+    reports = {}
+    for arm in ("hand", "cooked"):
+        r = out["arms"][arm]
+        for k in BACC:
+            assert 0.0 <= r[k] <= 1.0, (arm, k, r[k])
+        assert 0.0 <= r["ad_user_auc"] <= 1.0 or math.isnan(r["ad_user_auc"])
+        assert r["steps"] == 2 and r["rows_trained"]["query_ad"] > 0 and r["rows_trained"]["ad_user"] > 0
+        reports[arm] = json.loads((tmp_path / arm / "seed0" / "eval" / "report.json").read_text())
+        assert reports[arm]["query_ad"]["n"] == 8 and reports[arm]["ad_user"]["n"] == 8
+    for view in ("bad_view", "location"):
+        assert reports["hand"]["query_ad"][view]["DR"] == reports["cooked"]["query_ad"][view]["DR"]
+    assert reports["hand"]["ad_user"]["RR"] == reports["cooked"]["ad_user"]["RR"]
+    assert out["arms"]["hand"]["rows_trained"] == {"query_ad": 11, "ad_user": 11}  # 10% of 12 held out as val
+    assert out["max_bacc_diff_points"] == pytest.approx(max(abs(out["diff_points"][k]) for k in BACC))
+    t = out["teacher"]
+    assert t["steps"] == 2 and t["rows"] == 2 * 6 * 4 and 0.0 <= t["exact_match"] <= 1.0  # 3 variations + verifier
+    assert (tmp_path / "teacher" / "seed0" / "checkpoints").is_dir()
+    assert "| cooked (teacher reasoning) |" in p.stdout and "| cook |" in p.stdout
