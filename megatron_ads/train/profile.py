@@ -8,10 +8,8 @@ loss-report, moe-load, stop-check, step-log, ...) per step, then the op table so
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,10 +31,6 @@ class StepProfiler:
         self.cuda = cuda
         self.prof: torch.profiler.profile | None = None
         self.profiled = 0
-
-    @property
-    def active(self) -> bool:
-        return self.prof is not None
 
     def phase(self, name: str):
         """Context manager: a named range in the profile while the window is open."""
@@ -86,8 +80,3 @@ class StepProfiler:
         if self.rank == 0:
             log.info("profile of steps %d..%d written to %s", self.window[0], self.window[1], self.dir)
         return table
-
-
-def phases_ms(profile_dir: Path, rank: int = 0) -> dict[str, Any]:
-    """The phase summary (``rank<r>.json``) a profiled run wrote."""
-    return json.loads((Path(profile_dir) / f"rank{rank}.json").read_text())
