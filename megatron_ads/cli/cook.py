@@ -18,9 +18,11 @@ task, the prompt-validation report, score histograms, the ``sft.files`` to use) 
 
 Resuming: the journal is appended and fsynced per batch; running the same command again skips the inputs it
 holds (a torn last line is cut off and redone) and reuses a passed validation. Other settings than the
-journal's are refused (exit 2) unless ``--restart`` discards the task's files. ``--workers W`` starts W
+journal's are refused (exit 2) unless ``--restart`` discards the task's files (after a prompt refused on the
+golden set nothing was cooked: other settings start over without it); ``cook_report.json`` is updated under
+a lock, so cooks of different tasks into one OUT may run at the same time. ``--workers W`` starts W
 processes (``runtime.launch``), each with its own models, cooking every W-th pending input into its part of
-the journal (``infer.job.part_path``), merged at the end; worker 0 validates the prompt first.
+the journal (``infer.job.part_path``), merged at the end; the prompt is validated in the parent first.
 
 Exit codes: 0 cooked; 2 bad input (rows, files, flags, settings) or a prompt refused on the golden set (the
 message names the prompt, the variation and the figure; the report is in ``cook_report.json``); 1 a worker
@@ -30,12 +32,14 @@ failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from megatron_ads.cli import CommandFailed, emit
 from megatron_ads.config.cook import CookConfig
@@ -151,13 +155,19 @@ def _settings(args, cfg: CookConfig, prompt: CookPrompt) -> dict[str, Any]:
 
 
 def _check_settings(paths: dict[str, Path], settings: dict, restart: bool) -> None:
-    """Start over (``--restart``), resume (same settings), or refuse (other settings)."""
+    """Start over (``--restart``), resume (same settings), or refuse (other settings). A run whose prompt was
+    refused on the golden set cooked nothing, so other settings (a corrected prompt, other thresholds) simply
+    start over."""
+    f = paths["settings"]
+    if not restart and f.exists() and _refused_before(paths):
+        log.info("%s: the last cook of this task was refused on the golden set and cooked nothing; starting over",
+                 f.parent)
+        restart = True
     if restart:
         for p in [*output_files(paths["journal"]), paths["settings"], paths["validation"],
                   *(paths[s] for s in SPLITS)]:
             if p.exists():
                 p.unlink()
-    f = paths["settings"]
     settings = json.loads(json.dumps(settings))  # as the file holds it (tuples -> lists)
     if f.exists():
         old = json.loads(f.read_text())
@@ -168,6 +178,16 @@ def _check_settings(paths: dict[str, Path], settings: dict, restart: bool) -> No
             raise BadInput(f"{f}: this output was cooked with other settings ({', '.join(diff)} differ); pass "
                            f"--restart to discard it, or cook into another --out")
     write_json(f, settings)
+
+
+def _refused_before(paths: dict[str, Path]) -> bool:
+    """The task's last validation failed and its journal holds no record."""
+    v = paths["validation"]
+    try:
+        refused = v.exists() and not json.loads(v.read_text()).get("passed")
+    except (json.JSONDecodeError, AttributeError):
+        return False
+    return refused and not any(p.stat().st_size for p in output_files(paths["journal"]))
 
 
 def _records(journal: Path) -> dict[str, dict]:
@@ -216,10 +236,35 @@ class _Journal:
 
 
 # ------------------------------------------------------------------------------------ one worker
+def _validate(spec: dict, teacher: "EngineTeacher | None" = None, embed=None) -> bool:
+    """The golden-set validation of the prompt into the task's validation file (a passed one for the same golden
+    rows and thresholds is reused; the teacher is loaded here when none is given). Returns whether it passed.
+    With ``--workers`` > 1 this runs in the parent before the workers start, so no worker waits at a collective
+    while the golden set is generated."""
+    cfg = CookConfig.from_dict(spec["config"])
+    vfile = Path(spec["paths"]["validation"])
+    golden_sha = hashlib.sha256(json.dumps(spec["golden"], sort_keys=True).encode()).hexdigest()
+    old = json.loads(vfile.read_text()) if vfile.exists() else None
+    if (old is not None and old.get("passed") and old.get("golden_sha256") == golden_sha
+            and old.get("thresholds") == P.validation_thresholds(cfg)):
+        return True
+    if teacher is None:
+        teacher = EngineTeacher(*_load(spec["teacher"], spec["precision"], spec["cache"],
+                                       cfg.batch_size * cfg.n_candidates))
+    report = P.validate_prompt(task_named(spec["task"]), spec["prompt"], spec["golden"], teacher,
+                               embed if embed is not None else _embedder(spec["embedder"]), cfg,
+                               source=spec["golden_source"])
+    report["golden_sha256"] = golden_sha
+    write_json(vfile, report)
+    log.info("prompt %s on %d golden rows: %s", spec["prompt"].id, report["golden_rows"],
+             "passed" if report["passed"] else "REFUSED: " + "; ".join(report["failures"]))
+    return bool(report["passed"])
+
+
 def _rank_run(spec: dict, rank: int, world: int, sync: Callable[[], Any] | None,
-              on_batch: Callable[[int], None] | None = None) -> dict:
-    """Load the models, validate the prompt (worker 0; the others read its verdict), cook this worker's share.
-    Returns ``{"cooked": n}`` or ``{"refused": True}``."""
+              on_batch: Callable[[int], None] | None = None, embed=None) -> dict:
+    """Load the models, validate the prompt (one process; with workers the parent has validated), cook this
+    worker's share. Returns ``{"cooked": n}`` or ``{"refused": True}``."""
     task = task_named(spec["task"])
     cfg = CookConfig.from_dict(spec["config"])
     prompt: CookPrompt = spec["prompt"]
@@ -231,23 +276,12 @@ def _rank_run(spec: dict, rank: int, world: int, sync: Callable[[], Any] | None,
         v_engine, v_tok, v_stops = _load(spec["verifier"], spec["precision"], spec["cache"], cfg.batch_size)
         # prompts left-truncated to the verifier's positions (its reasoning after a long input stays whole)
         verifier = EngineScorer(v_engine, v_tok, v_stops, max_len=v_engine.cfg.max_position_embeddings)
-    embed = _embedder(spec["embedder"])
-    vfile = paths["validation"]
-    if rank == 0 and spec["golden"] is not None:
-        golden_sha = hashlib.sha256(json.dumps(spec["golden"], sort_keys=True).encode()).hexdigest()
-        old = json.loads(vfile.read_text()) if vfile.exists() else None
-        reuse = (old is not None and old.get("passed") and old.get("golden_sha256") == golden_sha
-                 and old.get("thresholds") == P.validation_thresholds(cfg))
-        if not reuse:
-            report = P.validate_prompt(task, prompt, spec["golden"], teacher, embed, cfg, source=spec["golden_source"])
-            report["golden_sha256"] = golden_sha
-            write_json(vfile, report)
-            log.info("prompt %s on %d golden rows: %s", prompt.id, report["golden_rows"],
-                     "passed" if report["passed"] else "REFUSED: " + "; ".join(report["failures"]))
-    if sync is not None:
-        sync()
-    if spec["golden"] is not None and not json.loads(vfile.read_text())["passed"]:
-        return {"refused": True}
+    embed = embed if embed is not None else _embedder(spec["embedder"])
+    if spec["golden"] is not None:
+        passed = (_validate(spec, teacher, embed) if world == 1
+                  else json.loads(paths["validation"].read_text())["passed"])
+        if not passed:
+            return {"refused": True}
     journal = paths["journal"] if world == 1 else part_path(paths["journal"], rank, world)
     done: set[str] = set()
     for path in output_files(paths["journal"]):
@@ -283,6 +317,18 @@ def _read_report(out: Path) -> dict:
         except json.JSONDecodeError:
             pass
     return {"tasks": {}, "sft_files": {}}
+
+
+@contextlib.contextmanager
+def _report_locked(out: Path) -> Iterator[dict]:
+    """``cook_report.json`` read under an exclusive lock held until the caller has written it back: cooks of
+    different tasks into one OUT at the same time each keep their section."""
+    with (out / f".{REPORT}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield _read_report(out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run(args) -> int:
@@ -331,17 +377,19 @@ def run(args) -> int:
             "paths": {k: str(v) for k, v in paths.items()}}
     if args.workers == 1:
         with progress(desc="cook", unit="input") as bar:
-            results = [_rank_run(spec, 0, 1, sync=None, on_batch=bar.update)]
+            results = [_rank_run(spec, 0, 1, sync=None, on_batch=bar.update, embed=embed)]
+    elif golden is not None and not _validate(spec, embed=embed):
+        results = [{"refused": True}]  # refused in the parent: no worker started
     else:
         results = launch.spawn(_worker, args.workers, spec)
     _merge_journal(paths["journal"])
     validation = json.loads(paths["validation"].read_text()) if golden is not None else None
-    report = _read_report(out)
     if any(r.get("refused") for r in results):
-        report["tasks"][args.task] = {"task": args.task, "prompt": prompt.id, "status": "refused",
-                                      "prompt_validation": validation}
-        report["sft_files"].pop(args.task, None)
-        write_json(out / REPORT, report)
+        with _report_locked(out) as report:
+            report["tasks"][args.task] = {"task": args.task, "prompt": prompt.id, "status": "refused",
+                                          "prompt_validation": validation}
+            report["sft_files"].pop(args.task, None)
+            write_json(out / REPORT, report)
         P.check_validation(validation)  # raises PromptRefused (exit 2) naming prompt and figures
 
     records = _records(paths["journal"])
@@ -358,12 +406,13 @@ def run(args) -> int:
                                     "verifier": args.verifier, "input": str(args.input),
                                     "precision": args.precision})
     section["status"] = "cooked"
-    report["tasks"][args.task] = section
-    report["sft_files"][args.task] = {s: str(paths[s]) for s in SPLITS}
-    write_json(out / REPORT, report)
     from megatron_ads.eval.plots import plot_cook_report  # matplotlib at use
 
-    report["plots"] = [str(p) for p in plot_cook_report(report, out / "plots")]
-    write_json(out / REPORT, report)
+    with _report_locked(out) as report:
+        report["tasks"][args.task] = section
+        report["sft_files"][args.task] = {s: str(paths[s]) for s in SPLITS}
+        write_json(out / REPORT, report)
+        report["plots"] = [str(p) for p in plot_cook_report(report, out / "plots")]
+        write_json(out / REPORT, report)
     emit(report, args.json, human)
     return 0

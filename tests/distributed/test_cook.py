@@ -62,19 +62,22 @@ def test_cook_end_to_end_then_train_sft(tmp_path, capsys):
     assert cook("ad_rewrite") == 2
     assert "cooking has prompts for" in capsys.readouterr().err
 
-    # 1. at the defaults the random teacher's prompt is refused on the golden set, with the report
-    assert cook("query_ad", "golden_rows=3", "max_new_tokens=12") == 2
-    err = capsys.readouterr().err
-    assert "prompt query_ad/v1 refused on the golden set (3 rows" in err and "format validity 0.00 < 0.90" in err
-    refused = json.loads((out / "cook_report.json").read_text())["tasks"]["query_ad"]
-    assert refused["status"] == "refused" and not refused["prompt_validation"]["passed"]
-    assert cook("query_ad", *RELAXED) == 2  # other settings than the journal's: refused without --restart
-    assert "--restart" in capsys.readouterr().err
+    # 1. at the defaults the random teacher's prompt is refused on the golden set, with the report; with
+    # workers the parent validates and no worker starts
+    for workers in ("1", "2"):
+        assert cook("query_ad", "golden_rows=3", "max_new_tokens=12", "--workers", workers) == 2
+        err = capsys.readouterr().err
+        assert "prompt query_ad/v1 refused on the golden set (3 rows" in err and "format validity 0.00 < 0.90" in err
+        refused = json.loads((out / "cook_report.json").read_text())["tasks"]["query_ad"]
+        assert refused["status"] == "refused" and not refused["prompt_validation"]["passed"]
+        assert not (out / "query_ad.journal.jsonl").exists()
 
-    # 2. the plumbing run: every task cooked into one directory
+    # 2. the plumbing run: every task cooked into one directory (the refused task's corrected settings start
+    # over without --restart: it cooked nothing); query_ad with 2 workers, merged into one journal
     for t in TASKS:
-        assert cook(t, "--restart", *RELAXED, "--json") == 0
+        assert cook(t, *RELAXED, "--json", *(["--workers", "2"] if t == "query_ad" else [])) == 0
         capsys.readouterr()
+    assert not list(out.glob("query_ad.journal.jsonl.*"))  # the workers' parts were merged and removed
     report = json.loads((out / "cook_report.json").read_text())
     assert set(report["tasks"]) == set(TASKS) and set(report["sft_files"]) == set(TASKS)
     for t in TASKS:
@@ -106,6 +109,9 @@ def test_cook_end_to_end_then_train_sft(tmp_path, capsys):
     assert cook("query_ad", *RELAXED) == 0
     assert (out / "query_ad.journal.jsonl").read_bytes() == journal
     assert (out / "query_ad.train.jsonl").read_bytes() == before["query_ad"]
+    assert cook("query_ad", *RELAXED, "n_candidates=3") == 2  # a cooked journal: other settings need --restart
+    assert "config.n_candidates differ" in capsys.readouterr().err
+    assert (out / "query_ad.journal.jsonl").read_bytes() == journal
 
     # 4. train sft reads the cooked files through sft.files
     from megatron_ads.cli.workers import sft_worker
