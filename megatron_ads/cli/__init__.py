@@ -40,6 +40,7 @@ VERBS: dict[str, tuple[str, str]] = {
              "reasoning, golden-set prompt validation, rejection sampling, verifier, splits"),
     "autoeval": ("megatron_ads.cli.autoeval", "MarketingFM AutoEval: rule checks + 0-5 LLM judge, human agreement, "
                  "threshold sweep, review sampling, refinement"),
+    "rewrite": ("megatron_ads.cli.rewrite", "MarketingFM rewrite chain: 12 headlines + 3 descriptions per keyword"),
 }
 """The verb table (data): name -> (module with ``register(parser)``, help). Only the verb being run is
 imported: the verbs pull in megatron-core and transformers (seconds of imports), and they import this
