@@ -7,8 +7,9 @@ passes (its q/k head dim differs from its v head dim). This module accepts them 
 
     out = softmax(q k^T * softmax_scale + causal/padding mask) v
 
-with ``torch.nn.functional.scaled_dot_product_attention`` (flash/memory-efficient kernels on CUDA,
-the math kernel on CPU). ``softmax_scale`` comes from the attention module (MLA passes
+with ``torch.nn.functional.scaled_dot_product_attention`` (flash/memory-efficient kernels on CUDA;
+on CPU the fused kernel for causal attention without a mask — MLA's narrower v zero-padded to the qk head
+dim so that it qualifies — else the math kernel). ``softmax_scale`` comes from the attention module (MLA passes
 mscale(factor, mscale_all_dim)**2 / sqrt(q_head_dim) for YaRN); when None it is 1/sqrt(head_dim).
 GQA: key/value heads are repeated to the query heads.
 
@@ -68,6 +69,12 @@ class SDPACoreAttention(MegatronModule):
             mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
             causal = False
         dropout = self.dropout_p if self.training else 0.0
+        dv = v.shape[-1]
+        if q.device.type == "cpu" and mask is None and dv < d:
+            # torch's fused CPU kernel (flash) takes one head dim for q, k and v; MLA's v is narrower (DeepSeek-V3:
+            # 128 vs 192), which falls back to the unfused math path (S^2 scores, safe softmax). Zero columns
+            # appended to v leave the first dv output columns unchanged: ~1.7x faster forward + backward.
+            v = F.pad(v, (0, d - dv))
         out_BHSV = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                  is_causal=causal, scale=scale)
-        return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * out_BHSV.shape[-1])
+                                                  is_causal=causal, scale=scale)[..., :dv]
+        return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * dv)

@@ -90,15 +90,16 @@ def test_harder_task_gets_rising_lambda(tmp_path):
                                "train.steps=450", "sft.eval_every=150", "optim.warmup_steps=5",
                                "sft.task_metric.query_ad=quality_BACC", "sft.synthetic.query_ad.defect_rate=0.5",
                                "sft.synthetic.ad_user.label_noise=1.0", "sft.prompt_loss_weight=0.0", "sft.test_rows=0",
-                               "optim.lr=0.003", "optim.min_lr=0.0003", "checkpoint.save_at_end=false"])
+                               "optim.lr=0.001", "optim.min_lr=0.0001", "checkpoint.save_at_end=false"])
     spawn(sft_worker, 1, job.to_dict())
     val = _lines(tmp_path / "h" / "val_metrics.jsonl")
     lam = [v["lambda/ad_user"] for v in val]
     assert len(lam) == 3
-    # learned, not chance (0.5); the value at step 450 moves with the thread count (OMP_NUM_THREADS=1 gave 0.717,
-    # 2 threads > 0.75), so the bound leaves room for any CPU / thread count
-    assert val[-1]["query_ad/quality_BACC"] > 0.65, [v["query_ad/quality_BACC"] for v in val]
-    assert lam[-1] > lam[0] + 0.05 and lam[-1] > 0.6, lam
+    # learned, not chance (0.5): at lr 1e-3 the attribute is learned by step 300 (BACC 0.87-0.88) and exactly at 450
+    # (1.0) with either attention kernel; at lr 3e-3 it was learned late and erratically (0.5-0.72 at 450 depending
+    # on the thread count and the attention kernel, 0.53 at 600 steps), a bound on the timing of a jump
+    assert val[-1]["query_ad/quality_BACC"] > 0.8, [v["query_ad/quality_BACC"] for v in val]
+    assert lam[-1] > lam[0] + 0.1 and lam[-1] > 0.75, lam
 
 
 def _generate_worker(job_dict):
