@@ -301,9 +301,10 @@ class SFTSpec:
             raise ValueError("sft.general_test_path: set without sft.general_path (the general training rows)")
 
 
-GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model")
+GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model", "perf_model")
 """Keys of ``grpo.resources``: the ``rewards.registry.RewardResources`` fields a directory can provide
-(``token_model``: a ``train rm rm.kind=token`` run directory, built by the trainer on its own layout)."""
+(``token_model``: a ``train rm rm.kind=token`` run directory; ``perf_model``: a ``train rm`` (rm.kind=pair) run
+directory; both built by the trainer on its own layout)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -361,7 +362,22 @@ class GRPOSpec:
     ``grpo.rewards`` needs it; empty: nothing is loaded. ``tools/make_reward_models.py`` writes both.
     ``token_model``: TPPO's token-level reward model (reward ``token_rm``), a ``train rm rm.kind=token`` run
     directory (its latest checkpoint) on the same backbone and tokenizer as the policy; the trainer builds it
-    on its own layout, frozen, when a reward reads it."""
+    on its own layout, frozen, when a reward reads it. ``perf_model``: RLPF's performance reward model (reward
+    ``perf_rm``), a ``train rm`` run directory (rm.kind=pair, objective bt or pointwise; its latest
+    checkpoint): built once per rank on the policy's layout, frozen, its own architecture and tokenizer (the
+    ones saved with it); it scores each completion's ad text after the prompt it was trained with (keyword and
+    ad fields: ``train.rm_loop.rm_prompt``)."""
+    reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Parameters of the rewards of ``grpo.rewards``, {reward_name: {field: value}} (the fields of the reward's
+    parameter dataclass in ``rewards/``; absent: its defaults), checked against the rewards registry by
+    ``train grpo``. E.g. ``perf_rm`` (``rewards.perf.PerfRMParams``): r = RM(x, y) − penalty(len(y)) with
+    ``L0`` (90: free length), ``lam`` (0.02: penalty per unit beyond L0), ``form`` (linear: λ·(len − L0);
+    quadratic: λ·(len − L0)²), ``unit`` (chars | words), ``fields`` ([title, description]: the parsed fields
+    joined with ". " are the scored text), ``keyword_key``, ``malformed_reward`` (−1)."""
+    save_rollouts: bool = False
+    """Write every step's rollouts to OUT/rollouts.jsonl (rank 0): per rollout its step, task, prompt row id,
+    group, completion text, each channel's reward and the per-sample details a reward reports (perf_rm: the
+    RM score, the penalty and the length)."""
 
     def __post_init__(self):
         if self.group_size < 2:
@@ -410,6 +426,15 @@ class GRPOSpec:
             if not Path(path).is_dir():
                 raise ValueError(f"grpo.resources.{key}: {path}: no such directory (a model's save() writes it; "
                                  f"see tools/make_reward_models.py)")
+        if any("perf_rm" in combo for combo in self.rewards.values()) and "perf_model" not in self.resources:
+            raise ValueError("grpo.resources.perf_model: reward perf_rm (grpo.rewards) needs a performance reward "
+                             "model: the directory of a `train rm` run")
+        if not isinstance(self.reward_params, dict):
+            raise ValueError(f"grpo.reward_params: expected {{reward_name: {{field: value}}}}, got "
+                             f"{self.reward_params!r}")
+        for name, values in self.reward_params.items():
+            if not isinstance(values, dict):
+                raise ValueError(f"grpo.reward_params.{name}: expected a mapping {{field: value}}, got {values!r}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -10,13 +10,19 @@ How it works:
   (``meta[keyword_key]``) and y_i the completion's parsed ``fields`` joined with ". " (no fields: the raw
   completion). len is counted in characters (default) or words. A malformed completion scores
   ``malformed_reward``. The RM is ``resources.perf_model``: any object with
-  ``score(keywords, texts) -> sequence of floats`` (e.g. the Bradley–Terry scalar-head model of
-  ``train.reward_model``, wrapped by the trainer); this module never loads one itself.
+  ``score(keywords, texts) -> sequence of floats``, or ``score(keywords, texts, ads=...)`` when its ``score``
+  takes ``ads`` (then each sample's ``meta["ad"]``, the ad's fields, or None, is handed over too: the GRPO
+  trainer's frozen backbone RM, ``train.frozen_rm.FrozenPerfRM``, builds the prompt it was trained with from
+  them). Given as a loader (``resources.loaders["perf_model"]``) it is built on the first call
+  (``resources.need``); this module never loads one itself.
+- After each call ``details`` holds, per sample, ``score`` (the RM's score), ``penalty`` and ``length`` (None for a
+  malformed completion): what the trainer logs beside the reward (the reward alone mixes the two terms).
 - KL to the reference is the trainer's (β in the GRPO/PPO config), not part of this reward.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -52,7 +58,8 @@ class PerfRMParams:
     """Parameters of the ``perf_rm`` reward (project defaults; the paper gives none)."""
 
     L0: float = 90.0
-    """Free length: no penalty up to it (in ``unit``s; 90 chars ≈ where the synthetic true CTR stops gaining)."""
+    """Free length: no penalty up to it (in ``unit``s; 90 chars: just past the ~80 where the synthetic true CTR
+    peaks)."""
     lam: float = 0.02
     """λ: penalty per unit beyond L0 (linear) or per unit² (quadratic), on the RM's score scale."""
     form: str = "linear"
@@ -85,10 +92,20 @@ def text_length(text: str, unit: LengthUnit = "chars") -> int:
 
 
 class PerfRMReward:
-    """The ``perf_rm`` reward bound to a scorer and (when fields are named) a parser."""
+    """The ``perf_rm`` reward bound to a scorer (or to ``resources``, whose ``perf_model`` is built on the first
+    call) and (when fields are named) a parser."""
 
-    def __init__(self, params: PerfRMParams, model: Any, parse):
-        self.p, self.model, self.parse = params, model, parse
+    def __init__(self, params: PerfRMParams, model: Any, parse, resources: RewardResources | None = None):
+        self.p, self._model, self.parse, self._resources = params, model, parse, resources
+        self.details: dict[str, list[float | None]] = {}
+        """Per sample of the last call: ``score``, ``penalty``, ``length`` (None: malformed)."""
+
+    @property
+    def model(self) -> Any:
+        """The RM (built through ``resources.need`` on first use when it was given as a loader)."""
+        if self._model is None and self._resources is not None:
+            self._model = _check_scorer(self._resources.need("perf_model", "perf_rm"))
+        return self._model
 
     def text(self, task: str, completion: str) -> str | None:
         """The scored text of a completion (None: malformed)."""
@@ -104,24 +121,50 @@ class PerfRMReward:
                  meta: Sequence[dict]) -> RewardOutput:
         texts = [self.text(task, c) for c in completions]
         ok = [i for i, t in enumerate(texts) if t]
-        values: list[float | None] = [float(self.p.malformed_reward)] * len(completions)
+        n = len(completions)
+        values: list[float | None] = [float(self.p.malformed_reward)] * n
+        det: dict[str, list[float | None]] = {"score": [None] * n, "penalty": [None] * n, "length": [None] * n}
         if ok:
-            scores = list(self.model.score([str(meta[i].get(self.p.keyword_key, "")) for i in ok],
-                                           [texts[i] for i in ok]))
+            model = self.model
+            keywords = [str(meta[i].get(self.p.keyword_key, "")) for i in ok]
+            if _takes_ads(model):
+                ads = [meta[i].get("ad") if isinstance(meta[i].get("ad"), dict) else None for i in ok]
+                scores = list(model.score(keywords, [texts[i] for i in ok], ads=ads))
+            else:
+                scores = list(model.score(keywords, [texts[i] for i in ok]))
             if len(scores) != len(ok):
                 raise ValueError(f"perf_model.score: expected {len(ok)} scores, got {len(scores)}")
             for i, s in zip(ok, scores):
-                pen = length_penalty(text_length(texts[i], self.p.unit), self.p.L0, self.p.lam, self.p.form)
+                length = text_length(texts[i], self.p.unit)
+                pen = float(length_penalty(length, self.p.L0, self.p.lam, self.p.form))
                 values[i] = float(s) - pen
+                det["score"][i], det["penalty"][i], det["length"][i] = float(s), pen, float(length)
+        self.details = det
         return RewardOutput(values)
+
+
+def _takes_ads(model: Any) -> bool:
+    """Whether ``model.score`` accepts ``ads`` (the samples' ad fields) besides keywords and texts."""
+    try:
+        return "ads" in inspect.signature(model.score).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_scorer(model: Any) -> Any:
+    if model is None or not callable(getattr(model, "score", None)):
+        raise ValueError("resources.perf_model: reward 'perf_rm' needs a model with score(keywords, texts), "
+                         f"got {model!r}")
+    return model
 
 
 @register("perf_rm", PerfRMParams, doc="RLPF: frozen performance reward model score minus a length penalty")
 def build_perf_rm(params: PerfRMParams, resources: RewardResources) -> PerfRMReward:
-    """``perf_rm`` over ``resources.perf_model`` (and ``resources.parse`` when ``params.fields`` is set)."""
+    """``perf_rm`` over ``resources.perf_model`` (built on the first call when only its loader is there) and
+    ``resources.parse`` when ``params.fields`` is set."""
     model = getattr(resources, "perf_model", None)
-    if model is None or not callable(getattr(model, "score", None)):
-        raise ValueError("resources.perf_model: reward 'perf_rm' needs a model with score(keywords, texts), "
-                         f"got {model!r}")
+    lazy = model is None and "perf_model" in resources.loaders
+    if not lazy:
+        _check_scorer(model)
     parse = resources.need("parse", "perf_rm") if params.fields else None
-    return PerfRMReward(params, model, parse)
+    return PerfRMReward(params, model, parse, resources if lazy else None)

@@ -1,6 +1,10 @@
-"""Frozen backbone reward models inside the RL trainers (TPPO's token-level reward model; spec
-``papers_spec.md`` §B.1): a ``train rm rm.kind=token`` run loaded on the *policy's* layout, scored through
-megatron's pipeline schedule, handed to the rewards as ``RewardResources.token_model``.
+"""Frozen backbone reward models inside the RL trainers, loaded on the *policy's* layout and scored through
+megatron's pipeline schedule: TPPO's token-level reward model (spec ``papers_spec.md`` §B.1; a
+``train rm rm.kind=token`` run, ``RewardResources.token_model``, ``FrozenTokenRM``) and RLPF's performance reward
+model (§B.3; a ``train rm`` run with its scalar head, ``RewardResources.perf_model``, ``FrozenPerfRM``, read by
+the ``perf_rm`` reward).
+
+FrozenTokenRM:
 
 How it works:
 
@@ -21,6 +25,23 @@ How it works:
 
 The model must share the policy's tokenizer (train it with ``model.init=mcore`` from the SFT run the policy
 starts from): token ids are handed over as they are, never re-tokenized.
+
+FrozenPerfRM (texts in, one score per text out; it need not share the policy's architecture or tokenizer):
+
+1. Build (once per rank, collective): the run's latest checkpoint must hold a reward head of one output
+   (``reward_model.saved_head_outputs``: none = an SFT/LM run, 3 = a token reward model: both refused, naming
+   ``grpo.resources.perf_model``); the backbone is the checkpoint's own (``read_layout(step).cfg``), built on the
+   policy's parallel layout (``frozen_reward_chunk``, resharded by dist_checkpointing), frozen, eval mode; its
+   tokenizer is the one saved with the checkpoint (or the run), its sequence length and expert implementation
+   those of its saved config.
+2. Score (collective; every rank calls it with the same texts): each text is encoded as ``train rm`` encodes a
+   log text (``perf_sequence``): the prompt ``rm_loop.rm_prompt`` of the sample's keyword and ad fields, then
+   " " + text + EOS, the prompt left-truncated so that the sequence fits the RM's ``train.seq_len`` (a text
+   that alone does not fit is scored whole, without a prompt: longer than anything the RM was trained on).
+   Rows are right-padded to the longest (rounded up to a multiple of TP), in micro-batches of
+   ``train.micro_batch`` (the last padded by repeating a row), one forward-only pass of the pipeline schedule;
+   the last stage reads each row's score at its last real token (``gather_last``, as training does) and the
+   scores reach every rank by one broadcast from the last rank.
 """
 
 from __future__ import annotations
@@ -35,9 +56,9 @@ import torch.distributed as dist
 from megatron_ads.checkpoint.hf_io import CheckpointError
 from megatron_ads.data.packing import model_forward
 from megatron_ads.train import ckpt, tppo
-from megatron_ads.train.reward_model import frozen_reward_chunk
+from megatron_ads.train.reward_model import frozen_reward_chunk, gather_last, saved_head_outputs
 
-__all__ = ["FrozenTokenRM"]
+__all__ = ["FrozenPerfRM", "FrozenTokenRM", "perf_sequence"]
 
 
 class FrozenTokenRM:
@@ -133,3 +154,135 @@ class FrozenTokenRM:
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.ckpt), "kind": self.kind}
+
+
+# ---------------------------------------------------------------------------------------------------- RLPF
+PERF_WHERE = "grpo.resources.perf_model"
+
+
+def perf_sequence(tokenizer, eos: int, keyword: str, ad: dict | None, text: str, seq_len: int) -> list[int]:
+    """Token ids of ``text`` as the performance RM was trained on it (``train.rm_loop.RMTrainer.encode``): the
+    prompt ``rm_prompt({keyword, ad})`` left-truncated to fit ``seq_len`` together with " " + text + EOS; a text
+    that alone does not fit is returned whole, without the prompt."""
+    from megatron_ads.train.rm_loop import rm_prompt
+
+    p = list(tokenizer(rm_prompt({"keyword": keyword, "ad": ad or {}}), add_special_tokens=False)["input_ids"])
+    t = list(tokenizer(" " + text, add_special_tokens=False)["input_ids"]) + [eos]
+    keep = seq_len - len(t)
+    return (p[-keep:] if keep > 0 else []) + t
+
+
+class FrozenPerfRM:
+    """RLPF's frozen performance reward model on the trainer's layout (module docstring): the ``score`` of
+    ``RewardResources.perf_model`` that the ``perf_rm`` reward reads."""
+
+    def __init__(self, trainer, path: str):
+        from megatron_ads.checkpoint.megatron_io import read_layout
+        from megatron_ads.data.tokenizer import load_tokenizer
+
+        self.trainer, self.path = trainer, str(path)
+        try:
+            self.ckpt = ckpt.resolve(path)
+        except CheckpointError as exc:
+            raise ValueError(f"{PERF_WHERE}: {path}: no training checkpoint ({exc}); expected the directory of a "
+                             f"`train rm` run (a performance reward model)") from exc
+        try:
+            n = saved_head_outputs(self.ckpt)
+            cfg = read_layout(self.ckpt).cfg
+        except (CheckpointError, OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{PERF_WHERE}: {self.ckpt}: unreadable checkpoint ({exc})") from exc
+        if n is None:
+            raise ValueError(f"{PERF_WHERE}: {self.ckpt}: holds no reward head (reward_head.proj.weight): not a "
+                             f"reward model; expected the directory of a `train rm` run (an SFT or LM run has no "
+                             f"head)")
+        if n != 1:
+            raise ValueError(f"{PERF_WHERE}: {self.ckpt}: a reward head with {n} outputs, a token reward model "
+                             f"(rm.kind=token: grpo.resources.token_model); expected a performance reward model's "
+                             f"scalar head (train rm, rm.kind=pair)")
+        saved = self._saved_job(path)
+        self.objective = (saved.get("rm") or {}).get("objective", "bt")
+        self.seq_len = int((saved.get("train") or {}).get("seq_len") or trainer.job.train.seq_len)
+        experts = (saved.get("model") or {}).get("experts") or trainer.job.model.experts
+        tok_dir = next((d for d in (self.ckpt / "tokenizer", Path(path) / "tokenizer") if d.is_dir()), None)
+        if tok_dir is None:
+            raise ValueError(f"{PERF_WHERE}: {path}: no tokenizer/ beside its checkpoint {self.ckpt} (train rm "
+                             f"saves the one it trained with)")
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.eos = self.tokenizer.eos_token_id
+        if self.eos is None:
+            raise ValueError(f"{PERF_WHERE}: {tok_dir}: a tokenizer without an EOS token (the RM scores at EOS)")
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        try:
+            self.chunk, _ = frozen_reward_chunk(
+                self.ckpt, cfg, trainer.par, dtype=trainer.job.optim.dtype, device=trainer.platform.name,
+                experts=experts, last_stage=trainer.ps.is_pipeline_last_stage())
+        except (CheckpointError, RuntimeError, KeyError, ValueError, AssertionError) as exc:
+            raise ValueError(f"{PERF_WHERE}: {self.ckpt}: cannot build this reward model ({cfg.num_layers} layers) "
+                             f"on the policy's layout {trainer.par} ({exc})") from exc
+
+    def _saved_job(self, path: str) -> dict[str, Any]:
+        """The run's saved config ({} without one); refuses a token reward model's run."""
+        import yaml
+
+        for cfg_path in (self.ckpt / "config.yaml", Path(path) / "config.yaml"):
+            if cfg_path.is_file():
+                job = yaml.safe_load(cfg_path.read_text()) or {}
+                kind = (job.get("rm") or {}).get("kind", "pair")
+                if kind != "pair":
+                    raise ValueError(f"{PERF_WHERE}: {path}: rm.kind={kind!r} in {cfg_path}; expected a performance "
+                                     f"reward model (train rm, rm.kind=pair)")
+                return job
+        return {}
+
+    # ------------------------------------------------------------------ scoring
+    def encode(self, keyword: str, ad: dict | None, text: str) -> list[int]:
+        """The RM's input ids of one sample (``perf_sequence`` with this RM's tokenizer and sequence length)."""
+        return perf_sequence(self.tokenizer, self.eos, keyword, ad, text, self.seq_len)
+
+    def _step(self, data_iterator, model):
+        b = next(data_iterator)
+        return model_forward(model, b, self.trainer.device, with_labels=False), partial(self._collect, b)
+
+    @staticmethod
+    def _collect(b: dict, scores_BS: torch.Tensor):
+        r_B = gather_last(scores_BS.float(), b["mask"].to(scores_BS.device))
+        return torch.zeros((), device=r_B.device), torch.tensor(1, dtype=torch.int), {"r": r_B.double().cpu()}
+
+    def score(self, keywords, texts, ads=None) -> list[float]:
+        """The RM's score of each text after its sample's prompt (module docstring, step 2). Collective."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        n = len(texts)
+        if len(keywords) != n or (ads is not None and len(ads) != n):
+            raise ValueError(f"score: {len(keywords)} keywords and {'-' if ads is None else len(ads)} ads for {n} "
+                             f"texts")
+        if n == 0:
+            return []
+        rows = [self.encode(str(k), a if isinstance(a, dict) else None, str(t))
+                for k, a, t in zip(keywords, ads if ads is not None else [None] * n, texts)]
+        tp = max(int(self.trainer.par.tp), 1)
+        S = -(-max(len(r) for r in rows) // tp) * tp
+        mb = self.trainer.job.train.micro_batch
+        n_pad = -(-n // mb) * mb
+        tokens = torch.full((n_pad, S), self.pad, dtype=torch.long)
+        mask = torch.zeros(n_pad, S)
+        for i in range(n_pad):
+            ids = rows[min(i, n - 1)]
+            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[i, :len(ids)] = 1.0
+        mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
+        with torch.no_grad():
+            store = self.trainer._phase("perf-rm", get_forward_backward_func(), forward_step_func=self._step,
+                                        data_iterator=iter(mbs), model=[self.chunk], num_microbatches=len(mbs),
+                                        seq_length=S, micro_batch_size=mb, forward_only=True)
+        buf = torch.zeros(n_pad, dtype=torch.float64)
+        if self.trainer.ps.is_pipeline_last_stage():
+            buf = torch.cat([d["r"] for d in store])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dev = buf.to(self.trainer.device)  # NCCL takes no CPU tensors
+            dist.broadcast(dev, src=dist.get_world_size() - 1)
+            buf = dev.cpu()
+        return [float(x) for x in buf[:n].tolist()]
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.ckpt), "objective": self.objective, "seq_len": self.seq_len}

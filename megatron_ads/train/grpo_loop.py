@@ -12,7 +12,12 @@ One step:
    the weighted sum (``train.grpo.combine_advantages``). Token-level rewards align with the completion tokens
    through ``meta["completion_ids"]`` (the generated ids, stop token included: what the loss mask covers)
    and ``RewardResources.decode`` (``decode_completion``, which made the completion text); their per-token
-   values, weighted by the channel weights, enter A_{i,t} = A_i + grpo.token_alpha·r_token.
+   values, weighted by the channel weights, enter A_{i,t} = A_i + grpo.token_alpha·r_token. Rewards take their
+   parameters from ``grpo.reward_params``; the frozen models of ``grpo.resources`` are loaded once, when a used
+   reward reads them — the backbone ones (``token_model``, ``perf_model``: ``train.frozen_rm``) on this
+   trainer's layout, at construction, on every rank together. Per-sample details a reward reports (its
+   ``details``: perf_rm's RM score, penalty and length) are logged as ``reward/<task>/<channel>/<name>/mean``;
+   ``grpo.save_rollouts`` writes every rollout with its rewards to ``rollouts.jsonl``.
 4. Old-policy log-probs: one forward-only pass of the trainer's model over this rank's rollouts (megatron's
    pipeline schedule); ``token_mult_prob_error`` against the engine's log-probs is logged. Reference
    log-probs (``grpo.kl_beta > 0``): the same pass over a frozen copy of the initial policy (a second chunk
@@ -31,6 +36,7 @@ Shapes: B rollouts in a micro-batch, S = train.seq_len, V vocab.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -96,15 +102,26 @@ def _gold(t: str, row: dict) -> dict[str, Any]:
 
 
 def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
-                  models: dict[str, str] | None = None, loaders: dict[str, Any] | None = None):
+                  models: dict[str, str] | None = None, loaders: dict[str, Any] | None = None,
+                  params: dict[str, dict[str, Any]] | None = None):
     """The reward functions ``weights`` uses, bound to the task parser, the gold labels, (recall@K) the
     synthetic ad corpus, ``decode`` (ids -> completion text, for token-level rewards) and the frozen models of
-    ``models`` (``grpo.resources``: {ctr_model | esmm_model | token_model: directory}), each loaded on the first
-    ``need`` of a reward that reads it (never when no used reward does); ``loaders`` ({key: fn(directory)})
-    build the keys the trainer owns (the backbone token reward model). Returns ({reward name: fn}, resources)."""
+    ``models`` (``grpo.resources``: {ctr_model | esmm_model | token_model | perf_model: directory}), each loaded
+    on the first ``need`` of a reward that reads it (never when no used reward does); ``loaders``
+    ({key: fn(directory)}) build the keys the trainer owns (the backbone reward models). ``params``
+    (``grpo.reward_params``): {reward name: {field: value}}, checked against each reward's parameter dataclass
+    (errors name ``grpo.reward_params.<reward>.<field>``). Returns ({reward name: fn}, resources)."""
     from megatron_ads.rewards import registry, rules  # noqa: F401  (rules registers label and format)
 
     used = {n for combo in weights.values() for n in combo}
+    checked = {}
+    for name, values in (params or {}).items():
+        if name not in registry.REWARDS:
+            raise ValueError(f"grpo.reward_params.{name}: unknown reward; expected one of {sorted(registry.REWARDS)}")
+        checked[name] = registry.make_params(name, values, where="grpo.reward_params")
+        if name not in used:
+            log.warning("grpo.reward_params.%s: no task of grpo.rewards uses reward %s; its parameters are unused",
+                        name, name)
     if "recall_at_k" in used:
         from megatron_ads.rewards import retrieval  # noqa: F401  (registers recall_at_k; loads the embedder)
     resources = registry.RewardResources(
@@ -114,7 +131,7 @@ def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
     resources.loaders = {key: (partial(own[key], path) if key in own else partial(_load_model, key, path, resources))
                          for key, path in (models or {}).items()}
     combo = registry.RewardCombination(tasks=weights, where="grpo.rewards")
-    fns = combo.build_all(resources)
+    fns = {n: registry.build(n, resources, checked.get(n)) for n in combo.used()}
     for key in sorted(models or {}):
         if getattr(resources, key) is None and key not in own:
             log.info("grpo.resources.%s: no reward of grpo.rewards reads it; not loaded", key)
@@ -128,6 +145,9 @@ def _load_model(key: str, path: str, resources) -> Any:
     from megatron_ads.rewards.retrieval import MiniLMEmbedder
 
     kinds = {"ctr_model": ctr.CTRModel, "esmm_model": esmm.ESMMModel}
+    if key in ("token_model", "perf_model"):
+        raise ValueError(f"grpo.resources.{key}: a backbone reward model, built by the GRPO trainer on its own "
+                         f"layout (train grpo); not loadable on its own")
     if key not in kinds:
         raise ValueError(f"grpo.resources.{key}: unknown resource; expected one of {sorted(kinds)}")
     if resources.embedder is None:
@@ -175,7 +195,10 @@ class GRPOTrainer(Trainer):
             raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
         self.reward_fns, self.resources = build_rewards(
             self.weights, job.sft.data_seed, decode=self.decode_completion, models=g.resources,
-            loaders={"token_model": self._load_token_model})
+            loaders={"token_model": self._load_token_model, "perf_model": self._load_perf_model},
+            params=g.reward_params)
+        self._details: dict[str, dict[str, list[float | None]]] = {}
+        """Per channel, the per-rollout details its reward reported at the last ``compute_rewards``."""
         self.rollout = rollout_factory(model=self.model, cfg=self.cfg, tokenizer=self.tokenizer,
                                        batch_size=self.global_batch)
         self.model.train()  # a factory may leave it in eval mode (the inference engine does)
@@ -189,6 +212,13 @@ class GRPOTrainer(Trainer):
                 raise ValueError("grpo.resources.token_model: reward token_rm (grpo.rewards) needs a token reward "
                                  "model: a `train rm rm.kind=token` run directory")
             self.resources.need("token_model", "token_rm")  # collective: built now, on every rank together
+        if any("perf_rm" in c for c in self.weights.values()):
+            if "perf_model" not in g.resources:
+                raise ValueError("grpo.resources.perf_model: reward perf_rm (grpo.rewards) needs a performance "
+                                 "reward model: the directory of a `train rm` run")
+            rm = self.resources.need("perf_model", "perf_rm")  # collective: built now, once, on every rank
+            if self.rank == 0:
+                log.info("grpo.resources.perf_model: %s", rm.describe())
 
     # ------------------------------------------------------------------ frozen models
     def build_frozen_chunk(self, load):
@@ -224,6 +254,12 @@ class GRPOTrainer(Trainer):
         from megatron_ads.train.frozen_rm import FrozenTokenRM
 
         return FrozenTokenRM(self, path)
+
+    def _load_perf_model(self, path: str):
+        """``grpo.resources.perf_model``: the frozen performance reward model of ``path`` (``train.frozen_rm``)."""
+        from megatron_ads.train.frozen_rm import FrozenPerfRM
+
+        return FrozenPerfRM(self, path)
 
     # ------------------------------------------------------------------ prompts and rollouts
     def draw_prompts(self, step: int) -> list[tuple[str, dict]]:
@@ -286,6 +322,7 @@ class GRPOTrainer(Trainer):
         texts = [self.decode_completion(c.output_ids) for c in comps]
         rewards: dict[str, list[float | None]] = {}
         token_values: dict[str, list[list[float] | None]] = {}
+        self._details = {}
         for name in self.task_names:
             idx = [i for i, t in enumerate(tasks) if t == name]
             if not idx:
@@ -301,6 +338,12 @@ class GRPOTrainer(Trainer):
                 vals = rewards.setdefault(ch, [None] * len(comps))
                 for i, v in zip(idx, out.values):
                     vals[i] = v
+                details = getattr(self.reward_fns[ch], "details", None)
+                if isinstance(details, dict):
+                    for k, xs in details.items():
+                        col = self._details.setdefault(ch, {}).setdefault(k, [None] * len(comps))
+                        for i, x in zip(idx, xs):
+                            col[i] = x
                 if out.token_values is not None:
                     tv = token_values.setdefault(ch, [None] * len(comps))
                     for i, v in zip(idx, out.token_values):
@@ -491,6 +534,9 @@ class GRPOTrainer(Trainer):
             "train_tokens_per_s": self.global_batch * t.seq_len * g.ppo_epochs / max(t_train, 1e-9),
             "tokens_per_s": self.global_batch * t.seq_len / dt, "step_time_s": dt}
         rec.update(self.epoch_metrics(st, n_tok))
+        rec.update(self.detail_stats(tasks))
+        if g.save_rollouts and self.rank == 0:
+            self.write_rollouts(prompts, tasks, texts, comps, rewards)
         if g.ppo_epochs > 1:
             rec["loss_first_epoch"] = st["share"]
         rec.update(moe)
@@ -500,6 +546,37 @@ class GRPOTrainer(Trainer):
             raise TrainingAborted(f"{self.nan_steps} steps with a non-finite {g.algo.upper()} loss (limit "
                                   f"train.max_nan_steps={t.max_nan_steps}); last at step {self.step}. Lower optim.lr.")
         return rec
+
+    def detail_stats(self, tasks) -> dict[str, float]:
+        """Mean of each reward detail per task over the rollouts that have one:
+        {"reward/<task>/<channel>/<name>/mean": ...} (from the last ``compute_rewards``)."""
+        out = {}
+        for ch, cols in self._details.items():
+            for k, xs in cols.items():
+                for t in sorted(set(tasks)):
+                    vals = [float(x) for x, s in zip(xs, tasks) if s == t and x is not None]
+                    if vals:
+                        out[f"reward/{t}/{ch}/{k}/mean"] = sum(vals) / len(vals)
+        return out
+
+    def write_rollouts(self, prompts, tasks, texts, comps: list[Completion], rewards) -> None:
+        """Rank 0: append this step's rollouts to ``rollouts.jsonl`` (``grpo.save_rollouts``): step, task, prompt
+        row id (and keyword when the row has one), group, member, completion text, generated tokens, finish
+        reason, each channel's reward and each channel's details."""
+        G = self.job.grpo.group_size
+        lines = []
+        for i, c in enumerate(comps):
+            row = prompts[i // G][1]
+            rec = {"step": self.step + 1, "task": tasks[i], "id": row.get("id"), "group": i // G, "member": i % G,
+                   "completion": texts[i], "tokens": len(c.output_ids), "finish_reason": c.finish_reason,
+                   "rewards": {ch: vals[i] for ch, vals in rewards.items()},
+                   "details": {ch: {k: xs[i] for k, xs in cols.items()} for ch, cols in self._details.items()}}
+            if "keyword" in row:
+                rec["keyword"] = row["keyword"]
+            lines.append(json.dumps(rec) + "\n")
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "rollouts.jsonl", "a") as f:
+            f.write("".join(lines))
 
     # ------------------------------------------------------------------ step parts (PPOTrainer overrides some)
     def add_advantages(self, full: dict[str, Any], rewards, token_values, tasks) -> dict[str, Any]:

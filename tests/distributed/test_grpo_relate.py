@@ -110,8 +110,11 @@ def test_resources_config_errors_name_the_key(model_dirs, tmp_path):
     base = [f"out_dir={tmp_path}", *COMMON]
     with pytest.raises(ValueError, match=r"grpo\.resources\.esmm_model: .*no such directory"):
         JobConfig.load(CFG, base)  # the recipe's runs/reward_models/esmm does not exist here
-    with pytest.raises(ValueError, match=r"grpo\.resources\.perf_model: unknown resource"):
-        JobConfig.load(CFG, [*base, f"grpo.resources={{perf_model: {ctr_dir}}}"])
+    with pytest.raises(ValueError, match=r"grpo\.resources\.bogus_model: unknown resource"):
+        JobConfig.load(CFG, [*base, f"grpo.resources={{bogus_model: {ctr_dir}}}"])
+    # perf_model (RLPF's reward model, a `train rm` run directory) is a resource; checked when the trainer loads it
+    assert JobConfig.load(CFG, [*base, f"grpo.resources={{perf_model: {ctr_dir}}}"]).grpo.resources == {
+        "perf_model": str(ctr_dir)}
     with pytest.raises(ValueError, match=r"grpo\.resources\.ctr_model: .*no such directory"):
         JobConfig.load(CFG, [*base, f"grpo.resources={{ctr_model: {tmp_path / 'nope'}}}"])
     with pytest.raises(ValueError, match=r"grpo\.resources\.ctr_model: expected a model directory"):
