@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny sft-seeds generalization cook-sft clean
+.PHONY: setup demo test test-fast lint-imports test-unit test-distributed test-gpu bench grpo-tiny tppo-tiny relate-tiny rlpf-tiny sft-seeds generalization cook-sft autoeval-tiny clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,11 @@ tppo-tiny: setup
 relate-tiny: setup
 	$(BIN)/python benchmarks/relate_tiny.py $(RELATE_TINY_ARGS)
 
+# SFT -> BT performance RM -> GRPO against it with vs without the length penalty (RLPF, issue 15; ~25 min on 2 cores).
+# RLPF_TINY_ARGS: e.g. "--seeds 2" or "--fast" (a smoke run).
+rlpf-tiny: setup
+	$(BIN)/python benchmarks/rlpf_tiny.py $(RLPF_TINY_ARGS)
+
 # The tiny SFT recipe over 3 training seeds, held-out metrics as mean ± std (issue 18; ~30 min per seed on 2 cores).
 SFT_SEEDS_ARGS ?= --seeds 3 --parallel 3
 sft-seeds: setup
@@ -81,6 +86,13 @@ generalization: setup
 
 cook-sft: setup
 	$(BIN)/python benchmarks/cook_sft.py $(COOK_SFT_ARGS)
+
+# MarketingFM AutoEval (issue 15): synthetic ads with hidden truth and noisy "human" labels, a tiny judge
+# (launch/configs/autoeval_judge_tiny_cpu.yaml) -> megatron-ads autoeval: Table 8 / Table 9 forms, active sampling and
+# the threshold-sweep plot benchmarks/plots/autoeval_tiny.png (~16 min on one core). AUTOEVAL_TINY_ARGS: e.g. "--fast".
+AUTOEVAL_TINY_ARGS ?=
+autoeval-tiny: setup
+	$(BIN)/python benchmarks/autoeval_tiny.py $(AUTOEVAL_TINY_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
