@@ -110,7 +110,7 @@ import sys
 import time
 from pathlib import Path
 
-from relate_tiny import _stage, _wall
+from relate_tiny import _stage, _wall, save_figure
 
 from megatron_ads.data import synthetic
 from megatron_ads.rewards.autoeval import (DEFAULT_THRESHOLDS, RuleChecker, RuleConfig, accept, agreement,
@@ -418,12 +418,7 @@ def plot(path: Path, rows: list[dict], human: list[bool], truth: list[dict], bes
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------ output

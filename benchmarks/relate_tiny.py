@@ -247,44 +247,58 @@ def summarize_arm(runs: list[dict[str, list[float]]], targets: dict[str, float |
     return out
 
 
-def plot(path: Path, arms: dict[str, list[dict]], ref: dict[str, float], targets: dict[str, float], w: int,
-         title: str) -> Path:
-    """Both arms' smoothed curves (seed mean bold, seeds faint), the SFT reference and the targets."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    panels = (("blacklist", "blacklist hit rate (share of rollouts)"),
-              ("repeat", "high-frequency n-gram occurrences / rollout"),
-              ("ctcvr", "CTCVR reward (predicted)"), ("compliance", "compliance rate (Eq. 11)"))
-    colors = {"token": "tab:blue", "summed": "tab:orange"}
-    labels = {"token": "token-level credit", "summed": "summed into the sentence reward"}
-    fig = Figure(figsize=(12, 8))
-    for k, (m, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(2, 2, k + 1)
-        for arm, runs in arms.items():
-            for r in runs:
-                ax.plot(r["step"], smooth(r[m], w), color=colors[arm], alpha=0.25, lw=0.8)
-            n = min(len(r["step"]) for r in runs)
-            ax.plot(runs[0]["step"][:n], smooth(mean_curve(runs, m), w), color=colors[arm], lw=2,
-                    label=f"{labels[arm]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-        if math.isfinite(ref[m]):
-            ax.axhline(ref[m], color="gray", ls=":", lw=1.2, label="SFT model")
-        if targets.get(m) is not None:
-            ax.axhline(targets[m], color="black", ls="--", lw=1, label="target")
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if k == 0:
-            ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+def save_figure(fig, path: Path) -> Path:
+    """``fig`` to ``path`` (PNG) through a temporary file renamed last."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)
     return path
+
+
+def plot_arms(path: Path, arms: dict[str, list[dict]], panels: tuple[tuple[str, str], ...],
+              styles: dict[str, tuple[str, str]], ref: dict[str, float], lines: dict[str, tuple[float, str]],
+              w: int, title: str, legend_panels: tuple[int, ...] = (0,)) -> Path:
+    """A 2x2 grid of GRPO curves: per panel (metric, y label) every arm's seeds faint and their smoothed mean bold
+    (``styles``: arm -> (color, label)), the SFT reference (``ref``) dotted and ``lines`` (metric -> (value,
+    label)) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 8))
+    for k, (m, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, k + 1)
+        for arm, runs in arms.items():
+            color, label = styles[arm]
+            for r in runs:
+                ax.plot(r["step"], smooth(r[m], w), color=color, alpha=0.25, lw=0.8)
+            n = min(len(r["step"]) for r in runs)
+            ax.plot(runs[0]["step"][:n], smooth(mean_curve(runs, m), w), color=color, lw=2,
+                    label=f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        if math.isfinite(ref.get(m, math.nan)):
+            ax.axhline(ref[m], color="gray", ls=":", lw=1.2, label="SFT model")
+        if lines.get(m) is not None and lines[m][0] is not None:
+            ax.axhline(lines[m][0], color="black", ls="--", lw=1, label=lines[m][1])
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if k in legend_panels:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot(path: Path, arms: dict[str, list[dict]], ref: dict[str, float], targets: dict[str, float], w: int,
+         title: str) -> Path:
+    """Both arms' curves, the SFT reference and the targets."""
+    panels = (("blacklist", "blacklist hit rate (share of rollouts)"),
+              ("repeat", "high-frequency n-gram occurrences / rollout"),
+              ("ctcvr", "CTCVR reward (predicted)"), ("compliance", "compliance rate (Eq. 11)"))
+    styles = {"token": ("tab:blue", "token-level credit"), "summed": ("tab:orange", "summed into the sentence reward")}
+    return plot_arms(path, arms, panels, styles, ref, {m: (v, "target") for m, v in targets.items()}, w, title)
 
 
 def _json_safe(x):

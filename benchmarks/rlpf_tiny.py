@@ -60,7 +60,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from relate_tiny import CLI, _json_safe, _stage, _wall, data_overrides, mean_curve, sft, smooth
+from relate_tiny import CLI, _json_safe, _stage, _wall, data_overrides, mean_curve, plot_arms, sft, smooth
 
 from megatron_ads.data.synthetic import ad_text, true_ctr
 from megatron_ads.data.tasks import parse_output, task
@@ -159,42 +159,13 @@ def summarize_arm(runs: list[dict[str, list[float]]], w: int) -> dict:
 
 
 def plot(path: Path, arms: dict[str, list[dict]], ref: dict[str, float], L0: float, w: int, title: str) -> Path:
-    """Both arms' smoothed curves (seed mean bold, seeds faint), the SFT reference and L0 (saved as relate_tiny)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
+    """Both arms' curves (``relate_tiny.plot_arms``), the SFT reference and L0."""
     panels = (("rm_score", "RM score (mean, well-formed rollouts)"),
               ("length", "ad text length (characters)"),
               ("true_ctr", "true CTR (hidden synthetic truth)"), ("tokens", "generated tokens / rollout"))
-    colors = {"penalty": "tab:blue", "no_penalty": "tab:orange"}
-    labels = {"penalty": "RM − length penalty", "no_penalty": "RM alone (no penalty)"}
-    fig = Figure(figsize=(12, 8))
-    for k, (m, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(2, 2, k + 1)
-        for arm, runs in arms.items():
-            for r in runs:
-                ax.plot(r["step"], smooth(r[m], w), color=colors[arm], alpha=0.25, lw=0.8)
-            n = min(len(r["step"]) for r in runs)
-            ax.plot(runs[0]["step"][:n], smooth(mean_curve(runs, m), w), color=colors[arm], lw=2,
-                    label=f"{labels[arm]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
-        if math.isfinite(ref.get(m, math.nan)):
-            ax.axhline(ref[m], color="gray", ls=":", lw=1.2, label="SFT model")
-        if m == "length":
-            ax.axhline(L0, color="black", ls="--", lw=1, label="L0 (penalty starts)")
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if k in (0, 1):
-            ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+    styles = {"penalty": ("tab:blue", "RM − length penalty"), "no_penalty": ("tab:orange", "RM alone (no penalty)")}
+    return plot_arms(path, arms, panels, styles, ref, {"length": (L0, "L0 (penalty starts)")}, w, title,
+                     legend_panels=(0, 1))
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:
