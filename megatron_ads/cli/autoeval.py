@@ -50,7 +50,7 @@ from megatron_ads.rewards.autoeval import (DEFAULT_THRESHOLDS, RULES, STRATEGIES
                                            RuleChecker, RuleConfig, accept, agreement, agreement_summary, refine,
                                            select_for_review, threshold_sweep)
 from megatron_ads.runtime.errors import BadInput
-from megatron_ads.runtime.io import iter_jsonl, write_text
+from megatron_ads.runtime.io import iter_jsonl, row_id_problems, write_text
 from megatron_ads.runtime.log import get_logger, progress
 
 log = get_logger("megatron_ads.cli.autoeval")
@@ -132,15 +132,7 @@ def read_ads(path: str | Path) -> list[dict]:
         problems.append(message)
 
     for n, row in iter_jsonl(path, on_error=bad):
-        p = [f"field '{k}': missing" for k in INPUT_KEYS if k not in row]
-        rid = row.get("id")
-        if "id" in row:
-            if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-                p.append(f"field 'id': expected a string or an integer, got {rid!r}")
-            elif str(rid) in seen:
-                p.append(f"field 'id': duplicate {rid!r} (first on line {seen[str(rid)]})")
-            else:
-                seen[str(rid)] = n
+        p = row_id_problems(row, n, seen) + [f"field '{k}': missing" for k in INPUT_KEYS if k != "id" and k not in row]
         if "keyword" in row and not (isinstance(row["keyword"], str) and row["keyword"].strip()):
             p.append(f"field 'keyword': expected a non-empty string, got {row['keyword']!r}")
         p += [f"field '{k}': expected a string, got {row[k]!r}" for k in ("headline", "description", "category")

@@ -50,7 +50,7 @@ from megatron_ads.infer.scorer import EngineScorer
 from megatron_ads.infer.weights import eos_ids, load_for_inference
 from megatron_ads.rewards.rewrite_chain import DROP_RULES, RewriteChain, RewriteChainConfig, RewriteChainError
 from megatron_ads.runtime.errors import BadInput
-from megatron_ads.runtime.io import iter_jsonl, write_jsonl
+from megatron_ads.runtime.io import iter_jsonl, row_id_problems, write_jsonl
 from megatron_ads.runtime.log import get_logger, progress
 
 log = get_logger("megatron_ads.cli.rewrite")
@@ -97,15 +97,7 @@ def read_keywords(path: str | Path) -> list[tuple[int, dict]]:
         problems.append(message)
 
     for n, row in iter_jsonl(path, on_error=bad):
-        p = [f"field '{k}': missing" for k in ("id", "keyword") if k not in row]
-        if "id" in row:
-            rid = row["id"]
-            if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-                p.append(f"field 'id': expected a string or an integer, got {rid!r}")
-            elif str(rid) in seen:
-                p.append(f"field 'id': duplicate {rid!r} (first on line {seen[str(rid)]})")
-            else:
-                seen[str(rid)] = n
+        p = row_id_problems(row, n, seen) + (["field 'keyword': missing"] if "keyword" not in row else [])
         if "keyword" in row and not (isinstance(row["keyword"], str) and row["keyword"].strip()):
             p.append(f"field 'keyword': expected a non-empty string, got {row['keyword']!r}")
         if row.get("context") is not None and not isinstance(row["context"], str):

@@ -64,6 +64,20 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
     return write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def row_id_problems(row: dict, line: int, seen: dict[str, int]) -> list[str]:
+    """What is wrong with a row's ``id`` (missing, not a string or an integer, a duplicate of an earlier line's;
+    ``seen`` maps the ids read so far to their lines and gains this one): messages naming the field."""
+    if "id" not in row:
+        return ["field 'id': missing"]
+    rid = row["id"]
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        return [f"field 'id': expected a string or an integer, got {rid!r}"]
+    if str(rid) in seen:
+        return [f"field 'id': duplicate {rid!r} (first on line {seen[str(rid)]})"]
+    seen[str(rid)] = line
+    return []
+
+
 def iter_jsonl(path: str | os.PathLike, required: tuple[str, ...] = (),
                on_error: Callable[[int, str], None] | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, row)`` for each non-blank line of a JSONL file.

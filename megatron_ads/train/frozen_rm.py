@@ -61,6 +61,37 @@ from megatron_ads.train.reward_model import frozen_reward_chunk, gather_last, sa
 __all__ = ["FrozenPerfRM", "FrozenTokenRM", "perf_sequence"]
 
 
+
+def frozen_forward(trainer, chunk, step, phase: str, rows: list[list[int]], S: int, pad: int,
+                   tail: tuple[int, ...]) -> torch.Tensor:
+    """One forward-only pass of a frozen chunk through megatron's schedule (the trainer's layout; a collective):
+    ``rows`` (token ids, each at most ``S``) padded to ``S`` and to whole micro-batches (the last row repeated),
+    ``step`` the forward step whose store holds ``{"r": [mb, *tail]}`` on the last stage; the outputs of the
+    ``len(rows)`` rows, float64 ``[n, *tail]``, broadcast from the last stage to every rank."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    n, mb = len(rows), trainer.job.train.micro_batch
+    n_pad = -(-n // mb) * mb
+    tokens = torch.full((n_pad, S), pad, dtype=torch.long)
+    mask = torch.zeros(n_pad, S)
+    for i in range(n_pad):
+        ids = rows[min(i, n - 1)]
+        tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[i, :len(ids)] = 1.0
+    mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
+    with torch.no_grad():
+        store = trainer._phase(phase, get_forward_backward_func(), forward_step_func=step, data_iterator=iter(mbs),
+                               model=[chunk], num_microbatches=len(mbs), seq_length=S, micro_batch_size=mb,
+                               forward_only=True)
+    buf = torch.zeros(n_pad, *tail, dtype=torch.float64)
+    if trainer.ps.is_pipeline_last_stage():
+        buf = torch.cat([d["r"] for d in store])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dev = buf.to(trainer.device)  # NCCL takes no CPU tensors
+        dist.broadcast(dev, src=dist.get_world_size() - 1)
+        buf = dev.cpu()
+    return buf[:n]
+
 class FrozenTokenRM:
     """TPPO's frozen token-level reward model on the trainer's layout (module docstring); the
     ``token_rewards`` of ``RewardResources.token_model``."""
@@ -114,37 +145,15 @@ class FrozenTokenRM:
 
     def token_rewards(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
         """Per completion token, its reward (module docstring, step 2). Collective."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         if len(prompt_ids) != len(completion_ids):
             raise ValueError(f"token_rewards: {len(prompt_ids)} prompts for {len(completion_ids)} completions")
         n = len(prompt_ids)
         if n == 0:
             return []
-        t = self.trainer.job.train
-        S, mb = t.seq_len, t.micro_batch
-        n_pad = -(-n // mb) * mb
-        pad = self.trainer.pad
-        tokens = torch.full((n_pad, S), pad, dtype=torch.long)
-        mask = torch.zeros(n_pad, S)
+        S = self.trainer.job.train.seq_len
         cut = [max(0, len(p) + len(c) - S) for p, c in zip(prompt_ids, completion_ids)]
-        for i in range(n_pad):
-            k = min(i, n - 1)
-            ids = (list(prompt_ids[k]) + list(completion_ids[k]))[cut[k]:][:S]
-            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[i, :len(ids)] = 1.0
-        mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
-        with torch.no_grad():
-            store = self.trainer._phase("token-rm", get_forward_backward_func(), forward_step_func=self._step,
-                                        data_iterator=iter(mbs), model=[self.chunk], num_microbatches=len(mbs),
-                                        seq_length=S, micro_batch_size=mb, forward_only=True)
-        buf = torch.zeros(n_pad, S, dtype=torch.float64)
-        if self.trainer.ps.is_pipeline_last_stage():
-            buf = torch.cat([d["r"] for d in store])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dev = buf.to(self.trainer.device)  # NCCL takes no CPU tensors
-            dist.broadcast(dev, src=dist.get_world_size() - 1)
-            buf = dev.cpu()
+        rows = [(list(prompt_ids[k]) + list(completion_ids[k]))[cut[k]:][:S] for k in range(n)]
+        buf = frozen_forward(self.trainer, self.chunk, self._step, "token-rm", rows, S, self.trainer.pad, (S,))
         out = []
         for i in range(n):
             p, c = len(prompt_ids[i]) - cut[i], len(completion_ids[i])
@@ -250,8 +259,6 @@ class FrozenPerfRM:
 
     def score(self, keywords, texts, ads=None) -> list[float]:
         """The RM's score of each text after its sample's prompt (module docstring, step 2). Collective."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         n = len(texts)
         if len(keywords) != n or (ads is not None and len(ads) != n):
             raise ValueError(f"score: {len(keywords)} keywords and {'-' if ads is None else len(ads)} ads for {n} "
@@ -262,27 +269,8 @@ class FrozenPerfRM:
                 for k, a, t in zip(keywords, ads if ads is not None else [None] * n, texts)]
         tp = max(int(self.trainer.par.tp), 1)
         S = -(-max(len(r) for r in rows) // tp) * tp
-        mb = self.trainer.job.train.micro_batch
-        n_pad = -(-n // mb) * mb
-        tokens = torch.full((n_pad, S), self.pad, dtype=torch.long)
-        mask = torch.zeros(n_pad, S)
-        for i in range(n_pad):
-            ids = rows[min(i, n - 1)]
-            tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[i, :len(ids)] = 1.0
-        mbs = [{"tokens": tokens[j:j + mb], "mask": mask[j:j + mb]} for j in range(0, n_pad, mb)]
-        with torch.no_grad():
-            store = self.trainer._phase("perf-rm", get_forward_backward_func(), forward_step_func=self._step,
-                                        data_iterator=iter(mbs), model=[self.chunk], num_microbatches=len(mbs),
-                                        seq_length=S, micro_batch_size=mb, forward_only=True)
-        buf = torch.zeros(n_pad, dtype=torch.float64)
-        if self.trainer.ps.is_pipeline_last_stage():
-            buf = torch.cat([d["r"] for d in store])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dev = buf.to(self.trainer.device)  # NCCL takes no CPU tensors
-            dist.broadcast(dev, src=dist.get_world_size() - 1)
-            buf = dev.cpu()
-        return [float(x) for x in buf[:n].tolist()]
+        buf = frozen_forward(self.trainer, self.chunk, self._step, "perf-rm", rows, S, self.pad, ())
+        return [float(x) for x in buf.tolist()]
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.ckpt), "objective": self.objective, "seq_len": self.seq_len}
