@@ -336,14 +336,8 @@ def sampling(ads: list[dict], rows: list[dict], human: list[bool], start: dict, 
 def found_curve(ads: list[dict], rows: list[dict], human: list[bool], start: dict, budgets: list[int],
                 seeds: int) -> dict[str, list[float]]:
     """Disagreements found vs budget per strategy (random / diversity: mean over seeds)."""
-    dec = decisions(rows, start)
-    wrong = [d != h for d, h in zip(dec, human)]
-    v = view(ads, rows)
-    out = {}
-    for label, strategy, by in STRATEGIES:
-        runs = range(seeds) if strategy in ("random", "diversity") else range(1)
-        out[label] = [statistics.fmean(sum(wrong[i] for i in select_for_review(
-            v, b, strategy, seed=s, thresholds=start, uncertainty_by=by)) for s in runs) for b in budgets]
+    per_budget = [sampling(ads, rows, human, start, b, seeds) for b in budgets]
+    out = {label: [r[label]["found"] for r in per_budget] for label, _, _ in STRATEGIES}
     return out
 
 
