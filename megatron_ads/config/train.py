@@ -28,6 +28,8 @@ RMGap = Literal["relative", "absolute"]
 RMPointwiseLoss = Literal["bce", "mse"]
 RMKind = Literal["pair", "token"]
 RMTokenReward = Literal["prob_diff", "class_map"]
+RMLocalReduction = Literal["token_mean", "per_seq_sum"]
+RMGlobalTokens = Literal["labeled", "valid"]
 GrpoAlgo = Literal["grpo", "ppo"]
 PpoKlMode = Literal["reward", "loss"]
 DTYPES = get_args(Dtype)
@@ -572,6 +574,12 @@ class RMSpec:
     >= 1."""
     class_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     """token: w_c of the local cross-entropy for classes 0, 1, 2 (TPPO Eq. 1; not given by the paper)."""
+    local_reduction: RMLocalReduction = "token_mean"
+    """token: normalization of L_local (``tppo.token_rm_loss``): token_mean (over the balanced valid tokens of
+    the micro-batch) or per_seq_sum (Eq. 1 literally: the sum over a sequence's valid tokens / n)."""
+    global_tokens: RMGlobalTokens = "labeled"
+    """token: tokens of L_global's per-sequence mean (Eq. 2): labeled (valid tokens of gold class 1 or 2) or
+    valid (all valid tokens)."""
     token_reward: RMTokenReward = "prob_diff"
     """token: per-token reward the query metrics read (``tppo.token_reward_from_probs``): prob_diff (P(2) − P(1))
     or class_map (argmax 1 → −1, 2 → +1); a query's score is its tokens' mean."""
@@ -583,6 +591,8 @@ class RMSpec:
     def __post_init__(self):
         _one_of("rm", self, "kind", RMKind)
         _one_of("rm", self, "token_reward", RMTokenReward)
+        _one_of("rm", self, "local_reduction", RMLocalReduction)
+        _one_of("rm", self, "global_tokens", RMGlobalTokens)
         for name in ("rows", "responses_per_row", "val_examples"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -250,14 +250,13 @@ class PPOTrainer(GRPOTrainer):
         mask = b["loss_mask"].to(out.device)
         logp, ent = super()._token_logp(b, logits, entropy=True)
         loss_beta = g.kl_beta if p.kl_mode == "loss" else 0.0
-        loss_BT, pl, kl_BT = grpo.grpo_token_loss(
-            logp, b["old_logp"].to(logp), b["adv"].to(logp),
+        v = v.float()
+        total_BT, pl, kl_BT, vl_BT = tppo.ppo_token_loss(
+            logp, b["old_logp"].to(logp), b["adv"].to(logp), v, b["old_values"].to(v), b["returns"].to(v),
+            vf_coef=p.vf_coef, value_clip=p.value_clip,
             ref_logp_BT=b["ref_logp"].to(logp) if "ref_logp" in b else None,
             entropy_BT=ent, eps_low=g.eps_low, eps_high=g.eps_high, dual_clip=g.dual_clip,
             kl_estimator=g.kl_estimator, kl_beta=loss_beta, entropy_coef=g.entropy_coef if ent is not None else 0.0)
-        v = v.float()
-        vl_BT = tppo.value_loss(v, b["old_values"].to(v), b["returns"].to(v), clip=p.value_clip)
-        total_BT = loss_BT + p.vf_coef * vl_BT
         return self._loss_share(b, total_BT, mask, pl, kl_BT, ent,
                                 extra=((vl_BT * mask).sum(),))
 

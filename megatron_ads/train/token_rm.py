@@ -1,8 +1,8 @@
 """TPPO token reward model: the pure parts of ``train rm`` with ``rm.kind=token`` (``train.token_rm_loop`` runs
-them on the Trainer): the loss settings from ``rm`` (``token_rm_spec``), the run's examples
-(``token_rm_examples``: ``data.token_labels`` judged by ``eval.adtasks.query_relevant``), an example's token ids
-and classes with the policy's tokenizer (``encode_example``: ``tppo.word_token_labels``), and the validation /
-test metrics of the head's class probabilities (``token_metrics``). No megatron-core here.
+them on the Trainer; the loss settings are the ``rm`` section's): the run's examples (``token_rm_examples``:
+``data.token_labels`` judged by ``eval.adtasks.query_relevant``), an example's token ids and classes with the
+policy's tokenizer (``encode_example``: ``tppo.word_token_labels``), and the validation / test metrics of the
+head's class probabilities (``token_metrics``). No megatron-core here.
 
 Shapes: N responses, S = train.seq_len, C = 3 classes.
 """
@@ -17,14 +17,7 @@ from megatron_ads.eval.adtasks import query_relevant
 from megatron_ads.eval.metrics import auc
 from megatron_ads.train import tppo
 
-__all__ = ["encode_example", "pad_rows", "token_metrics", "token_rm_examples", "token_rm_spec"]
-
-
-def token_rm_spec(r: RMSpec) -> tppo.TPPOSpec:
-    """The ``tppo.TPPOSpec`` of the reward-model fields of ``rm`` (local weight, class weights, balance ratio,
-    token reward); the loss's other settings are TPPO's defaults."""
-    return tppo.TPPOSpec(local_weight=r.local_weight, class_weights=tuple(float(w) for w in r.class_weights),
-                         balance_max_ratio=r.balance_max_ratio, token_reward=r.token_reward)
+__all__ = ["encode_example", "pad_rows", "token_metrics", "token_rm_examples"]
 
 
 def token_rm_examples(r: RMSpec) -> dict[str, list[dict]]:

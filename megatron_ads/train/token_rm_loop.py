@@ -61,7 +61,7 @@ from megatron_ads.runtime.log import get_logger
 from megatron_ads.train import tppo
 from megatron_ads.train.loop import worker_logging
 from megatron_ads.train.rm_loop import HeadTrainer
-from megatron_ads.train.token_rm import encode_example, pad_rows, token_metrics, token_rm_examples, token_rm_spec
+from megatron_ads.train.token_rm import encode_example, pad_rows, token_metrics, token_rm_examples
 
 __all__ = ["TokenRMTrainer", "token_rm_worker"]
 
@@ -85,7 +85,6 @@ class TokenRMTrainer(HeadTrainer):
     def __init__(self, job: JobConfig):
         if job.rm.kind != "token":
             raise ValueError(f"rm.kind: the token reward model trainer needs rm.kind=token, got {job.rm.kind!r}")
-        self.spec = token_rm_spec(job.rm)
         if job.model.init != "random" and init_tokenizer_dir(job.model) is None:  # before any process group exists
             raise ValueError(f"model.path: {job.model.path} has no tokenizer (tokenizer.json in it, its tokenizer/ "
                              f"or its newest checkpoint's): the token reward model must tokenize as the policy it "
@@ -134,7 +133,7 @@ class TokenRMTrainer(HeadTrainer):
 
     def _token_loss(self, b: dict, logits_BSC: torch.Tensor):
         """This micro-batch's token RM loss on its balanced valid set, and its token statistics."""
-        sp, dev = self.spec, logits_BSC.device
+        sp, dev = self.job.rm, logits_BSC.device
         labels = b["classes"]
         g = torch.Generator().manual_seed(zlib.crc32(f"token_rm:{self.job.rm.data_seed}:{b['key']}".encode()))
         valid = tppo.balance_mask(labels, b["response"], max_ratio=sp.balance_max_ratio, generator=g)

@@ -39,8 +39,10 @@ Token-level PPO (§3.4, Eq. 6–9):
    frozen SFT reference π_ref (the spec's reading of Eq. 7's π_ref).
 6. ``gae``: δ_t = R_t + γ·V_{t+1} − V_t, A_t = δ_t + γλ·A_{t+1}, returns = A + V, with V and A taken as 0
    after the last response token (γ = 1, λ = 0.95 by default); ``masked_whiten`` normalizes advantages.
-7. ``tppo_loss``: the PPO-clip policy loss (``grpo.policy_loss``), the clipped value loss (``value_loss``),
-   an optional KL term, aggregated with ``grpo.aggregate_loss``.
+7. ``ppo_token_loss``: the PPO-clip policy loss with its optional KL and entropy terms
+   (``grpo.grpo_token_loss``) + vf_coef·the clipped value loss (``value_loss``), per token; aggregated with
+   ``grpo.aggregate_loss``. The hyperparameters are the ``ppo`` and ``grpo`` config sections' (``PPOSpec``,
+   ``GRPOSpec``), the reward model's the ``rm`` section's (``RMSpec``).
 8. ``optimal_policy`` (Eq. 9, Lemma 3.1): π*(a|s) = π_ref(a|s)·exp(A/β) / Z(s; β) — the target the KL-
    regularized objective (Eq. 8) converges to; a check, not a training step.
 
@@ -54,106 +56,24 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-from megatron_ads.config.train import KlEstimator
-from megatron_ads.train.grpo import aggregate_loss, kl_penalty, masked_fraction, policy_loss
+from megatron_ads.config.train import RMGlobalTokens, RMLocalReduction, RMTokenReward
+from megatron_ads.train.grpo import PolicyLoss, grpo_token_loss
 
 __all__ = ["CLASS_IRRELEVANT", "CLASS_MASKED", "CLASS_RELEVANT", "JUDGE_TO_CLASS", "NUM_CLASSES", "RMLoss",
-           "TPPOLoss", "TPPOSpec", "apply_lwp", "balance_mask", "expected_class_value", "gae", "lwp",
-           "masked_whiten", "optimal_policy", "response_positions", "sentence_to_token_rewards",
+           "apply_lwp", "balance_mask", "expected_class_value", "gae", "lwp",
+           "masked_whiten", "optimal_policy", "ppo_token_loss", "response_positions", "sentence_to_token_rewards",
            "shaped_rewards", "split_words", "suggested_length", "token_reward_from_probs", "token_rm_loss",
-           "tppo_loss", "value_loss", "word_token_labels"]
+           "value_loss", "word_token_labels"]
 
 NUM_CLASSES = 3
 CLASS_MASKED, CLASS_IRRELEVANT, CLASS_RELEVANT = 0, 1, 2
 JUDGE_TO_CLASS = {0: CLASS_IRRELEVANT, 1: CLASS_RELEVANT}
 """The judge's binary word relevance (App. B prompt: 0/1) → reward-model class (spec §B.1 default)."""
 
-GlobalTokens = Literal["labeled", "valid"]
-LocalReduction = Literal["token_mean", "per_seq_sum"]
-TokenReward = Literal["prob_diff", "class_map"]
-KlMode = Literal["reward", "loss"]
 _WORD = re.compile(r"[\w']+")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Hyperparameters
-# ----------------------------------------------------------------------------------------------------------
-
-@dataclass(kw_only=True, slots=True)
-class TPPOSpec:
-    """TPPO hyperparameters (defaults: the paper where it gives them, else spec §B.1's [DEFAULT]s)."""
-
-    alpha: float = 1.0
-    """lwp penalty intensity α (Eq. 4; §5.2: 0.5 is too weak, 1.0 bounds the length). >= 0."""
-    suggested_length: float | None = None
-    """s_l in tokens (Eq. 4); None: the ``suggested_length_quantile`` of the SFT response lengths."""
-    suggested_length_quantile: float = 0.9
-    """Quantile of the SFT response lengths used for s_l when ``suggested_length`` is None, in (0, 1]."""
-    local_weight: float = 0.5
-    """w: L = w·L_local + (1 − w)·L_global (§5.1: 0.4–0.6 best), in [0, 1]."""
-    class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """w_c of the local CE for classes 0, 1, 2 (not given by the paper), each >= 0, not all 0."""
-    local_reduction: LocalReduction = "token_mean"
-    """L_local normalization: token_mean (over 𝒱) or per_seq_sum (Eq. 1 literally: Σ over 𝒱 / n)."""
-    global_tokens: GlobalTokens = "labeled"
-    """Tokens of the per-sequence mean in L_global: labeled (𝒱 ∩ gold class in {1, 2}) or valid (all 𝒱)."""
-    balance_max_ratio: float = 3.0
-    """Class balance: #label2 / #label1 kept within [1/r, r] (paper: about 1:3 to 3:1). >= 1."""
-    token_reward: TokenReward = "prob_diff"
-    """Per-token PPO reward from the RM: prob_diff (P(2) − P(1)) or class_map (argmax 1 → −1, 2 → +1)."""
-    gamma: float = 1.0
-    """GAE discount γ, in [0, 1]."""
-    lam: float = 0.95
-    """GAE λ, in [0, 1]."""
-    clip_eps: float = 0.2
-    """PPO ratio clip ε (Eq. 6), in [0, 1)."""
-    value_clip: float | None = 0.2
-    """Clip of the value update around the rollout values (None: unclipped value loss). > 0."""
-    vf_coef: float = 0.1
-    """Weight of the value loss in the total loss (TRL's PPO default). >= 0."""
-    kl_beta: float = 0.05
-    """β: KL(π_θ‖π_ref) coefficient (Eq. 8; not given by the paper; TRL's default). >= 0."""
-    kl_mode: KlMode = "reward"
-    """reward: −β·KL_t added to the per-token rewards before GAE (PPO-RLHF); loss: β·KL_t in the loss."""
-    kl_estimator: KlEstimator = "k1"
-    """Per-token KL estimator (``grpo.kl_penalty``): k1, k2 or k3."""
-    whiten_advantages: bool = True
-    """Normalize the advantages to mean 0, std 1 over the batch's response tokens."""
-
-    def __post_init__(self):
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"tppo.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-        for name, kind in (("local_reduction", LocalReduction), ("global_tokens", GlobalTokens),
-                           ("token_reward", TokenReward), ("kl_mode", KlMode), ("kl_estimator", KlEstimator)):
-            if getattr(self, name) not in get_args(kind):
-                raise bad(name, f"one of {', '.join(get_args(kind))}")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise bad("alpha", "a finite number >= 0")
-        if self.suggested_length is not None and not (math.isfinite(self.suggested_length)
-                                                      and self.suggested_length > 0):
-            raise bad("suggested_length", "null (from the SFT lengths) or a number > 0")
-        if not 0.0 < self.suggested_length_quantile <= 1.0:
-            raise bad("suggested_length_quantile", "a quantile in (0, 1]")
-        for name in ("local_weight", "gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise bad(name, "a number in [0, 1]")
-        cw = tuple(self.class_weights)
-        if len(cw) != NUM_CLASSES or any(not (math.isfinite(w) and w >= 0) for w in cw) or not any(cw):
-            raise bad("class_weights", "3 finite weights >= 0 (classes 0, 1, 2), not all 0")
-        if not self.balance_max_ratio >= 1.0:
-            raise bad("balance_max_ratio", "a ratio >= 1")
-        if not 0.0 <= self.clip_eps < 1.0:
-            raise bad("clip_eps", "a number in [0, 1)")
-        if self.value_clip is not None and not self.value_clip > 0:
-            raise bad("value_clip", "null (unclipped) or a number > 0")
-        for name in ("vf_coef", "kl_beta"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise bad(name, "a finite number >= 0")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,8 +226,8 @@ def expected_class_value(logits_BTC: torch.Tensor) -> torch.Tensor:
 
 def token_rm_loss(logits_BTC: torch.Tensor, labels_BT: torch.Tensor, valid_BT: torch.Tensor,
                   r_global_B: torch.Tensor, *, local_weight: float = 0.5,
-                  class_weights: Sequence[float] | None = None, local_reduction: LocalReduction = "token_mean",
-                  global_tokens: GlobalTokens = "labeled") -> RMLoss:
+                  class_weights: Sequence[float] | None = None, local_reduction: RMLocalReduction = "token_mean",
+                  global_tokens: RMGlobalTokens = "labeled") -> RMLoss:
     """Eq. 1–3: L = w·L_local + (1 − w)·L_global over the valid set 𝒱 (``valid_BT``, e.g. ``balance_mask``).
 
     Args: logits_BTC (3 classes), labels_BT (gold class), valid_BT, r_global_B (sentence reward on the {1, 2}
@@ -353,7 +273,7 @@ def token_rm_loss(logits_BTC: torch.Tensor, labels_BT: torch.Tensor, valid_BT: t
 
 
 def token_reward_from_probs(probs_BTC: torch.Tensor, mask_BT: torch.Tensor | None = None,
-                            kind: TokenReward = "prob_diff") -> torch.Tensor:
+                            kind: RMTokenReward = "prob_diff") -> torch.Tensor:
     """Per-token PPO reward from the RM's class probabilities: prob_diff r = P(2) − P(1), class_map
     argmax 1 → −1, 2 → +1. Tokens whose argmax is class 0, or outside ``mask_BT``, get 0."""
     top_BT = probs_BTC.argmax(dim=-1)
@@ -454,39 +374,17 @@ def value_loss(values_BT: torch.Tensor, old_values_BT: torch.Tensor, returns_BT:
     return 0.5 * loss_BT
 
 
-@dataclass(kw_only=True, slots=True)
-class TPPOLoss:
-    """One micro-batch's token-level PPO loss and its parts (scalars) plus metrics."""
+def ppo_token_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_BT: torch.Tensor,
+                   values_BT: torch.Tensor, old_values_BT: torch.Tensor, returns_BT: torch.Tensor, *,
+                   vf_coef: float, value_clip: float | None, **policy) -> tuple[torch.Tensor, PolicyLoss,
+                                                                                 torch.Tensor | None, torch.Tensor]:
+    """Eq. 6–7 with a critic, per token (unmasked): ``grpo.grpo_token_loss`` (PPO-clip against π_old, + β·KL to
+    π_ref when ``kl_beta`` is given, − the entropy bonus; ``policy``: its keyword arguments) + vf_coef·the
+    clipped value loss (``value_loss``). Aggregate with ``grpo.aggregate_loss``.
 
-    total: torch.Tensor
-    """policy + vf_coef·value (+ β·KL with kl_mode="loss")."""
-    policy: torch.Tensor
-    value: torch.Tensor
-    kl: torch.Tensor
-    """Mean per-token KL estimate (0 without a reference)."""
-    clip_frac: float
-    """Share of response tokens where the ratio clip binds."""
-
-
-def tppo_loss(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv_BT: torch.Tensor, values_BT: torch.Tensor,
-              old_values_BT: torch.Tensor, returns_BT: torch.Tensor, mask_BT: torch.Tensor, *,
-              spec: TPPOSpec | None = None, ref_logp_BT: torch.Tensor | None = None,
-              num_tokens: float | None = None) -> TPPOLoss:
-    """Eq. 6–7 with a critic: PPO-clip (``grpo.policy_loss``, ratio against π_old) + vf_coef·clipped value
-    loss (+ β·KL to π_ref with kl_mode="loss"), token_mean over the mask (``num_tokens``: the global count)."""
-    spec = spec or TPPOSpec()
-    pl = policy_loss(logp_BT, old_logp_BT, adv_BT, eps_low=spec.clip_eps, eps_high=spec.clip_eps)
-    pol_BT = pl.loss_BT
-    kl = logp_BT.new_zeros(())
-    if ref_logp_BT is not None:
-        kl_BT = kl_penalty(logp_BT, ref_logp_BT, spec.kl_estimator)
-        kl = aggregate_loss(kl_BT.detach(), mask_BT, num_tokens=num_tokens)
-        if spec.kl_mode == "loss" and spec.kl_beta:
-            pol_BT = pol_BT + spec.kl_beta * kl_BT
-    elif spec.kl_mode == "loss" and spec.kl_beta:
-        raise ValueError(f"tppo.kl_beta={spec.kl_beta} with kl_mode=loss: ref_logp_BT is required")
-    policy = aggregate_loss(pol_BT, mask_BT, num_tokens=num_tokens)
-    value = aggregate_loss(value_loss(values_BT, old_values_BT, returns_BT, clip=spec.value_clip), mask_BT,
-                           num_tokens=num_tokens)
-    clip_frac = masked_fraction(pl.clipped_low_BT | pl.clipped_high_BT, mask_BT)
-    return TPPOLoss(total=policy + spec.vf_coef * value, policy=policy, value=value, kl=kl, clip_frac=clip_frac)
+    Returns (loss_BT, the PolicyLoss, kl_BT or None without a reference, value_loss_BT)."""
+    if vf_coef < 0:
+        raise ValueError(f"vf_coef: expected >= 0, got {vf_coef}")
+    loss_BT, pl, kl_BT = grpo_token_loss(logp_BT, old_logp_BT, adv_BT, **policy)
+    vl_BT = value_loss(values_BT, old_values_BT, returns_BT, clip=value_clip)
+    return loss_BT + vf_coef * vl_BT, pl, kl_BT, vl_BT

@@ -149,20 +149,19 @@ def test_token_metrics_of_perfect_and_inverted_probabilities(tokenizer):
     assert m2["recall_0"] == 1.0 and m2["loss"] > m["loss"]
 
 
-def test_token_rm_spec_and_config_errors_name_the_field():
-    from megatron_ads.train.token_rm import token_rm_spec
-
-    r = RMSpec(kind="token", local_weight=0.4, balance_max_ratio=2.0, class_weights=[0.5, 1.0, 1.0])
-    sp = token_rm_spec(r)
-    assert (sp.local_weight, sp.balance_max_ratio, sp.class_weights) == (0.4, 2.0, (0.5, 1.0, 1.0))
-    assert RMSpec().kind == "pair" and RMSpec().local_weight == 0.5 and RMSpec().balance_max_ratio == 3.0
+def test_token_rm_config_defaults_and_errors_name_the_field():
+    r = RMSpec()  # TPPO's defaults (spec §B.1) for the token reward model's loss
+    assert r.kind == "pair" and r.local_weight == 0.5 and r.balance_max_ratio == 3.0
+    assert r.class_weights == [1.0, 1.0, 1.0] and r.token_reward == "prob_diff"
+    assert r.local_reduction == "token_mean" and r.global_tokens == "labeled"
     for kw, needle in [({"kind": "sentence"}, "rm.kind"), ({"local_weight": 1.5}, "rm.local_weight"),
                        ({"balance_max_ratio": 0.5}, "rm.balance_max_ratio"), ({"class_weights": [1, 1]},
                                                                              "rm.class_weights"),
                        ({"class_weights": [0, 0, 0]}, "rm.class_weights"), ({"perturb_rate": 2}, "rm.perturb_rate"),
                        ({"rows": 0}, "rm.rows"), ({"responses_per_row": 0}, "rm.responses_per_row"),
                        ({"token_reward": "sign"}, "rm.token_reward"), ({"test_examples": -1}, "rm.test_examples"),
-                       ({"label_only_fraction": -0.1}, "rm.label_only_fraction")]:
+                       ({"label_only_fraction": -0.1}, "rm.label_only_fraction"),
+                       ({"local_reduction": "sum"}, "rm.local_reduction"), ({"global_tokens": "all"}, "rm.global_tokens")]:
         with pytest.raises(ValueError, match=needle):
             RMSpec(**kw)
     job = JobConfig.load("launch/configs/token_rm_tiny_cpu.yaml", ["rm.rows=50"])

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_ads.train import tppo
-from megatron_ads.train.tppo import TPPOSpec
+from megatron_ads.config.train import GRPOSpec, PPOSpec, RMSpec
+from megatron_ads.train.grpo import aggregate_loss, masked_fraction
 
 
 def close(actual, expected, atol=1e-6):
@@ -350,62 +351,78 @@ def test_masked_whiten_and_reward_helpers():
 
 # ---------------------------------------------------------------- §C20 token-level PPO
 
+def _ppo(logp, old, adv, values, old_values, returns, mask, *, vf_coef=0.0, value_clip=0.2, **policy):
+    """``ppo_token_loss`` aggregated as the PPO trainer does (token_mean over the mask): total, policy, value,
+    KL means and the clipped share."""
+    total_BT, pl, kl_BT, vl_BT = tppo.ppo_token_loss(logp, old, adv, values, old_values, returns,
+                                                     vf_coef=vf_coef, value_clip=value_clip, **policy)
+    mean = lambda x: aggregate_loss(x, mask)  # noqa: E731
+    return (mean(total_BT), mean(pl.loss_BT), mean(vl_BT), None if kl_BT is None else mean(kl_BT.detach()),
+            masked_fraction(pl.clipped_low_BT | pl.clipped_high_BT, mask))
+
+
 def test_on_policy_objective_is_mean_advantage_and_clipped_side_has_no_gradient():
-    spec = TPPOSpec(kl_beta=0.0, vf_coef=0.0)
     adv = torch.tensor([[1.0, -2.0, 0.5, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
     logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], requires_grad=True)
     zeros = torch.zeros(1, 4)
-    out = tppo.tppo_loss(logp, logp.detach(), adv, zeros, zeros, zeros, mask, spec=spec)
-    close(out.policy, -(1.0 - 2.0 + 0.5) / 3)  # ratio 1: objective = mean A
-    assert out.clip_frac == 0.0
-    out.total.backward()
+    total, policy, _, kl, clip_frac = _ppo(logp, logp.detach(), adv, zeros, zeros, zeros, mask)
+    close(policy, -(1.0 - 2.0 + 0.5) / 3)  # ratio 1: objective = mean A
+    assert clip_frac == 0.0 and kl is None
+    total.backward()
     close(logp.grad, -adv * mask / 3)
     # ratio outside [1 - eps, 1 + eps] on the binding side: no gradient; on the other side: gradient
-    eps = spec.clip_eps
+    eps = GRPOSpec().eps_low
     old = torch.zeros(1, 4)
     logp = torch.tensor([[math.log(1.5), math.log(0.5), math.log(0.5), math.log(1.5)]], requires_grad=True)
     adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])  # binds, binds, free, free
-    out = tppo.tppo_loss(logp, old, adv, zeros, zeros, zeros, torch.ones(1, 4), spec=spec)
-    out.total.backward()
+    total, _, _, _, clip_frac = _ppo(logp, old, adv, zeros, zeros, zeros, torch.ones(1, 4), eps_low=eps,
+                                     eps_high=eps)
+    total.backward()
     assert logp.grad[0, 0] == 0 and logp.grad[0, 1] == 0
     close(logp.grad[0, 2:], [-0.5 / 4, 1.5 / 4])  # -A * ratio / N
-    assert out.clip_frac == 0.5 and 1 + eps < 1.5 and 1 - eps > 0.5
+    assert clip_frac == 0.5 and 1 + eps < 1.5 and 1 - eps > 0.5
 
 
-def test_tppo_loss_value_and_kl_terms():
-    spec = TPPOSpec(vf_coef=0.5, kl_beta=0.1, kl_mode="loss", kl_estimator="k1", value_clip=None)
-    logp = torch.tensor([[-1.0, -1.0]])
+def test_ppo_token_loss_value_and_kl_terms():
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -0.5]])
-    v, ret = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
-    out = tppo.tppo_loss(logp, logp, torch.zeros(1, 2), v, v, ret, torch.ones(1, 2), spec=spec, ref_logp_BT=ref)
-    close(out.kl, 0.0)  # k1: (0.5 + -0.5) / 2
-    close(out.value, 0.25)  # (0.5 + 0) / 2
-    close(out.total, 0.5 * 0.25)
+    v, ret = torch.tensor([[0.0, 1.0]], requires_grad=True), torch.tensor([[1.0, 1.0]])
+    total, policy, value, kl, _ = _ppo(logp, logp.detach(), torch.zeros(1, 2), v, v.detach(), ret, torch.ones(1, 2),
+                                       vf_coef=0.5, value_clip=None, ref_logp_BT=ref, kl_estimator="k1",
+                                       kl_beta=0.1)
+    close(kl, 0.0)  # k1: (0.5 + -0.5) / 2
+    close(value, 0.25)  # (0.5 + 0) / 2
+    close(total, 0.5 * 0.25)
+    total.backward()
+    close(v.grad, [[-0.5 * 1.0 / 2, 0.0]])  # vf_coef · (V − R) / N
+    close(logp.grad, [[0.1 / 2, 0.1 / 2]])  # k1 = logp − ref: β / N per token, A = 0
+    # clipped value loss (clip 0.2): V moved beyond V_old ± clip keeps the larger of the two errors
+    _, _, value, _, _ = _ppo(logp, logp.detach(), torch.zeros(1, 2), torch.tensor([[0.5, 1.0]]),
+                             torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 1.0]]), torch.ones(1, 2), vf_coef=1.0)
+    close(value, 0.5 * (2.0 - 0.2) ** 2 / 2)  # max((0.5 − 2)², (0.2 − 2)²) = 3.24, ½ of it over 2 tokens
     with pytest.raises(ValueError, match="kl_beta"):
-        tppo.tppo_loss(logp, logp, torch.zeros(1, 2), v, v, ret, torch.ones(1, 2), spec=spec)
+        _ppo(logp, logp, torch.zeros(1, 2), v, v, ret, torch.ones(1, 2), kl_beta=0.1)
+    with pytest.raises(ValueError, match="vf_coef"):
+        _ppo(logp, logp, torch.zeros(1, 2), v, v, ret, torch.ones(1, 2), vf_coef=-1.0)
 
 
-# ---------------------------------------------------------------- TPPOSpec
+# ---------------------------------------------------------------- the TPPO settings (config sections)
 
-def test_tppo_spec_defaults():
-    s = TPPOSpec()
-    assert (s.alpha, s.local_weight, s.gamma, s.lam, s.balance_max_ratio) == (1.0, 0.5, 1.0, 0.95, 3.0)
-    assert s.suggested_length is None and s.suggested_length_quantile == 0.9
-    assert s.token_reward == "prob_diff" and s.kl_mode == "reward" and s.global_tokens == "labeled"
+def test_tppo_defaults_are_the_papers():
+    p, r = PPOSpec(), RMSpec()
+    assert (p.gamma, p.lam, p.lwp_quantile, p.value_clip, p.kl_mode) == (1.0, 0.95, 0.9, 0.2, "reward")
+    assert p.lwp_alpha is None and p.lwp_length is None and p.token_credit  # lwp on with ppo.lwp_alpha (TPPO: 1.0)
+    assert (r.local_weight, r.balance_max_ratio, r.token_reward, r.global_tokens) == (0.5, 3.0, "prob_diff",
+                                                                                    "labeled")
 
 
 @pytest.mark.parametrize("kw, needle", [
-    ({"alpha": -1.0}, "tppo.alpha"), ({"suggested_length": 0.0}, "tppo.suggested_length"),
-    ({"suggested_length_quantile": 0.0}, "tppo.suggested_length_quantile"),
-    ({"local_weight": 1.2}, "tppo.local_weight"), ({"class_weights": (1.0, 1.0)}, "tppo.class_weights"),
-    ({"class_weights": (0.0, 0.0, 0.0)}, "tppo.class_weights"), ({"balance_max_ratio": 0.5}, "tppo.balance_max_ratio"),
-    ({"gamma": 1.1}, "tppo.gamma"), ({"lam": -0.1}, "tppo.lam"), ({"clip_eps": 1.0}, "tppo.clip_eps"),
-    ({"value_clip": 0.0}, "tppo.value_clip"), ({"vf_coef": -1.0}, "tppo.vf_coef"), ({"kl_beta": -0.1}, "tppo.kl_beta"),
-    ({"kl_mode": "both"}, "tppo.kl_mode"), ({"kl_estimator": "k4"}, "tppo.kl_estimator"),
-    ({"token_reward": "argmax"}, "tppo.token_reward"), ({"global_tokens": "all"}, "tppo.global_tokens"),
-    ({"local_reduction": "sum"}, "tppo.local_reduction"),
+    ({"lwp_alpha": -1.0}, "ppo.lwp_alpha"), ({"lwp_length": 0.0}, "ppo.lwp_length"),
+    ({"lwp_quantile": 0.0}, "ppo.lwp_quantile"), ({"gamma": 1.1}, "ppo.gamma"), ({"lam": -0.1}, "ppo.lam"),
+    ({"value_clip": 0.0}, "ppo.value_clip"), ({"vf_coef": -1.0}, "ppo.vf_coef"), ({"kl_mode": "both"}, "ppo.kl_mode"),
+    ({"kl_estimator": "k4"}, "ppo.kl_estimator"), ({"value_scale": 0.0}, "ppo.value_scale"),
 ])
-def test_tppo_spec_errors_name_the_field(kw, needle):
+def test_ppo_spec_errors_name_the_field(kw, needle):
     with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
-        TPPOSpec(**kw)
+        PPOSpec(**kw)
