@@ -3,8 +3,8 @@ on which ``train sft`` reaches the held-out metrics of the hand-built (rule-reas
 points?
 
     python benchmarks/cook_sft.py [--workdir DIR] [--fast] [--rows N] [--test-rows N] [--teacher-rows N]
-        [--teacher-steps T] [--sft-steps S] [--parallel P] [--set key=value ...] [--teacher-set ...]
-        [--cook-set ...]
+        [--teacher-steps T] [--sft-steps S] [--seeds N] [--parallel P] [--set key=value ...]
+        [--teacher-set ...] [--cook-set ...]
 
 All runs use ``launch/configs/sft_tiny_cpu.yaml``:
 
@@ -29,22 +29,25 @@ All runs use ``launch/configs/sft_tiny_cpu.yaml``:
    overlap 1), with ``test_fraction=0`` (the test split is the shared file) and ``batch_size=32`` (speed only:
    candidate seeds are per input and candidate) — ``--cook-set`` adds more.
    The two tasks cook in parallel, each into its own directory.
-3. **arms**: ``train sft`` from the same random init (``train.seed`` 1) and recipe, ``--sft-steps`` each, in
-   parallel: ``hand`` (``sft.files``: the raw rows, 10% of them as validation) and ``cooked`` (``sft.files``: the
+3. **arms**: ``train sft`` from the same random init and recipe, ``--sft-steps`` each, in parallel, per training
+   seed (``--seeds N``: ``train.seed`` 1..N, the same seeds for both arms — paired): ``hand`` (``sft.files``: the raw rows, 10% of them as validation) and ``cooked`` (``sft.files``: the
    cooked train / val splits); both tested on the shared test file (``sft.test_rows`` = its size).
 
-Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC), the
-cook's counts per filter and the teacher's held-out exact match, then, last, one JSON object: ``arms``
-{hand, cooked: metrics, ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
-trained: relevance, location), ``steps``, ``wall_s``}, ``diff_points`` (cooked − hand per metric, in points),
-``max_bacc_diff_points`` (largest |cooked − hand| BACC of the five views) and ``max_bacc_diff_metric`` (which),
+Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC) per seed
+and their mean over the seeds, the cook's counts per filter and the teacher's held-out exact match, then, last,
+one JSON object: ``arms`` {hand, cooked: metrics (the mean over the seeds), ``per_seed`` (the metrics of each
+seed), ``std`` (over the seeds, population), ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
+trained: relevance, location), ``steps``, ``wall_s`` (summed over the seeds)}, ``diff_points`` (cooked − hand per metric, in points, of the
+means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``max_bacc_diff_points`` (largest
+|cooked − hand| BACC of the five views, of the means) and ``max_bacc_diff_metric`` (which), ``seeds``,
 ``target_points`` (2), ``within_target``, ``cook``
 {task: inputs read / kept / ``keep_rate`` / dropped per filter, candidates, ``prompt_passed``,
 ``agreement``, ``reasoning_exact`` (share of kept train rows whose cooked reasoning is the rule text)},
 ``teacher`` {steps, rows, exact_match, exact_match_by_family, wall_s}, the sizes, ``fast``, ``wall_s``.
 
-One training seed per arm: the Fair view's BACC varies by 2.8 points (std) between training seeds of the recipe
-(``RESULTS.md``, ``make sft-seeds``), the other views by ≤ 0.6; read ``diff_points`` per view before the maximum.
+The Fair view's BACC varies by 2.8 points (std) between training seeds of the recipe (``RESULTS.md``,
+``make sft-seeds``), the other views by ≤ 0.6: with one seed per arm (the default) read ``diff_points`` per view
+before the maximum; ``--seeds 2`` or more compares means (a finished workdir keeps its seeds and adds the new).
 
 A finished run in ``--workdir`` is reused when its overrides are the same (``sft_seeds.run_seed``: otherwise
 refused — use another workdir); ``cook`` resumes its journal and refuses other settings the same way.
@@ -66,7 +69,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from generalization import _run
-from sft_seeds import CFG, METRICS, read_seed, run_seed
+from sft_seeds import CFG, METRICS, mean_std, read_seed, run_seed
 
 from megatron_ads.cli.demo import COOK_RELAXED
 from megatron_ads.config.cook import CookConfig
@@ -177,6 +180,15 @@ def trained(overrides: list[str]) -> dict:
     return {"rows_trained": {n: len(v) for n, v in data.items()}, "defect_share": share}
 
 
+def aggregate(rows: list[dict]) -> dict:
+    """The metrics of one arm over its seeds (``read_seed`` rows, in seed order): the mean per metric (JSON keys),
+    ``min_lambda`` (the smallest over the seeds), ``per_seed`` and ``std`` (population; 0 for one seed)."""
+    per_seed = [{**{KEYS[c]: r[c] for c in KEYS}, "min_lambda": r["min λ"]} for r in rows]
+    stats = {key: mean_std([r[key] for r in per_seed]) for key in KEYS.values()}
+    return {**{key: m for key, (m, _) in stats.items()}, "min_lambda": min(r["min_lambda"] for r in per_seed),
+            "per_seed": per_seed, "std": {key: s for key, (_, s) in stats.items()}}
+
+
 # ------------------------------------------------------------------------------------ output
 def _f(x, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
@@ -188,12 +200,19 @@ def table(res: dict, cooks: dict, teacher: dict) -> str:
              "|---" * (len(cols) + 6) + "|"]
     for key, label in ARMS:
         r = res[key]
-        n = r["rows_trained"]
-        lines.append(f"| {label} | {n['query_ad']} / {n['ad_user']} | "
-                     + " | ".join(_f(r[KEYS[c]]) for c in cols)
+        n = f"{r['rows_trained']['query_ad']} / {r['rows_trained']['ad_user']}"
+        seeds = r["per_seed"]
+        for s, m in enumerate(seeds if len(seeds) > 1 else []):
+            lines.append(f"| {label}, train.seed {s + 1} | {n} | " + " | ".join(_f(m[KEYS[c]]) for c in cols)
+                         + f" | {_f(m['min_lambda'])} | {r['steps']} | |")
+        mean = "" if len(seeds) == 1 else f", mean of {len(seeds)}"
+        lines.append(f"| {label}{mean} | {n} | "
+                     + " | ".join(_f(r[KEYS[c]]) + ("" if len(seeds) == 1 else f" ± {r['std'][KEYS[c]]:.3f}")
+                                  for c in cols)
                      + f" | {_f(r['min_lambda'])} | {r['steps']} | {r['wall_s']:.0f} |")
     d = res["diff_points"]
-    lines.append("| cooked − hand (points) | | " + " | ".join(_f(d[KEYS[c]], "+.1f") for c in cols) + " | | | |")
+    lines.append(f"| cooked − hand (points{'' if len(res['hand']['per_seed']) == 1 else ', of the means'}) | | "
+                 + " | ".join(_f(d[KEYS[c]], "+.1f") for c in cols) + " | | | |")
     lines += ["", "| cook | inputs kept / read | keep rate | inputs dropped by | candidates survived / generated | "
                   "candidates dropped by | golden set | reasoning = rule text |", "|---" * 8 + "|"]
     for name, c in cooks.items():
@@ -226,7 +245,10 @@ def main() -> int:
                     help=f"teacher training steps (default: {DEFAULTS['teacher_steps']})")
     ap.add_argument("--teacher-seq-len", type=int, default=352, help="teacher train.seq_len (default: %(default)s)")
     ap.add_argument("--sft-steps", type=int, default=None, help=f"steps of each arm (default: {DEFAULTS['sft_steps']})")
-    ap.add_argument("--parallel", type=int, default=2, help="cooks / arms at a time (default: %(default)s)")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="training seeds per arm (train.seed 1..N, the same for both arms; the verdict is on the "
+                         "means; default: %(default)s)")
+    ap.add_argument("--parallel", type=int, default=2, help="cooks / arm runs at a time (default: %(default)s)")
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override of both SFT arms (and of the raw rows' synthetic settings)")
     ap.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE", help="extra teacher override")
@@ -235,8 +257,9 @@ def main() -> int:
     args = ap.parse_args()
     sizes = {k: (FAST_SIZES if args.fast else DEFAULTS)[k] if getattr(args, k) is None else getattr(args, k)
              for k in DEFAULTS}
-    if min(sizes.values()) < 1 or args.parallel < 1:
-        ap.error("--rows, --test-rows, --teacher-rows, --teacher-steps, --sft-steps, --parallel: expected >= 1")
+    if min(sizes.values()) < 1 or args.parallel < 1 or args.seeds < 1:
+        ap.error("--rows, --test-rows, --teacher-rows, --teacher-steps, --sft-steps, --seeds, --parallel: "
+                 "expected >= 1")
     work = Path(args.workdir or ("runs/cook_sft_fast" if args.fast else "runs/cook_sft")).resolve()
     cook_set = [*COOK_SET, *(FAST_COOK if args.fast else []), *args.cook_set]
     try:
@@ -284,14 +307,13 @@ def main() -> int:
     arms = {"hand": [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]],
             "cooked": [*common, *[x for n in TASKS for x in files(
                 n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]}
+    seeds = range(args.seeds)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {k: pool.submit(run_seed, 0, work / k, v) for k, v in arms.items()}
-        walls = {k: f.result() for k, f in futures.items()}
-    res: dict = {}
-    for k, _ in ARMS:
-        m = read_seed(work / k / "seed0")
-        res[k] = {**{KEYS[c]: m[c] for c in KEYS}, "min_lambda": m["min λ"], **trained(arms[k]), "steps": steps_s,
-                  "wall_s": round(walls[k], 1)}
+        futures = {(k, s): pool.submit(run_seed, s, work / k, v) for s in seeds for k, v in arms.items()}
+        walls = {ks: f.result() for ks, f in futures.items()}
+    per_seed = {k: [read_seed(work / k / f"seed{s}") for s in seeds] for k, _ in ARMS}
+    res = {k: {**aggregate(per_seed[k]), **trained(arms[k]), "steps": steps_s,
+               "wall_s": round(sum(walls[k, s] for s in seeds), 1)} for k, _ in ARMS}
     diff = {key: (res["cooked"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
     res["diff_points"] = diff
     max_key = max(BACC, key=lambda k: abs(diff[k]))
@@ -300,8 +322,10 @@ def main() -> int:
     print(f"max |cooked − hand| BACC: {max_diff:.2f} points ({max_key}; target ≤ {TARGET_POINTS:.0f}: "
           f"{'met' if max_diff <= TARGET_POINTS else 'NOT met'}){'  [--fast: smoke run]' if args.fast else ''}")
     print(f"workdir: {work}")
-    out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "max_bacc_diff_points": max_diff,
-           "max_bacc_diff_metric": max_key,
+    paired = [{key: (c[key] - h[key]) * 100 for key in KEYS.values()}
+              for h, c in zip(res["hand"]["per_seed"], res["cooked"]["per_seed"], strict=True)]
+    out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "diff_points_per_seed": paired,
+           "max_bacc_diff_points": max_diff, "max_bacc_diff_metric": max_key, "seeds": args.seeds,
            "target_points": TARGET_POINTS, "within_target": max_diff <= TARGET_POINTS, "cook": cooks,
            "teacher": teacher, **sizes, "cook_settings": cook_set, "fast": args.fast,
            "wall_s": round(time.time() - t0, 1)}

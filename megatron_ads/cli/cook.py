@@ -1,13 +1,18 @@
 """``megatron-ads cook --task TASK --input raw.jsonl --teacher DIR --out DIR [--verifier DIR] [--golden FILE]
-[--prompts FILE.yaml] [--config FILE.yaml] [key=value ...] [--workers W] [--restart] [--precision P] [--json]``
+[--prompts FILE.yaml] [--config FILE.yaml] [key=value ...] [--autoeval-judge DIR] [--workers W] [--restart]
+[--precision P] [--json]``
 
-Data cooking (AdNanny §3, ``data.cook``): a task's labeled raw rows (query_ad, ad_user, query_gen — what
-``megatron-ads data synth`` writes) become the reasoning-augmented SFT corpus. The teacher (any HF or
+Data cooking (AdNanny §3, ``data.cook``): a task's labeled raw rows (query_ad, ad_user, query_gen, ad_rewrite —
+what ``megatron-ads data synth`` writes) become the reasoning-augmented SFT corpus. The teacher (any HF or
 Megatron checkpoint ``infer.weights.load_for_inference`` reads) runs on the inference engine: greedy for
 the golden-set validation, seeded sampling (``SamplingParams.seeds``: per input and candidate) for the
 candidates; the verifier (a second, smaller checkpoint) scores faithfulness by label scoring in one prefill
 per prompt (``infer.scorer.EngineScorer.score``); self-consistency and the keyword filters use the frozen
-MiniLM embedder (``rewards.retrieval.MiniLMEmbedder``). Thresholds: ``config.cook.CookConfig`` (a YAML file
+MiniLM embedder (``rewards.retrieval.MiniLMEmbedder``). Ad rewriting rows first pass MarketingFM's AutoEval
+(``CookConfig.autoeval``): the gold rewrite's rule checks (``rewards.autoeval.RuleChecker``, headline = the
+rewrite's title) and, with ``--autoeval-judge DIR``, the judge's expected relevance / generalization scores
+(``data.judge``, one prefill per ad and criterion) against ``autoeval_thresholds``; a failing row is dropped
+under the input filter ``autoeval`` (failures per rule in the report). Thresholds: ``config.cook.CookConfig`` (a YAML file
 with ``--config`` and/or ``key=value`` overrides, e.g. ``n_candidates=2 verifier_min=0.6``).
 
 OUT holds, per task: ``TASK.train.jsonl`` / ``TASK.val.jsonl`` / ``TASK.test.jsonl`` (what ``train sft`` reads
@@ -45,6 +50,7 @@ from megatron_ads.cli import CommandFailed, emit
 from megatron_ads.config.cook import CookConfig
 from megatron_ads.config.yaml_io import read_mapping
 from megatron_ads.config.parallel import ParallelConfig
+from megatron_ads.data.cook import filters as F
 from megatron_ads.data.cook import pipeline as P
 from megatron_ads.data.cook.prompts import PROMPTS, CookPrompt, prompt_for, prompt_from_dict
 from megatron_ads.data.cook.report import human, task_report
@@ -65,7 +71,7 @@ REPORT = "cook_report.json"
 SPLITS = ("train", "val", "test")
 RECORD_KEYS = ("n_candidates", "answer", "close_truncated", "temperature", "top_p", "max_new_tokens", "seed",
                "self_consistency_min", "verifier_min", "min_entity_overlap", "near_duplicate", "off_topic_min",
-               "synonym_min", "keep_per_input")
+               "synonym_min", "keep_per_input", "autoeval", "autoeval_rules", "autoeval_thresholds")
 """CookConfig fields the journal's records depend on: a resumed run must have the same values."""
 
 
@@ -80,6 +86,9 @@ def register(p) -> None:
     p.add_argument("--verifier", default=None,
                    help="smaller verifier checkpoint scoring faithfulness by label scoring (default: no verifier "
                         "filter, reported as off)")
+    p.add_argument("--autoeval-judge", default=None, metavar="DIR",
+                   help="ad_rewrite: judge checkpoint scoring each gold rewrite's relevance and generalization "
+                        "(AutoEval; thresholds: autoeval_thresholds); default: the rule checks only")
     p.add_argument("--golden", default=None,
                    help="golden rows (same format) for prompt validation; default: the first golden_rows inputs")
     p.add_argument("--prompts", default=None,
@@ -132,6 +141,52 @@ def _embedder(path: str | None):
     return MiniLMEmbedder(EmbedderConfig(model_dir=path))
 
 
+# ------------------------------------------------------------------------------------ AutoEval (ad data)
+def _autoeval_filter(task, rows: list[dict], cfg: CookConfig, args) -> tuple[list[dict], dict[str, str],
+                                                                               dict | None]:
+    """MarketingFM's AutoEval of the gold rewrites (module docstring; ad_rewrite with ``autoeval`` on; other
+    tasks pass through). Returns the rows left, the dropped inputs ``{id: "autoeval"}`` and the counts
+    ``{"checked", "passed", "failed": {rule or "judge_<criterion>": n}, "judge", "thresholds"}`` (None: not run)."""
+    if task.name != "ad_rewrite" or not cfg.autoeval:
+        return rows, {}, None
+    from megatron_ads.cli.autoeval import CRITERIA, judge_ads
+    from megatron_ads.rewards.autoeval import RULES, RuleChecker, RuleConfig
+
+    try:
+        checker = RuleChecker(RuleConfig(rules=list(cfg.autoeval_rules)))
+    except ValueError as exc:
+        raise BadInput(f"cook config: autoeval_{exc}") from None
+    ads = [{"keyword": r["keyword"], "headline": r["rewrite"]["title"], "description": r["rewrite"]["description"]}
+           for r in rows]
+    failures = checker.check(ads)
+    judged, thresholds = None, {}
+    if args.autoeval_judge:
+        thresholds = dict(cfg.autoeval_thresholds)
+        bad = sorted(set(thresholds) - set(CRITERIA))
+        if bad or not thresholds:
+            raise BadInput(f"cook config: autoeval_thresholds: expected criteria among {list(CRITERIA)}, got "
+                           f"{sorted(thresholds)}")
+        engine, tok, stops = _load(args.autoeval_judge, args.precision, args.cache, cfg.batch_size)
+        scorer = EngineScorer(engine, tok, stops, max_len=engine.cfg.max_position_embeddings)
+        judged = judge_ads(ads, scorer, cfg.batch_size, "max_prob")
+    failed = {r: 0 for r in RULES if r in cfg.autoeval_rules}
+    failed |= {f"judge_{c}": 0 for c in thresholds}
+    kept, dropped = [], {}
+    for i, r in enumerate(rows):
+        why = list(failures[i])
+        if judged is not None:
+            why += [f"judge_{c}" for c, t in thresholds.items() if not judged[i]["scores"][c] >= t]
+        for w in why:
+            failed[w] += 1
+        if why:
+            dropped[str(r["id"])] = F.AUTOEVAL
+        else:
+            kept.append(r)
+    return kept, dropped, {"checked": len(rows), "passed": len(kept), "failed": failed,
+                           "judge": str(args.autoeval_judge) if args.autoeval_judge else None,
+                           "thresholds": thresholds or None}
+
+
 # ------------------------------------------------------------------------------------ files
 def _paths(out: Path, task: str) -> dict[str, Path]:
     return {"journal": out / f"{task}.journal.jsonl", "settings": out / f"{task}.settings.json",
@@ -150,6 +205,7 @@ def _settings(args, cfg: CookConfig, prompt: CookPrompt) -> dict[str, Any]:
     """What the journal's records depend on (compared when resuming)."""
     return {"task": args.task, "input_sha256": _sha256(args.input), "teacher": str(Path(args.teacher).resolve()),
             "verifier": str(Path(args.verifier).resolve()) if args.verifier else None, "precision": args.precision,
+            "autoeval_judge": str(Path(args.autoeval_judge).resolve()) if args.autoeval_judge else None,
             "embedder": args.embedder, "prompt": dataclasses.asdict(prompt),
             "config": {k: getattr(cfg, k) for k in RECORD_KEYS}}
 
@@ -341,7 +397,11 @@ def run(args) -> int:
     except (ValueError, TypeError) as exc:
         raise BadInput(f"cook config: {exc}") from None
     task = task_named(args.task)
+    if args.autoeval_judge and not (args.task == "ad_rewrite" and cfg.autoeval):
+        raise BadInput(f"--autoeval-judge: judges ad rewrites only (--task ad_rewrite with autoeval=true), got "
+                       f"--task {args.task}" + ("" if cfg.autoeval else " and autoeval=false"))
     for flag, path, kind in (("--input", args.input, "file"), ("--golden", args.golden, "file"),
+                             ("--autoeval-judge", args.autoeval_judge, "dir"),
                              ("--prompts", args.prompts, "file"), ("--config", args.config, "file"),
                              ("--teacher", args.teacher, "dir"), ("--verifier", args.verifier, "dir")):
         if path is None:
@@ -364,7 +424,8 @@ def run(args) -> int:
     _check_settings(paths, _settings(args, cfg, prompt), args.restart)
 
     embed = _embedder(args.embedder)
-    cook_rows, kw_dropped, query_counts = P.keyword_prefilter(task, rows, cfg, embed)
+    ae_rows, ae_dropped, ae_counts = _autoeval_filter(task, rows, cfg, args)
+    cook_rows, kw_dropped, query_counts = P.keyword_prefilter(task, ae_rows, cfg, embed)
     if golden_rows is None and cfg.golden_rows > 0:
         golden, source = cook_rows[:cfg.golden_rows], f"the first {cfg.golden_rows} inputs"
     elif golden_rows is not None:
@@ -399,13 +460,18 @@ def run(args) -> int:
     splits = P.finalize(cook_rows, records, cfg)
     for s in SPLITS:
         write_jsonl(paths[s], splits[s])
-    section = task_report(task=args.task, prompt=prompt.id, n_read=len(rows), keyword_dropped=kw_dropped,
+    section = task_report(task=args.task, prompt=prompt.id, n_read=len(rows),
+                          keyword_dropped={**ae_dropped, **kw_dropped}, autoeval=ae_counts,
                           query_counts=query_counts, records=[records[str(r["id"])] for r in cook_rows],
                           splits=splits, validation=validation,
                           settings={"config": cfg.to_dict(), "teacher": str(args.teacher),
-                                    "verifier": args.verifier, "input": str(args.input),
+                                    "verifier": args.verifier, "autoeval_judge": args.autoeval_judge,
+                                    "input": str(args.input),
                                     "precision": args.precision})
     section["status"] = "cooked"
+    if not section["inputs"]["kept"]:
+        drops = ", ".join(f"{k} {v}" for k, v in section["inputs"]["dropped"].items() if v)
+        log.warning("%s: no input of %s kept (dropped: %s): the corpus files are empty", args.task, args.input, drops)
     from megatron_ads.eval.plots import plot_cook_report  # matplotlib at use
 
     with _report_locked(out) as report:

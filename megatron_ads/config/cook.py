@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,21 @@ class CookConfig:
     """Keyword data: a query that does not contain every keyword word still refines it when its cosine to the
     keyword is ≥ this (a natural synonym, e.g. notebook for laptop) [project default]."""
 
+    # ---- ad data (ad_rewrite): MarketingFM's AutoEval as an input filter
+    autoeval: bool = True
+    """Ad rewriting rows: drop a raw row whose gold rewrite fails AutoEval (``rewards.autoeval``, as ``megatron-ads
+    autoeval`` checks an ad: headline = the rewrite's title) before any generation: one of ``autoeval_rules``
+    fails, or — with ``cook --autoeval-judge DIR`` — an expected judge score is below its
+    ``autoeval_thresholds``. false: no check (other tasks: never checked)."""
+    autoeval_rules: list[str] = field(default_factory=lambda: ["mention_sale", "headline_length", "cta_missing",
+                                                                "blacklist", "diversity"])
+    """The AutoEval rules the gold rewrite must pass (all of ``rewards.autoeval.RULES`` by default; diversity
+    compares the rewrites of one keyword, the first of a near-duplicate pair kept)."""
+    autoeval_thresholds: dict[str, float] = field(default_factory=lambda: {"relevance": 2.0,
+                                                                           "generalization": 3.0})
+    """Judge thresholds per criterion (0–5 expected scores; AutoEval's defaults, Table 8's best mode); used only
+    with ``--autoeval-judge``."""
+
     # ---- corpus (§3.4, construction)
     keep_per_input: int = 1
     """Surviving candidates kept per input (best verifier score first); >1 adds ``ID#2``... rows to train only."""
@@ -121,6 +136,15 @@ class CookConfig:
                      "self_consistency_min", "verifier_min", "near_duplicate", "off_topic_min", "synonym_min",
                      "val_fraction", "test_fraction"):
             _unit(name, getattr(self, name))
+        if not isinstance(self.autoeval, bool):
+            raise ValueError(f"autoeval: expected true or false, got {self.autoeval!r}")
+        if (not isinstance(self.autoeval_rules, (list, tuple))
+                or not all(isinstance(r, str) for r in self.autoeval_rules)):
+            raise ValueError(f"autoeval_rules: expected a list of rule names, got {self.autoeval_rules!r}")
+        th = self.autoeval_thresholds
+        if not isinstance(th, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5 for v in th.values()):
+            raise ValueError(f"autoeval_thresholds: expected {{criterion: score in [0, 5]}}, got {th!r}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError(f"val_fraction + test_fraction: expected < 1, got "
                              f"{self.val_fraction} + {self.test_fraction}")

@@ -48,7 +48,8 @@ def test_teacher_rows_are_what_cook_prompts_and_parses(name, monkeypatch):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_cook_sft_fast(tmp_path):
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cook_sft.py"), "--fast", "--workdir", str(tmp_path)],
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cook_sft.py"), "--fast", "--workdir", str(tmp_path),
+                        "--seeds", "2"],
                        capture_output=True, text=True, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -78,7 +79,20 @@ def test_cook_sft_fast(tmp_path):
     assert reports["hand"]["ad_user"]["RR"] == reports["cooked"]["ad_user"]["RR"]
     assert out["arms"]["hand"]["rows_trained"] == {"query_ad": 11, "ad_user": 11}  # 10% of 12 held out as val
     assert out["max_bacc_diff_points"] == pytest.approx(max(abs(out["diff_points"][k]) for k in BACC))
+    # two paired training seeds per arm: the arm's figures are the means, the diffs those of the means
+    assert out["seeds"] == 2 and len(out["diff_points_per_seed"]) == 2
+    for arm in ("hand", "cooked"):
+        r = out["arms"][arm]
+        assert len(r["per_seed"]) == 2 and (tmp_path / arm / "seed1" / "eval" / "report.json").is_file()
+        for k in BACC:
+            assert r[k] == pytest.approx(sum(s[k] for s in r["per_seed"]) / 2)
+            assert r["std"][k] == pytest.approx(abs(r["per_seed"][0][k] - r["per_seed"][1][k]) / 2)
+    for k in BACC:
+        assert out["diff_points"][k] == pytest.approx(sum(d[k] for d in out["diff_points_per_seed"]) / 2)
+        for s, d in enumerate(out["diff_points_per_seed"]):
+            assert d[k] == pytest.approx(100 * (out["arms"]["cooked"]["per_seed"][s][k]
+                                                - out["arms"]["hand"]["per_seed"][s][k]))
     t = out["teacher"]
     assert t["steps"] == 2 and t["rows"] == 2 * 6 * 4 and 0.0 <= t["exact_match"] <= 1.0  # 3 variations + verifier
     assert (tmp_path / "teacher" / "seed0" / "checkpoints").is_dir()
-    assert "| cooked (teacher reasoning) |" in p.stdout and "| cook |" in p.stdout
+    assert "| cooked (teacher reasoning), mean of 2 |" in p.stdout and "train.seed 2" in p.stdout and "| cook |" in p.stdout

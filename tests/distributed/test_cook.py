@@ -6,6 +6,8 @@ set (exit 2, the prompt and the figure named). The plumbing run relaxes what a r
 reasoning is closed at the token limit, no entity overlap, self-consistency and verifier thresholds 0, no
 golden set): every stage still runs on the real models (the scores are recorded), the report's counts add up,
 the splits are what ``train sft`` reads through ``sft.files``, and re-running resumes without generating.
+Ad rewriting rows first pass AutoEval (rules, then the judge: a random tiny model scoring with thresholds that
+every expected score fails or passes).
 What each filter drops is tested on scripted models in ``tests/unit/test_cook_filters.py``."""
 
 import json
@@ -59,7 +61,7 @@ def test_cook_end_to_end_then_train_sft(tmp_path, capsys):
     # bad input: a missing teacher, an unknown task
     assert cook("query_ad", "--teacher", str(tmp_path / "nope")) == 2
     assert "--teacher" in capsys.readouterr().err
-    assert cook("ad_rewrite") == 2
+    assert cook("user_profile") == 2
     assert "cooking has prompts for" in capsys.readouterr().err
 
     # 1. at the defaults the random teacher's prompt is refused on the golden set, with the report; with
@@ -127,3 +129,54 @@ def test_cook_end_to_end_then_train_sft(tmp_path, capsys):
     ev = json.loads((tmp_path / "sft" / "eval" / "report.json").read_text())
     for t in TASKS:
         assert ev[t]["n"] == report["tasks"][t]["rows"]["test"]
+
+
+def test_cook_ad_rewrite_autoeval_rules_and_judge(tmp_path, capsys):
+    """ad_rewrite: the gold rewrites that fail an AutoEval rule are dropped before any generation (the synthetic
+    rewrites have no call-to-action verb in the headline: at the default rules nothing is kept, with a warning);
+    with the judge, thresholds no expected score reaches drop every row, thresholds of 0 keep the rule-passing
+    ones; the kept rows are cooked (reasoning, the gold rewrite unchanged)."""
+    teacher, raw = tmp_path / "teacher", tmp_path / "ad_rewrite.raw.jsonl"
+    assert main(["init-model", "--flavor", "tiny_deepseek_v3", "--out", str(teacher)]) == 0
+    assert main(["data", "synth", "--task", "ad_rewrite", "--n", str(N), "--out", str(raw)]) == 0
+    gold = {r["id"]: r for r in _lines(raw)}
+    capsys.readouterr()
+    no_cta = "autoeval_rules=[mention_sale, headline_length, blacklist, diversity]"
+
+    def cook(out, *extra):
+        code = main(["cook", "--task", "ad_rewrite", "--input", str(raw), "--teacher", str(teacher),
+                     "--out", str(tmp_path / out), *RELAXED, *extra])
+        rep = json.loads((tmp_path / out / "cook_report.json").read_text()) if code == 0 else None
+        return code, rep["tasks"]["ad_rewrite"] if rep else None
+
+    code, s = cook("rules")
+    assert code == 0 and s["inputs"]["kept"] == 0 and s["inputs"]["dropped"]["autoeval"] == N
+    assert s["autoeval"]["failed"]["cta_missing"] == N and s["candidates"]["generated"] == 0
+    assert "no input of" in capsys.readouterr().err  # the empty corpus is said, not silent
+
+    code, s = cook("no_cta", no_cta)
+    kept = s["inputs"]["kept"]
+    ae = s["autoeval"]
+    assert code == 0 and ae["passed"] == N - ae["failed"]["diversity"] and 0 < ae["passed"] < N
+    assert s["inputs"]["dropped"]["autoeval"] == N - ae["passed"] and kept + s["inputs"]["dropped"]["schema"] \
+        + s["inputs"]["dropped"]["too_long"] == ae["passed"]
+    journal = _lines(tmp_path / "no_cta" / "ad_rewrite.journal.jsonl")
+    assert len(journal) == ae["passed"]  # the dropped rows were never generated for
+    rows = [x for split in ("train", "val", "test") for x in _lines(tmp_path / "no_cta" / f"ad_rewrite.{split}.jsonl")]
+    assert len(rows) == kept > 0
+    for r in rows:
+        assert r["rewrite"] == gold[r["id"]]["rewrite"] and r["reasoning"] and r["cook"]["prompt"] == "ad_rewrite/v1"
+
+    judge = ["--autoeval-judge", str(teacher)]
+    code, s = cook("judge_all", no_cta, *judge, "autoeval_thresholds={relevance: 5, generalization: 5}")
+    assert code == 0 and s["autoeval"]["passed"] == 0 and s["autoeval"]["failed"]["judge_relevance"] == N
+    assert s["autoeval"]["judge"] == str(teacher) and s["autoeval"]["thresholds"] == {"relevance": 5,
+                                                                                      "generalization": 5}
+    code, s = cook("judge_none", no_cta, *judge, "autoeval_thresholds={relevance: 0, generalization: 0}")
+    assert code == 0 and s["autoeval"]["passed"] == ae["passed"] and s["inputs"]["kept"] == kept
+    capsys.readouterr()
+    assert cook("bad", no_cta, *judge, "autoeval_thresholds={tone: 1}")[0] == 2
+    assert "autoeval_thresholds: expected criteria among" in capsys.readouterr().err
+    assert main(["cook", "--task", "query_ad", "--input", str(raw), "--teacher", str(teacher), "--out",
+                 str(tmp_path / "qa"), *judge]) == 2
+    assert "--autoeval-judge: judges ad rewrites only" in capsys.readouterr().err

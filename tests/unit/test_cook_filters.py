@@ -17,7 +17,7 @@ from megatron_ads.data.synthetic import SyntheticConfig, generate, write_jsonl
 from megatron_ads.data.tasks import load_jsonl, parse_output, task
 from megatron_ads.runtime.errors import BadInput
 
-QA, AU, QG = task("query_ad"), task("ad_user"), task("query_gen")
+QA, AU, QG, AR = task("query_ad"), task("ad_user"), task("query_gen"), task("ad_rewrite")
 
 
 class BowEmbed:
@@ -140,6 +140,16 @@ def test_contradiction_filter_tags_and_stated_labels():
     both = parse_output(QG, "<think>x</think>\n<Query>MSR tents</Query>\n<Query>cheap tents</Query>")
     assert F.contradiction(QG, qg, both, "teacher") is None
     assert F.contradiction(QG, qg, parse_output(QG, "<think>x</think>\n<Query>cheap tents</Query>"), "teacher")
+    # ad_rewrite: the repeated rewrite must be the given one (words; the rationale only when one is given)
+    ar = {"id": 1, "keyword": "tents", "ad": {"title": "t", "description": "d"},
+          "rewrite": {"rationale": "adds the keyword", "title": "Shop MSR tents", "description": "Light. Buy now!"}}
+    out = "<think>x</think>\n<Rationale>{}</Rationale>\n<Title>{}</Title>\n<Description>Light.  buy now</Description>"
+    assert F.contradiction(AR, ar, parse_output(AR, out.format("Adds the keyword.", "shop MSR tents")), "teacher") is None
+    changed = F.contradiction(AR, ar, parse_output(AR, out.format("adds the keyword", "Shop cheap tents")), "teacher")
+    assert changed.startswith("<Title> 'Shop cheap tents' differs from the given")
+    assert "<Rationale>" in F.contradiction(AR, ar, parse_output(AR, out.format("other", "Shop MSR tents")), "teacher")
+    no_rationale = {**ar, "rewrite": {k: v for k, v in ar["rewrite"].items() if k != "rationale"}}
+    assert F.contradiction(AR, no_rationale, parse_output(AR, out.format("", "Shop MSR tents")), "teacher") is None
 
 
 def test_boilerplate_filter_needs_an_input_entity():
@@ -360,7 +370,12 @@ def test_prompt_registry_renders_every_variation_with_gold_labels():
     with pytest.raises(ValueError, match="not a permutation"):
         prompt_from_dict("query_ad", {"variations": [{"name": "x", "question": "?", "order": [0, 0, 1]}]})
     with pytest.raises(ValueError, match="cooking has prompts for"):
-        prompt_for("ad_rewrite")
+        prompt_for("user_profile")
+    ar = generate("ad_rewrite", SyntheticConfig(size=1, seed=2))[0]
+    text = render(PROMPTS["ad_rewrite"], PROMPTS["ad_rewrite"].variations[0], AR, ar, "teacher")
+    assert f"Rewritten title: {ar['rewrite']['title']}" in text and f"Keyword: {ar['keyword']}" in text
+    assert "at most 30 characters and the description at most 90" in text
+    assert "<Rationale>...</Rationale>, <Title>...</Title>, <Description>...</Description>" in text
 
 
 def test_read_raw_names_file_line_and_field(tmp_path):
@@ -389,6 +404,58 @@ def test_cook_config_defaults_and_validation():
         CookConfig(answer="model")
     with pytest.raises(ValueError, match="unknown field"):
         CookConfig.load(None, ["n_candidate=2"])
+
+
+def _ar_row(i, title, description="Light and warm. Ships today.", keyword="camping tents"):
+    return {"id": f"ar{i}", "keyword": keyword, "ad": {"title": "MSR Hubba", "description": "A tent."},
+            "rewrite": {"rationale": "r", "title": title, "description": description}}
+
+
+def test_autoeval_filter_drops_failing_gold_rewrites_and_keeps_passing(tmp_path):
+    """Ad rewriting rows pass MarketingFM's AutoEval before any generation: one row per rule it must drop, one
+    it must keep; the counts add up in the report; autoeval=false and other tasks pass through."""
+    from argparse import Namespace
+
+    from megatron_ads.cli.cook import _autoeval_filter
+    from megatron_ads.data.cook.report import human
+
+    rows = [_ar_row(0, "Shop MSR camping tents"),                                         # keep
+            _ar_row(1, "MSR camping tents on sale", "Great for hikers."),                 # mention_sale, no CTA
+            _ar_row(2, "Shop ultralight backpacking camping tents", "Pitches in minutes."),  # headline > 30
+            _ar_row(3, "MSR camping tents", "Stays dry in storms."),                      # cta_missing
+            _ar_row(4, "Buy camping tents", "No scam, a trusted brand."),                 # blacklist
+            _ar_row(5, "Shop MSR camping tents!", "Light and warm. Ships today!"),        # diversity: copies ar0
+            _ar_row(6, "Shop MSR camping tents!", "Light and warm. Ships today!", keyword="tents")]  # other keyword
+    args = Namespace(autoeval_judge=None)
+    kept, dropped, counts = _autoeval_filter(AR, rows, CookConfig(), args)
+    assert [r["id"] for r in kept] == ["ar0", "ar6"]
+    assert dropped == {f"ar{i}": "autoeval" for i in (1, 2, 3, 4, 5)}
+    assert counts["failed"] == {"mention_sale": 1, "headline_length": 1, "cta_missing": 2, "blacklist": 1,
+                                "diversity": 1}
+    assert (counts["checked"], counts["passed"], counts["judge"]) == (7, 2, None)
+    # a rule left out of autoeval_rules no longer drops
+    kept2, _, c2 = _autoeval_filter(AR, rows, CookConfig(autoeval_rules=["headline_length", "blacklist"]), args)
+    assert [r["id"] for r in kept2] == ["ar0", "ar1", "ar3", "ar5", "ar6"] and set(c2["failed"]) == {
+        "headline_length", "blacklist"}
+    assert _autoeval_filter(AR, rows, CookConfig(autoeval=False), args) == (rows, {}, None)
+    qa = _qa_rows(2)
+    assert _autoeval_filter(QA, qa, CookConfig(), args) == (qa, {}, None)
+    with pytest.raises(BadInput, match="autoeval_rules: expected distinct names"):
+        _autoeval_filter(AR, rows, CookConfig(autoeval_rules=["cta"]), args)
+    with pytest.raises(ValueError, match="autoeval_thresholds"):
+        CookConfig(autoeval_thresholds={"relevance": 6})
+    # the report: autoeval drops are input drops, and the counts add up
+    # (the 5 dropped inputs alone: nothing was cooked)
+    rep = task_report(task="ad_rewrite", prompt="ad_rewrite/v1", n_read=5, keyword_dropped=dropped, query_counts={},
+                      records=[], splits={"train": [], "val": [], "test": []}, validation=None, settings={},
+                      autoeval={**counts, "checked": 5, "passed": 0})
+    assert rep["inputs"]["dropped"]["autoeval"] == 5 and rep["autoeval"]["failed"]["diversity"] == 1
+    with pytest.raises(AssertionError, match="autoeval does not add up"):
+        check_counts({**rep, "autoeval": {**rep["autoeval"], "passed": 1}})
+    assert "autoeval: 0 of 5 gold rewrites accepted (rule failures: mention_sale 1, headline_length 1, " \
+           "cta_missing 2, blacklist 1, diversity 1)" in human({"tasks": {"ad_rewrite": rep}})
+    assert "autoeval" not in task_report(task="query_ad", prompt="p", n_read=0, keyword_dropped={}, query_counts={},
+                                         records=[], splits={}, validation=None, settings={})["inputs"]["dropped"]
 
 
 def test_human_report_with_a_refused_task():

@@ -7,13 +7,20 @@ Candidate filters, in the order the pipeline applies them (a candidate is counte
   ``</think>`` before the token limit, is non-empty and holds no tag of the task (the gold tags appended
   after it must parse).
 - ``contradiction``: the tags differ from the gold labels (classification: a field's value; query_gen: the
-  set of queries), or the reasoning *states* a label other than the gold one (``stated_labels``: "relevance
+  set of queries; ad_rewrite: the rewrite's title and description, and the rationale when the row has one,
+  as words), or the reasoning *states* a label other than the gold one (``stated_labels``: "relevance
   label 'fair'", "a score of 2").
 - ``boilerplate``: the reasoning shares fewer than ``min_entity_overlap`` words with the input's entities
   (``entities``: the content words of the query, ad, history, keyword and queries).
 - ``self_consistency``: mean pairwise cosine of a candidate's reasoning to the input's other candidates
   below the threshold (``self_consistency``: the most divergent dropped first, then the means recomputed).
 - ``verifier``: the verifier's faithfulness score below the threshold (scored in ``pipeline``).
+
+Input filter of ad data (ad_rewrite), on the raw rows before any generation (run by ``cli.cook``, which
+holds the rule checker and the judge):
+
+- ``autoeval``: the gold rewrite fails MarketingFM's AutoEval — a rule check (``rewards.autoeval``) or, with
+  a judge, an expected score below its threshold.
 
 Keyword-data filters, on the raw (keyword, query) pairs before any generation:
 
@@ -37,6 +44,8 @@ SCHEMA, CONTRADICTION, BOILERPLATE, SELF_CONSISTENCY, VERIFIER = (
     "schema", "contradiction", "boilerplate", "self_consistency", "verifier")
 CANDIDATE_FILTERS = (SCHEMA, CONTRADICTION, BOILERPLATE, SELF_CONSISTENCY, VERIFIER)
 """Candidate filters in the order they apply."""
+AUTOEVAL = "autoeval"
+"""The ad-data input filter (module docstring)."""
 BROADER, OFF_TOPIC, NEAR_DUPLICATE = "broader", "off_topic", "near_duplicate"
 KEYWORD_FILTERS = (BROADER, OFF_TOPIC, NEAR_DUPLICATE)
 """Keyword-data filters in the order they apply."""
@@ -159,7 +168,12 @@ def contradiction(task: Task, row: dict, parsed: ParsedOutput, answer: str) -> s
     in both modes the labels its reasoning states (``stated_labels``)."""
     if answer == "teacher":
         for f in task.outputs:
-            gold = _get(row, f.key)
+            try:
+                gold = _get(row, f.key)
+            except KeyError:
+                if f.optional:  # e.g. an ad rewrite without a rationale: nothing given to repeat
+                    continue
+                raise
             got = parsed.fields.get(f.name)
             if f.repeated:
                 want = sorted({_norm_query(str(v)) for v in gold})
@@ -168,6 +182,8 @@ def contradiction(task: Task, row: dict, parsed: ParsedOutput, answer: str) -> s
                     return f"<{f.tag}> items {have} differ from the given {want}"
             elif f.allowed is not None and str(got).lower() != str(gold).lower():
                 return f"<{f.tag}> {got!r} contradicts the gold {str(gold)!r}"
+            elif f.allowed is None and gold is not None and words(str(got or "")) != words(str(gold)):
+                return f"<{f.tag}> {got!r} differs from the given {str(gold)!r}"
     for name, values in stated_labels(task, parsed.reasoning or "").items():
         f = next(x for x in task.outputs if x.name == name)
         gold = str(_get(row, f.key)).lower()

@@ -7,7 +7,10 @@ the paper's reasoning steps, and asks for a ``<think>`` block followed by the ta
   relevance, location and ad-quality labels fit;
 - ad–user: summarise the user's interests (searches, clicks, views) → explain the given score;
 - keyword query generation: keyword + the generated queries + a reminder of the rules → explain why each
-  query is a valid, narrower refinement.
+  query is a valid, narrower refinement;
+- ad rewriting: keyword + the original ad + the given rewrite (and its limits) → explain how the rewrite
+  covers the keyword within the limits and what it changes. Its raw rows pass MarketingFM's AutoEval first
+  (``cli.cook``: the gold rewrite's rule checks and, optionally, the judge).
 
 Every prompt has *variations* (§3.3's stress test): the base wording, a rephrased question and reordered
 steps. Rejection sampling uses them too: candidate k of an input is written under variation k mod V.
@@ -42,7 +45,7 @@ import string
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from megatron_ads.data.tasks import AD_USER, QUERY_AD, QUERY_GEN, Task
+from megatron_ads.data.tasks import AD_REWRITE, AD_USER, QUERY_AD, QUERY_GEN, Task, limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,27 @@ PROMPTS: dict[str, CookPrompt] = {p.task: p for p in (
             template=("Keyword: {keyword}\nAd title: {title}\nQueries:\n{queries}\nExplanation: {reasoning}\n"
                       "Question: is the explanation faithful to the keyword, the queries and the ad, and does it "
                       "show that each query is a narrower refinement of the keyword? Answer yes or no.\n<Verdict>"))),
+    CookPrompt(
+        id="ad_rewrite/v1", task=AD_REWRITE.name,
+        intro=("You are a search ads copywriter. The rewrite below was approved by the advertiser and passed the "
+               "ad checks; do not change it. Explain why it is a good rewrite of the ad for the keyword."),
+        rules=("Rules: the headline has at most {limit_title} characters and the description at most "
+               "{limit_description}; the rewrite covers the keyword, keeps the ad's product and brand, and invites "
+               "the user to act."),
+        inputs="Keyword: {keyword}\nAd title: {title}\nAd description: {description}",
+        given="Rationale: {rationale}\nRewritten title: {new_title}\nRewritten description: {new_description}",
+        steps=("Check the original ad against the limits and the keyword (lengths, keyword words, a call to action).",
+               "Name what the rewrite keeps from the ad (the product, the brand) and what it adds or drops.",
+               "Explain why the rewrite fits the limits and serves the keyword better than the original."),
+        variations=(Variation("base", "Why is this rewrite appropriate for the keyword?", (0, 1, 2)),
+                    Variation("rephrased", "What makes the rewritten ad better for this keyword than the original?",
+                              (0, 1, 2)),
+                    Variation("reordered", "Justify the rewrite.", (1, 0, 2))),
+        verifier=VerifierPrompt(
+            kind="judge",
+            template=("Keyword: {keyword}\nAd title: {title}\nRewritten title: {new_title}\nRewritten description: "
+                      "{new_description}\nExplanation: {reasoning}\nQuestion: is the explanation faithful to the "
+                      "keyword, the ad and the rewrite? Answer yes or no.\n<Verdict>"))),
 )}
 """The registry: task name -> its cook prompt."""
 
@@ -210,7 +234,9 @@ def _lines(items: list) -> str:
 def row_view(task: Task, row: dict) -> dict[str, str]:
     """The placeholders a cook prompt may use for a row (strings): ad ``title``/``description``/``url``; query_ad
     ``query``, ``relevance``, ``location``, ``quality``; ad_user ``history`` (one ``- event`` per line),
-    ``score``; query_gen ``keyword``, ``queries`` (one ``- query`` per line)."""
+    ``score``; query_gen ``keyword``, ``queries`` (one ``- query`` per line); ad_rewrite ``keyword``, the given
+    rewrite's ``new_title``, ``new_description`` and ``rationale``, and the limits ``limit_title``,
+    ``limit_description`` (characters)."""
     ad = row.get("ad") or {}
     view = {"title": str(ad.get("title", "")), "description": str(ad.get("description", "")),
             "url": str(ad.get("url", ""))}
@@ -222,6 +248,11 @@ def row_view(task: Task, row: dict) -> dict[str, str]:
         view.update(history=_lines(row["history"]), score=str(row.get("score", "")))
     elif task.name == QUERY_GEN.name:
         view.update(keyword=str(row["keyword"]), queries=_lines(row.get("queries") or []))
+    elif task.name == AD_REWRITE.name:
+        new, lim = row.get("rewrite") or {}, limits(row)
+        view.update(keyword=str(row["keyword"]), new_title=str(new.get("title", "")),
+                    new_description=str(new.get("description", "")), rationale=str(new.get("rationale", "")),
+                    limit_title=str(lim["title"]), limit_description=str(lim["description"]))
     return view
 
 
@@ -236,7 +267,9 @@ def _placeholders(prompt: CookPrompt, part: str, text: str, extra: tuple[str, ..
 
 _VIEW_KEYS = {QUERY_AD.name: ("title", "description", "url", "query", "relevance", "location", "quality"),
               AD_USER.name: ("title", "description", "url", "history", "score"),
-              QUERY_GEN.name: ("title", "description", "url", "keyword", "queries")}
+              QUERY_GEN.name: ("title", "description", "url", "keyword", "queries"),
+              AD_REWRITE.name: ("title", "description", "url", "keyword", "new_title", "new_description", "rationale",
+                                "limit_title", "limit_description")}
 
 
 def format_instruction(task: Task, answer: str) -> str:

@@ -3,7 +3,8 @@
 ``task_report`` builds one task's section from the inputs read, the keyword filters' verdicts and the journal
 records. Its counts add up (``check_counts`` asserts it, the tests too):
 
-- ``inputs.read == inputs.kept + Σ inputs.dropped`` — an input is dropped by a keyword filter (query_gen: its
+- ``inputs.read == inputs.kept + Σ inputs.dropped`` — an input is dropped by ``autoeval`` (ad_rewrite: its
+  gold rewrite fails AutoEval; ``autoeval`` holds the failures per rule), a keyword filter (query_gen: its
   last query removed), ``too_long`` (a prompt does not fit the teacher) or the filter that removed its last
   candidate (``candidate filters``: the latest stage any of its candidates reached);
 - ``candidates.generated == candidates.survived + Σ candidates.dropped`` — each candidate counted under the
@@ -35,10 +36,11 @@ def _hist(values: list[float]) -> dict[str, Any]:
 
 def task_report(*, task: str, prompt: str, n_read: int, keyword_dropped: dict[str, str], query_counts: dict,
                 records: list[dict], splits: dict[str, list[dict]], validation: dict | None,
-                settings: dict[str, Any]) -> dict[str, Any]:
-    """One task's section of ``cook_report.json`` (module docstring). ``records``: the journal records of the
-    inputs left after the keyword filters."""
-    in_dropped: dict[str, int] = {f: 0 for f in (*F.KEYWORD_FILTERS, TOO_LONG, *F.CANDIDATE_FILTERS)}
+                settings: dict[str, Any], autoeval: dict | None = None) -> dict[str, Any]:
+    """One task's section of ``cook_report.json`` (module docstring). ``keyword_dropped``: the inputs the input
+    filters dropped ``{id: filter}`` (autoeval, keyword filters); ``records``: the journal records of the inputs
+    left; ``autoeval``: the AutoEval counts (None: the filter did not run)."""
+    in_dropped: dict[str, int] = {f: 0 for f in (F.AUTOEVAL, *F.KEYWORD_FILTERS, TOO_LONG, *F.CANDIDATE_FILTERS)}
     for f in keyword_dropped.values():
         in_dropped[f] += 1
     cand_dropped = {f: 0 for f in F.CANDIDATE_FILTERS}
@@ -64,6 +66,9 @@ def task_report(*, task: str, prompt: str, n_read: int, keyword_dropped: dict[st
     if task != "query_gen":
         for f in F.KEYWORD_FILTERS:
             in_dropped.pop(f)
+    if autoeval is None:
+        assert not in_dropped[F.AUTOEVAL], "autoeval drops without autoeval counts"
+        in_dropped.pop(F.AUTOEVAL)
     out = {"task": task, "prompt": prompt, "settings": settings,
            "inputs": {"read": n_read, "kept": kept, "dropped": in_dropped},
            "candidates": {"generated": generated, "survived": survived, "dropped": cand_dropped},
@@ -72,6 +77,8 @@ def task_report(*, task: str, prompt: str, n_read: int, keyword_dropped: dict[st
            "prompt_validation": validation}
     if query_counts is not None:
         out["queries"] = query_counts
+    if autoeval is not None:
+        out["autoeval"] = autoeval
     check_counts(out)
     return out
 
@@ -83,6 +90,9 @@ def check_counts(section: dict) -> None:
     assert c["generated"] == c["survived"] + sum(c["dropped"].values()), f"candidates do not add up: {c}"
     r = section["rows"]
     assert r.get("val", 0) + r.get("test", 0) <= i["kept"] <= sum(r.values()), f"rows vs kept inputs: {r}, {i}"
+    a = section.get("autoeval")
+    if a:
+        assert a["checked"] == a["passed"] + i["dropped"].get(F.AUTOEVAL, 0), f"autoeval does not add up: {a}"
     q = section.get("queries")
     if q:
         assert q["raw"] == q["kept"] + sum(q["dropped"].values()), f"queries do not add up: {q}"
@@ -102,6 +112,11 @@ def human(report: dict) -> str:
         lines.append(f"cooked {name}: {i['kept']} of {i['read']} inputs kept (dropped: {drops}); candidates "
                      f"{c['survived']} of {c['generated']} survived (dropped: {cdrops}); rows train "
                      f"{s['rows']['train']} / val {s['rows']['val']} / test {s['rows']['test']}")
+        if s.get("autoeval"):
+            a = s["autoeval"]
+            fails = ", ".join(f"{k} {v}" for k, v in a["failed"].items() if v) or "none"
+            lines.append(f"  autoeval: {a['passed']} of {a['checked']} gold rewrites accepted (rule failures: "
+                         f"{fails}{'; judge ' + a['judge'] if a.get('judge') else ''})")
         if s.get("queries"):
             q = s["queries"]
             lines.append(f"  queries: {q['kept']} of {q['raw']} kept (" +
