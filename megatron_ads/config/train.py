@@ -303,10 +303,11 @@ class SFTSpec:
             raise ValueError("sft.general_test_path: set without sft.general_path (the general training rows)")
 
 
-GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model", "perf_model")
+GRPO_RESOURCES = ("ctr_model", "esmm_model", "token_model", "perf_model", "judge_model")
 """Keys of ``grpo.resources``: the ``rewards.registry.RewardResources`` fields a directory can provide
 (``token_model``: a ``train rm rm.kind=token`` run directory; ``perf_model``: a ``train rm`` (rm.kind=pair) run
-directory; both built by the trainer on its own layout)."""
+directory; ``judge_model``: an ``ad_judge`` SFT run directory; all three built by the trainer on its own
+layout)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -368,7 +369,11 @@ class GRPOSpec:
     ``perf_rm``), a ``train rm`` run directory (rm.kind=pair, objective bt or pointwise; its latest
     checkpoint): built once per rank on the policy's layout, frozen, its own architecture and tokenizer (the
     ones saved with it); it scores each completion's ad text after the prompt it was trained with (keyword and
-    ad fields: ``train.rm_loop.rm_prompt``)."""
+    ad fields: ``train.rm_loop.rm_prompt``). ``judge_model``: MarketingFM AutoEval's judge (reward
+    ``autoeval_accept``), an SFT run of the ``ad_judge`` task (e.g. ``launch/configs/autoeval_judge_tiny_cpu.yaml``;
+    its latest checkpoint): built once per rank on the policy's layout, frozen, its own architecture and
+    tokenizer; it scores each rule-passing rewrite's relevance and generalization by label scoring, as
+    ``megatron-ads autoeval --model`` does."""
     reward_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Parameters of the rewards of ``grpo.rewards``, {reward_name: {field: value}} (the fields of the reward's
     parameter dataclass in ``rewards/``; absent: its defaults), checked against the rewards registry by
@@ -428,6 +433,10 @@ class GRPOSpec:
             if not Path(path).is_dir():
                 raise ValueError(f"grpo.resources.{key}: {path}: no such directory (a model's save() writes it; "
                                  f"see tools/make_reward_models.py)")
+        if (any("autoeval_accept" in combo for combo in self.rewards.values())
+                and "judge_model" not in self.resources):
+            raise ValueError("grpo.resources.judge_model: reward autoeval_accept (grpo.rewards) needs AutoEval's "
+                             "judge: the directory of an ad_judge SFT run (launch/configs/autoeval_judge_tiny_cpu.yaml)")
         if any("perf_rm" in combo for combo in self.rewards.values()) and "perf_model" not in self.resources:
             raise ValueError("grpo.resources.perf_model: reward perf_rm (grpo.rewards) needs a performance reward "
                              "model: the directory of a `train rm` run")

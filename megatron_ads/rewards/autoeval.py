@@ -1,5 +1,6 @@
 """MarketingFM AutoEval (marketingfm.txt §5.1, Table 3/8; spec ``papers_spec.md`` §B.4): the rule checks, the
-acceptance decision, agreement with human labels, a threshold sweep, and the ``autoeval_rules`` reward.
+acceptance decision, agreement with human labels, a threshold sweep, and the ``autoeval_rules`` and
+``autoeval_accept`` rewards.
 
 Rules (``RULES``; an ad is ``{"keyword", "headline", "description"}``; failures are named, in this order):
 - ``mention_sale``: headline or description contains a ``sale_terms`` word (sale, sales, discount, discounts,
@@ -31,6 +32,14 @@ The ``autoeval_rules`` reward (GRPO ad rewriting): a completion's parsed ``title
 ``keyword``; without one, the same prompt: meta ``group``). ``mode=binary``: 1.0 when every rule passes, else
 0.0; ``mode=penalty``: −``failure_penalty`` per failed rule (0 when all pass). A malformed completion (parser
 errors or no headline) gets ``format_penalty``.
+
+The ``autoeval_accept`` reward: AutoEval's *accept* decision (Table 3) as the reward — the rules as above, then,
+for the completions that pass every rule, the frozen judge (``RewardResources.judge_model``, built by the trainer
+from ``grpo.resources.judge_model``: ``judge(ads)`` gives each ad's expected 0–5 relevance and generalization
+scores) against ``thresholds`` (default Table 8's best, relevance 2 / generalization 3). ``mode=binary``: 1.0 when
+accepted, else 0.0; ``mode=penalty``: −``failure_penalty`` per failed rule or criterion below its threshold. The
+judge's scores are reported as details (``judge_<criterion>``; None for a completion the rules already
+rejected: the judge never sees it) in ``details`` after each call.
 """
 
 from __future__ import annotations
@@ -438,3 +447,59 @@ class AutoevalRulesReward:
 def build_autoeval_rules(params: AutoevalRulesParams, resources: RewardResources) -> AutoevalRulesReward:
     """AutoEval rule reward for ad rewriting."""
     return AutoevalRulesReward(params, resources.need("parse", "autoeval_rules"))
+
+
+@dataclass(kw_only=True, slots=True)
+class AutoevalAcceptParams(AutoevalRulesParams):
+    """Parameters of the ``autoeval_accept`` reward: those of ``autoeval_rules`` plus the judge thresholds."""
+
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    """Per judge criterion (relevance, generalization), the smallest accepted expected score (0–5)."""
+
+    def __post_init__(self):
+        AutoevalRulesParams.__post_init__(self)
+        th = self.thresholds
+        if (not isinstance(th, dict) or not th or set(th) - set(DEFAULT_THRESHOLDS)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5
+                           for v in th.values())):
+            raise ValueError(f"thresholds: expected {{criterion: score in [0, 5]}} over "
+                             f"{sorted(DEFAULT_THRESHOLDS)}, got {th!r}")
+
+
+class AutoevalAcceptReward(AutoevalRulesReward):
+    """The ``autoeval_accept`` reward (module docstring): the rule reward's checks, then the judge."""
+
+    def __init__(self, params: AutoevalAcceptParams, parse, resources: RewardResources):
+        AutoevalRulesReward.__init__(self, params, parse)
+        self.resources = resources
+        self.details: dict[str, list[float | None]] = {}
+        """Per sample of the last call: ``judge_<criterion>`` (None where the rules rejected the completion)."""
+
+    def __call__(self, prompts, completions, task, meta) -> RewardOutput:
+        rules = AutoevalRulesReward.__call__(self, prompts, completions, task, meta)
+        passed = [i for i, v in enumerate(rules.values) if v == (1.0 if self.p.mode == "binary" else 0.0)]
+        ads = []
+        for i in passed:  # rule-passing completions are well formed: their parsed fields are there
+            parsed = self.parse(task, completions[i])
+            ads.append({"keyword": str(meta[i].get(self.p.keyword_key) or ""),
+                        "headline": str(parsed.fields.get(self.p.headline_field) or ""),
+                        "description": str(parsed.fields.get(self.p.description_field) or "")})
+        judge = self.resources.need("judge_model", "autoeval_accept")
+        judged = dict(zip(passed, judge.judge(ads))) if ads else {}  # collective: every rank, same rows
+        vals = list(rules.values)
+        details: dict[str, list[float | None]] = {f"judge_{c}": [None] * len(vals) for c in self.p.thresholds}
+        for i, j in judged.items():
+            low = [c for c, t in self.p.thresholds.items() if not j["scores"][c] >= t]
+            for c in self.p.thresholds:
+                details[f"judge_{c}"][i] = float(j["scores"][c])
+            vals[i] = (0.0 if low else 1.0) if self.p.mode == "binary" else -self.p.failure_penalty * len(low)
+        self.details = details
+        return RewardOutput(vals)
+
+
+@register("autoeval_accept", AutoevalAcceptParams,
+          doc="MarketingFM AutoEval accept on a rewrite (rules pass and the frozen judge's scores >= thresholds): "
+              "1 else 0 (or −penalty per failure)")
+def build_autoeval_accept(params: AutoevalAcceptParams, resources: RewardResources) -> AutoevalAcceptReward:
+    """AutoEval accept reward for ad rewriting (the judge: ``resources.judge_model``, built on first use)."""
+    return AutoevalAcceptReward(params, resources.need("parse", "autoeval_accept"), resources)

@@ -99,6 +99,10 @@ class RewardResources:
     """The frozen token-level reward model (TPPO) of the ``token_rm`` reward:
     ``token_rewards(prompt_ids, completion_ids) -> list[list[float]]``, one reward per completion token (the
     trainer builds it from ``grpo.resources.token_model`` on its own layout)."""
+    judge_model: Any = None
+    """MarketingFM AutoEval's frozen judge of the ``autoeval_accept`` reward: ``judge(ads) -> [{"scores":
+    {criterion: expected 0–5 score}, ...}]`` for ads ``{keyword, headline, description}`` (``data.judge.judge``;
+    the trainer builds it from ``grpo.resources.judge_model`` on its own layout)."""
     decode: Callable[[Sequence[int]], str] | None = None
     """``decode(ids) -> text``: what made each completion's text from ``meta[i][COMPLETION_IDS]`` (the
     trainer's tokenizer decode without EOS); token-level rewards align with it (``token_spans``)."""

@@ -42,6 +42,15 @@ FrozenPerfRM (texts in, one score per text out; it need not share the policy's a
    ``train.micro_batch`` (the last padded by repeating a row), one forward-only pass of the pipeline schedule;
    the last stage reads each row's score at its last real token (``gather_last``, as training does) and the
    scores reach every rank by one broadcast from the last rank.
+
+FrozenJudge (MarketingFM AutoEval's LLM judge, ``RewardResources.judge_model``, read by the ``autoeval_accept``
+reward): an SFT run of the ``ad_judge`` task — a language model, no reward head (a reward model's run is refused) —
+built as FrozenPerfRM (its own architecture, tokenizer and ``train.seq_len``, on the policy's layout, frozen). Its
+``score(prompts, targets)`` is the ``Scorer`` protocol of label scoring: prompt and target encoded apart (as the
+inference engine's ``EngineScorer``), the prompt left-truncated so that both fit the judge's ``train.seq_len``,
+one forward-only pass whose last stage returns each position's log-probability of the next token (megatron's
+per-token cross entropy with the tokens shifted by one as labels), summed over the target. ``judge(ads)`` is
+then ``data.judge.judge`` on it: the expected 0–5 scores ``megatron-ads autoeval --model`` computes.
 """
 
 from __future__ import annotations
@@ -58,7 +67,7 @@ from megatron_ads.data.packing import model_forward
 from megatron_ads.train import ckpt, tppo
 from megatron_ads.train.reward_model import frozen_reward_chunk, gather_last, saved_head_outputs
 
-__all__ = ["FrozenPerfRM", "FrozenTokenRM", "perf_sequence"]
+__all__ = ["FrozenJudge", "FrozenPerfRM", "FrozenTokenRM", "perf_sequence"]
 
 
 
@@ -186,20 +195,8 @@ class FrozenPerfRM:
     ``RewardResources.perf_model`` that the ``perf_rm`` reward reads."""
 
     def __init__(self, trainer, path: str):
-        from megatron_ads.checkpoint.megatron_io import read_layout
-        from megatron_ads.data.tokenizer import load_tokenizer
-
         self.trainer, self.path = trainer, str(path)
-        try:
-            self.ckpt = ckpt.resolve(path)
-        except CheckpointError as exc:
-            raise ValueError(f"{PERF_WHERE}: {path}: no training checkpoint ({exc}); expected the directory of a "
-                             f"`train rm` run (a performance reward model)") from exc
-        try:
-            n = saved_head_outputs(self.ckpt)
-            cfg = read_layout(self.ckpt).cfg
-        except (CheckpointError, OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise ValueError(f"{PERF_WHERE}: {self.ckpt}: unreadable checkpoint ({exc})") from exc
+        self.ckpt, n, cfg = _read_run(path, PERF_WHERE, "a `train rm` run (a performance reward model)")
         if n is None:
             raise ValueError(f"{PERF_WHERE}: {self.ckpt}: holds no reward head (reward_head.proj.weight): not a "
                              f"reward model; expected the directory of a `train rm` run (an SFT or LM run has no "
@@ -212,15 +209,7 @@ class FrozenPerfRM:
         self.objective = (saved.get("rm") or {}).get("objective", "bt")
         self.seq_len = int((saved.get("train") or {}).get("seq_len") or trainer.job.train.seq_len)
         experts = (saved.get("model") or {}).get("experts") or trainer.job.model.experts
-        tok_dir = next((d for d in (self.ckpt / "tokenizer", Path(path) / "tokenizer") if d.is_dir()), None)
-        if tok_dir is None:
-            raise ValueError(f"{PERF_WHERE}: {path}: no tokenizer/ beside its checkpoint {self.ckpt} (train rm "
-                             f"saves the one it trained with)")
-        self.tokenizer = load_tokenizer(tok_dir)
-        self.eos = self.tokenizer.eos_token_id
-        if self.eos is None:
-            raise ValueError(f"{PERF_WHERE}: {tok_dir}: a tokenizer without an EOS token (the RM scores at EOS)")
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        self.tokenizer, self.eos, self.pad = _saved_tokenizer(self.ckpt, path, PERF_WHERE, "the RM scores at EOS")
         try:
             self.chunk, _ = frozen_reward_chunk(
                 self.ckpt, cfg, trainer.par, dtype=trainer.job.optim.dtype, device=trainer.platform.name,
@@ -274,3 +263,116 @@ class FrozenPerfRM:
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.ckpt), "objective": self.objective, "seq_len": self.seq_len}
+
+
+def _read_run(path: str, where: str, expected: str) -> tuple[Path, int | None, Any]:
+    """(latest checkpoint, outputs of its reward head or None, its model config) of a run directory; ValueError
+    naming ``where`` (and what was ``expected``) when there is no checkpoint or it is unreadable."""
+    from megatron_ads.checkpoint.megatron_io import read_layout
+
+    try:
+        src = ckpt.resolve(path)
+    except CheckpointError as exc:
+        raise ValueError(f"{where}: {path}: no training checkpoint ({exc}); expected the directory of "
+                         f"{expected}") from exc
+    try:
+        return src, saved_head_outputs(src), read_layout(src).cfg
+    except (CheckpointError, OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{where}: {src}: unreadable checkpoint ({exc})") from exc
+
+
+def _saved_tokenizer(ckpt_dir: Path, path: str, where: str, why: str) -> tuple[Any, int, int]:
+    """(tokenizer, eos, pad) of a run: the ``tokenizer/`` beside its checkpoint (or the run's); ValueError naming
+    ``where`` without one or without an EOS token (``why`` it is needed)."""
+    from megatron_ads.data.tokenizer import load_tokenizer
+
+    tok_dir = next((d for d in (ckpt_dir / "tokenizer", Path(path) / "tokenizer") if d.is_dir()), None)
+    if tok_dir is None:
+        raise ValueError(f"{where}: {path}: no tokenizer/ beside its checkpoint {ckpt_dir} (training saves the one "
+                         f"it trained with)")
+    tokenizer = load_tokenizer(tok_dir)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"{where}: {tok_dir}: a tokenizer without an EOS token ({why})")
+    return tokenizer, eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+
+# ---------------------------------------------------------------------------------------------------- AutoEval
+JUDGE_WHERE = "grpo.resources.judge_model"
+
+
+class FrozenJudge:
+    """AutoEval's frozen LLM judge on the trainer's layout (module docstring): ``score`` (the ``Scorer``
+    protocol) and ``judge`` for the ``autoeval_accept`` reward. Collective: every rank calls with the same rows."""
+
+    def __init__(self, trainer, path: str):
+        import yaml
+
+        from megatron_ads.model.build import build_model_chunk, transformer_config
+        from megatron_ads.model.specs import use_te_default
+
+        self.trainer, self.path = trainer, str(path)
+        self.ckpt, n, cfg = _read_run(path, JUDGE_WHERE,
+                                      "an ad_judge SFT run (launch/configs/autoeval_judge_tiny_cpu.yaml)")
+        if n is not None:
+            raise ValueError(f"{JUDGE_WHERE}: {self.ckpt}: holds a reward head ({n} output(s)): a reward model's "
+                             f"run; expected the judge, an ad_judge SFT run (a language model)")
+        saved = next((yaml.safe_load(f.read_text()) or {} for f in (self.ckpt / "config.yaml",
+                                                                     Path(path) / "config.yaml") if f.is_file()), {})
+        self.seq_len = int((saved.get("train") or {}).get("seq_len") or trainer.job.train.seq_len)
+        self.tokenizer, self.eos, self.pad = _saved_tokenizer(self.ckpt, path, JUDGE_WHERE, "padding")
+        o = trainer.job.optim
+        try:
+            tconfig = transformer_config(cfg, trainer.par, dtype=o.dtype, device=trainer.platform.name,
+                                         calculate_per_token_loss=False)
+            chunk = build_model_chunk(cfg, trainer.par, dtype=o.dtype, device=trainer.platform.name,
+                                      use_te=use_te_default(trainer.platform.name), tconfig=tconfig,
+                                      experts=(saved.get("model") or {}).get("experts") or trainer.job.model.experts)
+            ckpt.load_model_weights(chunk, self.ckpt)
+        except (CheckpointError, RuntimeError, KeyError, ValueError, AssertionError) as exc:
+            raise ValueError(f"{JUDGE_WHERE}: {self.ckpt}: cannot build this judge ({cfg.num_layers} layers) on the "
+                             f"policy's layout {trainer.par} ({exc})") from exc
+        for p in chunk.parameters():
+            p.requires_grad_(False)
+        self.chunk = chunk.eval()
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _step(self, data_iterator, model):
+        b = next(data_iterator)
+        b = {**b, "labels": torch.roll(b["tokens"], -1, dims=1)}  # position t scores token t + 1
+        return model_forward(model, b, self.trainer.device), partial(self._collect, b)
+
+    @staticmethod
+    def _collect(b: dict, nll_BS: torch.Tensor):
+        return torch.zeros((), device=nll_BS.device), torch.tensor(1, dtype=torch.int), {"r": (-nll_BS).double().cpu()}
+
+    def score(self, prompts: list[str], targets: list[str]) -> list[float]:
+        """Summed log-probability of each target after its prompt (module docstring). Collective."""
+        if len(prompts) != len(targets):
+            raise ValueError(f"score: {len(prompts)} prompts vs {len(targets)} targets")
+        if not prompts:
+            return []
+        pairs = []
+        for p, t in zip(prompts, targets):
+            p_ids, t_ids = self.encode(p), self.encode(t)
+            keep = self.seq_len - len(t_ids)
+            if keep < 1:
+                raise ValueError(f"{JUDGE_WHERE}: a target of {len(t_ids)} tokens leaves no room for its prompt "
+                                 f"within the judge's train.seq_len {self.seq_len}")
+            pairs.append((p_ids[-keep:], t_ids))
+        tp = max(int(self.trainer.par.tp), 1)
+        S = -(-max(len(p) + len(t) for p, t in pairs) // tp) * tp
+        buf = frozen_forward(self.trainer, self.chunk, self._step, "judge", [p + t for p, t in pairs], S, self.pad,
+                             (S,))
+        return [float(buf[i, len(p) - 1:len(p) - 1 + len(t)].sum()) for i, (p, t) in enumerate(pairs)]
+
+    def judge(self, ads: list[dict]) -> list[dict[str, Any]]:
+        """``data.judge.judge`` of ``ads`` ({keyword, headline, description}) on this judge, both criteria."""
+        from megatron_ads.data.judge import judge
+
+        return judge(ads, self) if ads else []
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.ckpt), "seq_len": self.seq_len}

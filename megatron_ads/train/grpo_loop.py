@@ -106,7 +106,7 @@ def build_rewards(weights: dict[str, dict[str, float]], seed: int, decode=None,
                   params: dict[str, dict[str, Any]] | None = None):
     """The reward functions ``weights`` uses, bound to the task parser, the gold labels, (recall@K) the
     synthetic ad corpus, ``decode`` (ids -> completion text, for token-level rewards) and the frozen models of
-    ``models`` (``grpo.resources``: {ctr_model | esmm_model | token_model | perf_model: directory}), each loaded
+    ``models`` (``grpo.resources``: {ctr_model | esmm_model | token_model | perf_model | judge_model: directory}), each loaded
     on the first ``need`` of a reward that reads it (never when no used reward does); ``loaders``
     ({key: fn(directory)}) build the keys the trainer owns (the backbone reward models). ``params``
     (``grpo.reward_params``): {reward name: {field: value}}, checked against each reward's parameter dataclass
@@ -145,7 +145,7 @@ def _load_model(key: str, path: str, resources) -> Any:
     from megatron_ads.rewards.retrieval import MiniLMEmbedder
 
     kinds = {"ctr_model": ctr.CTRModel, "esmm_model": esmm.ESMMModel}
-    if key in ("token_model", "perf_model"):
+    if key in ("token_model", "perf_model", "judge_model"):
         raise ValueError(f"grpo.resources.{key}: a backbone reward model, built by the GRPO trainer on its own "
                          f"layout (train grpo); not loadable on its own")
     if key not in kinds:
@@ -195,7 +195,8 @@ class GRPOTrainer(Trainer):
             raise ValueError(f"grpo.task_weights: task(s) {missing} not in sft.tasks {self.task_names}")
         self.reward_fns, self.resources = build_rewards(
             self.weights, job.sft.data_seed, decode=self.decode_completion, models=g.resources,
-            loaders={"token_model": self._load_token_model, "perf_model": self._load_perf_model},
+            loaders={"token_model": self._load_token_model, "perf_model": self._load_perf_model,
+                     "judge_model": self._load_judge_model},
             params=g.reward_params)
         self._details: dict[str, dict[str, list[float | None]]] = {}
         """Per channel, the per-rollout details its reward reported at the last ``compute_rewards``."""
@@ -219,6 +220,13 @@ class GRPOTrainer(Trainer):
             rm = self.resources.need("perf_model", "perf_rm")  # collective: built now, once, on every rank
             if self.rank == 0:
                 log.info("grpo.resources.perf_model: %s", rm.describe())
+        if any("autoeval_accept" in c for c in self.weights.values()):
+            if "judge_model" not in g.resources:
+                raise ValueError("grpo.resources.judge_model: reward autoeval_accept (grpo.rewards) needs AutoEval's "
+                                 "judge: the directory of an ad_judge SFT run")
+            judge = self.resources.need("judge_model", "autoeval_accept")  # collective: built now, on every rank
+            if self.rank == 0:
+                log.info("grpo.resources.judge_model: %s", judge.describe())
 
     # ------------------------------------------------------------------ frozen models
     def build_frozen_chunk(self, load):
@@ -260,6 +268,12 @@ class GRPOTrainer(Trainer):
         from megatron_ads.train.frozen_rm import FrozenPerfRM
 
         return FrozenPerfRM(self, path)
+
+    def _load_judge_model(self, path: str):
+        """``grpo.resources.judge_model``: AutoEval's frozen judge of ``path`` (``train.frozen_rm``)."""
+        from megatron_ads.train.frozen_rm import FrozenJudge
+
+        return FrozenJudge(self, path)
 
     # ------------------------------------------------------------------ prompts and rollouts
     def draw_prompts(self, step: int) -> list[tuple[str, dict]]:

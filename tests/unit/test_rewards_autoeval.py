@@ -201,3 +201,43 @@ def test_autoeval_rules_params_and_combination():
     with pytest.raises(ValueError, match="parse"):
         registry.build("autoeval_rules", registry.RewardResources())
     RewardCombination(tasks={"ad_rewrite": {"autoeval_rules": 1.0}}, params={"autoeval_rules": {"mode": "penalty"}})
+
+
+
+class _ScriptedJudge:
+    """A judge whose relevance is 4 for headlines naming tents, 1 otherwise; generalization always 3.5; records
+    what it was asked."""
+
+    def __init__(self):
+        self.seen = []
+
+    def judge(self, ads):
+        self.seen.append([a["headline"] for a in ads])
+        return [{"scores": {"relevance": 4.0 if "tents" in a["headline"].lower() else 1.0,
+                            "generalization": 3.5}} for a in ads]
+
+
+def test_autoeval_accept_reward_rules_then_judge_thresholds():
+    """Accept = the rules pass and every judge score reaches its threshold (Table 3); the judge only sees the
+    rule-passing completions; its scores are the details."""
+    assert "autoeval_accept" in REWARDS and REWARDS["autoeval_accept"].doc
+    judge = _ScriptedJudge()
+    res = _res()
+    res.judge_model = judge
+    comps = [_rewrite("Shop camping tents"), _rewrite("Shop warm lanterns"), _rewrite("Tents on sale"),
+             "no tags at all"]
+    meta = [{"keyword": "tents"}, {"keyword": "lanterns"}, {"keyword": "sale"}, {"keyword": "x"}]
+    fn = registry.build("autoeval_accept", res)
+    assert registry.call(fn, [""] * 4, comps, "ad_rewrite", meta).values == [1.0, 0.0, 0.0, -1.0]
+    assert judge.seen == [["Shop camping tents", "Shop warm lanterns"]]  # the sale ad failed a rule first
+    assert fn.details == {"judge_relevance": [4.0, 1.0, None, None], "judge_generalization": [3.5, 3.5, None, None]}
+    strict = registry.build("autoeval_accept", res, {"thresholds": {"relevance": 2.0, "generalization": 4.0}})
+    assert registry.call(strict, [""] * 4, comps, "ad_rewrite", meta).values == [0.0, 0.0, 0.0, -1.0]
+    pen = registry.build("autoeval_accept", res, {"mode": "penalty", "failure_penalty": 0.5,
+                                                  "thresholds": {"relevance": 2.0, "generalization": 4.0}})
+    # lanterns: relevance and generalization below: two failures; sale: mention_sale and cta_missing
+    assert registry.call(pen, [""] * 4, comps, "ad_rewrite", meta).values == [-0.5, -1.0, -1.0, -1.0]
+    with pytest.raises(ValueError, match="judge_model"):
+        registry.call(registry.build("autoeval_accept", _res()), [""], comps[:1], "ad_rewrite", meta[:1])
+    with pytest.raises(ValueError, match=r"reward_params\.autoeval_accept\.thresholds"):
+        registry.make_params("autoeval_accept", {"thresholds": {"tone": 2}})
