@@ -418,7 +418,9 @@ class AutoevalRulesReward:
         self.p, self.parse = params, parse
         self.checker = RuleChecker(params)
 
-    def __call__(self, prompts, completions, task, meta) -> RewardOutput:
+    def check(self, completions, task, meta) -> tuple[list[dict], list[bool], dict[int, list[str]]]:
+        """The completions as ads ``{keyword, diversity_group, headline, description}``, whether each is well
+        formed, and the rule failures of the well-formed ones ``{index: [rule, ...]}``."""
         ads, ok = [], []
         for i, (text, row) in enumerate(zip(completions, meta)):
             parsed = self.parse(task, text)
@@ -430,16 +432,17 @@ class AutoevalRulesReward:
                         "headline": head if isinstance(head, str) else "",
                         "description": str(parsed.fields.get(self.p.description_field) or "")})
         idx = [i for i in range(len(ads)) if ok[i]]
-        fails = dict(zip(idx, self.checker.check([ads[i] for i in idx])))
-        vals = []
-        for i in range(len(ads)):
-            if not ok[i]:
-                vals.append(float(self.p.format_penalty))
-            elif self.p.mode == "binary":
-                vals.append(0.0 if fails[i] else 1.0)
-            else:
-                vals.append(-self.p.failure_penalty * len(fails[i]))
-        return RewardOutput(vals)
+        return ads, ok, dict(zip(idx, self.checker.check([ads[i] for i in idx])))
+
+    def values(self, ok: list[bool], fails: dict[int, list[str]]) -> list[float]:
+        """Each completion's reward from ``check``'s verdicts (module docstring)."""
+        return [float(self.p.format_penalty) if not good
+                else (0.0 if fails[i] else 1.0) if self.p.mode == "binary"
+                else -self.p.failure_penalty * len(fails[i]) for i, good in enumerate(ok)]
+
+    def __call__(self, prompts, completions, task, meta) -> RewardOutput:
+        _, ok, fails = self.check(completions, task, meta)
+        return RewardOutput(self.values(ok, fails))
 
 
 @register("autoeval_rules", AutoevalRulesParams,
@@ -476,17 +479,12 @@ class AutoevalAcceptReward(AutoevalRulesReward):
         """Per sample of the last call: ``judge_<criterion>`` (None where the rules rejected the completion)."""
 
     def __call__(self, prompts, completions, task, meta) -> RewardOutput:
-        rules = AutoevalRulesReward.__call__(self, prompts, completions, task, meta)
-        passed = [i for i, v in enumerate(rules.values) if v == (1.0 if self.p.mode == "binary" else 0.0)]
-        ads = []
-        for i in passed:  # rule-passing completions are well formed: their parsed fields are there
-            parsed = self.parse(task, completions[i])
-            ads.append({"keyword": str(meta[i].get(self.p.keyword_key) or ""),
-                        "headline": str(parsed.fields.get(self.p.headline_field) or ""),
-                        "description": str(parsed.fields.get(self.p.description_field) or "")})
+        ads, ok, fails = self.check(completions, task, meta)
+        vals = self.values(ok, fails)
+        passed = [i for i, f in fails.items() if not f]  # well formed, every rule passed
         judge = self.resources.need("judge_model", "autoeval_accept")
-        judged = dict(zip(passed, judge.judge(ads))) if ads else {}  # collective: every rank, same rows
-        vals = list(rules.values)
+        asked = [{k: ads[i][k] for k in ("keyword", "headline", "description")} for i in passed]
+        judged = dict(zip(passed, judge.judge(asked))) if asked else {}  # collective: every rank, same rows
         details: dict[str, list[float | None]] = {f"judge_{c}": [None] * len(vals) for c in self.p.thresholds}
         for i, j in judged.items():
             low = [c for c, t in self.p.thresholds.items() if not j["scores"][c] >= t]
