@@ -426,7 +426,7 @@ def run(args) -> int:
     embed = _embedder(args.embedder)
     ae_rows, ae_dropped, ae_counts = _autoeval_filter(task, rows, cfg, args)
     cook_rows, kw_dropped, query_counts = P.keyword_prefilter(task, ae_rows, cfg, embed)
-    if golden_rows is None and cfg.golden_rows > 0:
+    if golden_rows is None and cfg.golden_rows > 0 and cook_rows:  # (no input left: nothing to validate for)
         golden, source = cook_rows[:cfg.golden_rows], f"the first {cfg.golden_rows} inputs"
     elif golden_rows is not None:
         golden, source = golden_rows, str(args.golden)

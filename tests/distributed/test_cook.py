@@ -153,6 +153,9 @@ def test_cook_ad_rewrite_autoeval_rules_and_judge(tmp_path, capsys):
     assert code == 0 and s["inputs"]["kept"] == 0 and s["inputs"]["dropped"]["autoeval"] == N
     assert s["autoeval"]["failed"]["cta_missing"] == N and s["candidates"]["generated"] == 0
     assert "no input of" in capsys.readouterr().err  # the empty corpus is said, not silent
+    code, s = cook("rules_golden", "golden_rows=4")  # no input left: nothing to validate the prompt on, no refusal
+    assert code == 0 and s["inputs"]["kept"] == 0 and s["prompt_validation"] is None
+    capsys.readouterr()
 
     code, s = cook("no_cta", no_cta)
     kept = s["inputs"]["kept"]
