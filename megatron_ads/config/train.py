@@ -23,6 +23,7 @@ TaskWeighting = Literal["loss", "sampling"]
 KlEstimator = Literal["k1", "k2", "k3"]
 GrpoAggregation = Literal["token_mean", "seq_mean", "task_token_mean"]
 Experts = Literal["grouped", "sequential"]
+SingleRank = Literal["auto", "megatron"]
 RMObjective = Literal["bt", "pointwise"]
 RMGap = Literal["relative", "absolute"]
 RMPointwiseLoss = Literal["bce", "mse"]
@@ -66,11 +67,18 @@ class ModelSpec:
     experts: Experts = field(default_factory=lambda: _default_experts())
     """Routed experts module: grouped (``model.experts``: one ``torch._grouped_mm`` per projection; the
     default where torch has it) or sequential (megatron-core's per-expert loop, ``SequentialMLP``)."""
+    single_rank: SingleRank = "auto"
+    """auto: where a parallel group has one rank, the project's twins of megatron's modules without their
+    communication steps (``model.linear``: TP-1 attention / MLP linears, one ``F.linear`` each, where nothing
+    needs megatron's linear (no TE, sequence parallelism, fused or deferred weight gradients);
+    ``model.dispatch``: the MoE token dispatcher at EP = TP = 1 without its identity all-to-alls and chunk
+    sorts); megatron: megatron-core's modules throughout. Same numerics (bit-equal in fp32), same checkpoints."""
 
     def __post_init__(self):
         _one_of("model", self, "init", Init)
         _one_of("model", self, "mtp", MtpPolicy)
         _one_of("model", self, "experts", Experts)
+        _one_of("model", self, "single_rank", SingleRank)
         if self.init != "random" and not self.path:
             raise ValueError(f"model.path: required for model.init={self.init}")
 

@@ -49,6 +49,15 @@ from megatron.core.transformer.moe.token_dispatcher import MoEAllGatherTokenDisp
 from megatron.core.transformer.identity_op import IdentityFuncOp, IdentityOp
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
+from megatron_ads.model.dispatch import OneRankMoELayer, OneRankTokenDispatcher
+from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear
+
+
+_COLUMN = {ColumnParallelLinear, LocalColumnParallelLinear}
+_ROW = {RowParallelLinear, LocalRowParallelLinear}
+"""Plain linear classes whose math ``_LeanMoE`` reproduces (megatron's and ``model.linear``'s TP-1 twins; a
+set: hashed by identity, so the FP8 linears, equal to ``ColumnParallelLinear`` by their metaclass, are not in)."""
+
 
 class _Twin(torch.nn.Module):
     """Stands in for ``inner`` (not registered as a child: the swap is temporary)."""
@@ -165,10 +174,10 @@ def _lean_moe_ok(moe: MoELayer) -> bool:
     """The MoE layers ``_LeanMoE`` reproduces: one rank, sequential experts of plain bias-free linears with
     megatron's unfused gated activation, no latent projection / overlap / recompute / padding / FP8."""
     c, d = moe.config, moe.token_dispatcher
-    if not (type(d) in (MoEAlltoAllTokenDispatcher, MoEAllGatherTokenDispatcher) and d.ep_size == 1
-            and d.tp_size == 1 and type(moe.experts) is SequentialMLP):
+    dispatchers = (MoEAlltoAllTokenDispatcher, MoEAllGatherTokenDispatcher, OneRankTokenDispatcher)
+    if not (type(d) in dispatchers and d.ep_size == 1 and d.tp_size == 1 and type(moe.experts) is SequentialMLP):
         return False
-    plain = all(type(e.linear_fc1) is ColumnParallelLinear and type(e.linear_fc2) is RowParallelLinear
+    plain = all(type(e.linear_fc1) in _COLUMN and type(e.linear_fc2) in _ROW
                 and e.linear_fc1.bias is None and e.linear_fc2.bias is None for e in moe.experts.local_experts)
     return plain and c.gated_linear_unit and not (
         c.use_te_activation_func or c.bias_activation_fusion or c.activation_func_clamp_value is not None
@@ -223,7 +232,7 @@ def _twin_for(module: torch.nn.Module) -> torch.nn.Module | None:
     kind = type(module)
     if kind is TransformerLayer and _lean_layer_ok(module):
         return _LeanLayer(module)
-    if kind is MoELayer and _lean_moe_ok(module):
+    if (kind is MoELayer or kind is OneRankMoELayer) and _lean_moe_ok(module):
         return _LeanMoE(module)
     # identity, not ``in``: the FP8 linears' metaclass compares equal to ColumnParallelLinear (MLA's check)
     if kind is ColumnParallelLinear or kind is RowParallelLinear:

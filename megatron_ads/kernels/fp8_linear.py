@@ -59,8 +59,9 @@ PROBE_TOL = 2e-2
 """Relative error (of the output's max) the scaled_mm probe allows against ``fp8_gemm_ref``."""
 
 
-class _ColumnParallelDropIn(abc.ABCMeta):
-    """Metaclass: the class compares equal to megatron's ``ColumnParallelLinear`` (MLA's class check)."""
+class ColumnParallelDropIn(abc.ABCMeta):
+    """Metaclass: the class compares equal to megatron's ``ColumnParallelLinear`` (MLA's class check; also
+    ``model.linear.LocalColumnParallelLinear``'s)."""
 
     def __eq__(cls, other):
         return cls is other or other is ColumnParallelLinear
@@ -68,7 +69,7 @@ class _ColumnParallelDropIn(abc.ABCMeta):
     __hash__ = abc.ABCMeta.__hash__
 
 
-class FP8Linear(torch.nn.Module, metaclass=_ColumnParallelDropIn):
+class FP8Linear(torch.nn.Module, metaclass=ColumnParallelDropIn):
     """Base of the FP8 linears: megatron's linear constructor keywords, ``forward(x) -> (y, bias)``."""
 
     backend: ClassVar[str] = ""

@@ -136,20 +136,23 @@ def transformer_config(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32
 
 def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32", device: str = "cpu",
                       use_te: bool = False, tconfig: TransformerConfig | None = None, fp8_backend: str | None = None,
-                      experts: str | None = None):
+                      experts: str | None = None, single_rank: str = "auto"):
     """The GPTModel chunk of this rank (megatron parallel state must be initialized for ``par``).
 
     ``fp8_backend`` (``reference`` | ``triton`` | ``scaled_mm``): FP8 linears of that backend in the
     decoder layers (``model.specs.decoder_block_spec``; local spec, tp = 1); None: plain linears.
     ``experts`` (``grouped`` | ``sequential``; None: ``grouped`` where ``torch._grouped_mm`` exists): the
-    routed experts module (``model.experts``); FP8 backends always use megatron's ``SequentialMLP``."""
+    routed experts module (``model.experts``); FP8 backends always use megatron's ``SequentialMLP``.
+    ``single_rank`` (``auto`` | ``megatron``): the project's one-rank twins of megatron's linears and MoE
+    dispatcher where a TP / EP group has one rank (``model.linear``, ``model.dispatch``; the default), or
+    megatron-core's modules throughout (``model.specs.decoder_block_spec``)."""
     patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     pre = parallel_state.is_pipeline_first_stage()
     post = parallel_state.is_pipeline_last_stage()
     block = decoder_block_spec(tconfig, use_te=use_te, pp_rank=pp_rank, fp8_backend=fp8_backend,
-                               experts=experts or default_experts())
+                               experts=experts or default_experts(), single_rank=single_rank)
     if fp8_backend is not None:
         use_te = False  # the MTP spec follows the block's backend
     mtp = None

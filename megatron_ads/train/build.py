@@ -65,7 +65,7 @@ def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str],
         extra.update(moe_router_load_balancing_type="seq_aux_loss", moe_aux_loss_coeff=job.train.moe_aux_loss_coeff)
     tconfig = transformer_config(cfg, par, dtype=o.dtype, device=device_name, calculate_per_token_loss=False, **extra)
     chunk = build_model_chunk(cfg, par, dtype=o.dtype, device=device_name, use_te=use_te_default(device_name),
-                              tconfig=tconfig, experts=job.model.experts)
+                              tconfig=tconfig, experts=job.model.experts, single_rank=job.model.single_rank)
     load_initial_weights(chunk, job.model, cfg, job)
     if extend is not None:
         extend(chunk)

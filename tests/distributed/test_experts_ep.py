@@ -27,5 +27,6 @@ def test_grouped_equals_sequential_at_ep2_and_reshards_to_ep1(tiny_ckpts, tmp_pa
     reps = spawn(_worker, 2, hf, 2, str(tmp_path / "ep2"), None, env=ENV)
     for rep in reps:
         assert rep["logits_diff"] <= TOL and rep["grad_diff"] <= TOL, reps
+        assert rep["dispatchers"] == ["MoEAlltoAllTokenDispatcher"], rep  # megatron's all-to-all at EP 2
     rep = spawn(_worker, 1, hf, 1, None, str(tmp_path / "ep2"), env=ENV)[0]
     assert rep["load_sequential_diff"] == 0.0 and rep["load_grouped_diff"] == 0.0, rep

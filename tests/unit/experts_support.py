@@ -54,7 +54,9 @@ def compare_rank(hf_dir: str, ep: int = 1, save_dir: str | None = None, load_dir
     assert set(gg) == set(grads["sequential"]), sorted(set(gg) ^ set(grads["sequential"]))[:5]
     grad_diff = max((gg[n] - gr).abs().max().item() for n, gr in grads["sequential"].items())
     report = {"logits_diff": (logits["grouped"] - logits["sequential"]).abs().max().item(),
-              "grad_diff": grad_diff, "n_grads": len(gg)}
+              "grad_diff": grad_diff, "n_grads": len(gg),
+              "dispatchers": sorted({type(x.token_dispatcher).__name__ for m in models.values() for x in m.modules()
+                                     if hasattr(x, "token_dispatcher")})}
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         dist_checkpointing.save(models["grouped"].sharded_state_dict(), save_dir)

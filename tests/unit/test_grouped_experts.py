@@ -45,5 +45,6 @@ def test_grouped_equals_sequential_at_ep1(tiny_ckpts, single_rank_module, tmp_pa
     hf = tiny_ckpts("tiny_deepseek_v3")
     rep = compare_rank(str(hf), ep=1, save_dir=str(tmp_path / "sd"))
     assert rep["logits_diff"] <= TOL and rep["grad_diff"] <= TOL, rep
+    assert rep["dispatchers"] == ["OneRankTokenDispatcher"], rep  # model.dispatch at EP 1
     rep = compare_rank(str(hf), ep=1, load_dir=str(tmp_path / "sd"))
     assert rep["load_sequential_diff"] == 0.0 and rep["load_grouped_diff"] == 0.0, rep
