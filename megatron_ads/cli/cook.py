@@ -71,7 +71,8 @@ REPORT = "cook_report.json"
 SPLITS = ("train", "val", "test")
 RECORD_KEYS = ("n_candidates", "answer", "close_truncated", "temperature", "top_p", "max_new_tokens", "seed",
                "self_consistency_min", "verifier_min", "min_entity_overlap", "near_duplicate", "off_topic_min",
-               "synonym_min", "keep_per_input", "autoeval", "autoeval_rules", "autoeval_thresholds")
+               "synonym_min", "keep_per_input", "autoeval", "autoeval_rules", "autoeval_thresholds", "grounding",
+               "grounding_lexicon")
 """CookConfig fields the journal's records depend on: a resumed run must have the same values."""
 
 
@@ -396,6 +397,8 @@ def run(args) -> int:
         cfg = CookConfig.load(args.config, args.overrides)
     except (ValueError, TypeError) as exc:
         raise BadInput(f"cook config: {exc}") from None
+    if cfg.grounding:
+        F.lexicon(cfg.grounding_lexicon)  # a missing or malformed lexicon file: BadInput naming it, before any model
     task = task_named(args.task)
     if args.autoeval_judge and not (args.task == "ad_rewrite" and cfg.autoeval):
         raise BadInput(f"--autoeval-judge: judges ad rewrites only (--task ad_rewrite with autoeval=true), got "

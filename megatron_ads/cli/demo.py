@@ -43,10 +43,11 @@ log = get_logger("demo")
 CONFIGS = Path(__file__).resolve().parents[2] / "launch" / "configs"
 SFT_CONFIG, GRPO_CONFIG = CONFIGS / "sft_tiny_cpu.yaml", CONFIGS / "grpo_tiny_cpu.yaml"
 TASKS = ("query_ad", "ad_user", "query_gen")
-COOK_RELAXED = ["answer=gold", "close_truncated=true", "min_entity_overlap=0", "self_consistency_min=0",
-                "verifier_min=0", "golden_rows=0", "n_candidates=2"]
+COOK_RELAXED = ["answer=gold", "close_truncated=true", "min_entity_overlap=0", "grounding=false",
+                "self_consistency_min=0", "verifier_min=0", "golden_rows=0", "n_candidates=2"]
 """Cook thresholds for a random teacher (the demo's): the gold answer is appended to the teacher's reasoning,
-no golden-set validation, no self-consistency / verifier / entity-overlap floor, 2 candidates per input."""
+no golden-set validation, no self-consistency / verifier / entity-overlap floor, no grounding check, 2
+candidates per input."""
 GRPO_REWARDS = ("grpo.rewards={query_ad: {label: 1.0, format: 0.5}, ad_user: {label: 1.0, format: 0.5}, "
                 "query_gen: {recall_at_k: 1.0, format: 0.5}}")
 

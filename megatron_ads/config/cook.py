@@ -66,8 +66,8 @@ class CookConfig:
     """Per prompt variation: share of well-formed golden outputs that do not contradict the gold labels
     [project default]."""
     min_grounding: float = 0.8
-    """Per prompt variation: share of well-formed golden outputs that cite the input (not boilerplate)
-    [project default]."""
+    """Per prompt variation: share of well-formed golden outputs that cite the input (not boilerplate) and, with
+    ``grounding``, name no entity the row does not hold [project default]."""
     min_agreement: float = 0.8
     """Per prompt: mean pairwise cosine between the variations' reasoning on a golden row, averaged over the
     rows [project default: the self-consistency threshold]."""
@@ -81,6 +81,15 @@ class CookConfig:
     min_entity_overlap: int = 1
     """Boilerplate: fewer than this many of the input's entity tokens in the reasoning [spec DEFAULT: no
     overlap, i.e. 1]; 0 turns the filter off."""
+    grounding: bool = True
+    """Drop a candidate whose reasoning names an entity of the grounding lexicon (a city, brand, category,
+    product or price word of the synthetic world; ``data.cook.filters.LEXICON``) that neither the row's input
+    fields nor its reference ``reasoning`` (when the raw row has one) contain (``filters.grounding``); it also
+    counts in the golden set's ``grounding`` figure. false: no check [project default]."""
+    grounding_lexicon: str | None = None
+    """A JSON file ``{kind: [word | [synonym, ...]]}``: its kinds replace the built-in lexicon's kinds of the same
+    name (list the built-in words again to extend one), new kinds are added, an empty list removes a kind; a
+    list inside the list is a synonym group (any member in the input grounds all). None: the built-in lexicon."""
     near_duplicate: float = 0.9
     """Keyword data: a query is a near-duplicate of an earlier query of the same keyword at a normalised
     edit similarity or cosine ≥ this [spec DEFAULT 0.9]."""
@@ -136,6 +145,12 @@ class CookConfig:
                      "self_consistency_min", "verifier_min", "near_duplicate", "off_topic_min", "synonym_min",
                      "val_fraction", "test_fraction"):
             _unit(name, getattr(self, name))
+        if not isinstance(self.grounding, bool):
+            raise ValueError(f"grounding: expected true or false, got {self.grounding!r}")
+        if self.grounding_lexicon is not None and not (isinstance(self.grounding_lexicon, str)
+                                                       and self.grounding_lexicon.strip()):
+            raise ValueError(f"grounding_lexicon: expected the path of a JSON file {{kind: [words]}} or null, got "
+                             f"{self.grounding_lexicon!r}")
         if not isinstance(self.autoeval, bool):
             raise ValueError(f"autoeval: expected true or false, got {self.autoeval!r}")
         if (not isinstance(self.autoeval_rules, (list, tuple))

@@ -2,8 +2,10 @@
 the golden-set validation refuses a bad prompt (naming it and the figure), resuming skips the journal's ids, the
 split is deterministic, the report's counts add up, and the cooked rows are what ``train sft`` reads."""
 
+import dataclasses
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from megatron_ads.data.cook import filters as F
 from megatron_ads.data.cook import pipeline as P
 from megatron_ads.data.cook.prompts import PROMPTS, prompt_for, prompt_from_dict, render
 from megatron_ads.data.cook.report import check_counts, task_report
-from megatron_ads.data.synthetic import SyntheticConfig, generate, write_jsonl
+from megatron_ads.data.synthetic import CATALOGUE, CITIES, PRICE, SyntheticConfig, generate, write_jsonl
 from megatron_ads.data.tasks import load_jsonl, parse_output, task
 from megatron_ads.runtime.errors import BadInput
 
@@ -43,7 +45,7 @@ def _labels(prompt):
 
 class ScriptedTeacher:
     """Explains the given query-ad labels citing the query; ``bad`` maps a candidate index or variation name to
-    a defect (``schema``, ``contradiction``, ``boilerplate``, ``divergent``, ``unfaithful``)."""
+    a defect (``schema``, ``contradiction``, ``boilerplate``, ``ungrounded``, ``divergent``, ``unfaithful``)."""
 
     def __init__(self, bad=None, limit=10_000):
         self.bad, self.calls, self.limit = bad or {}, [], limit
@@ -66,6 +68,8 @@ class ScriptedTeacher:
                 reasoning = f"Zebra xylophone quantum nebula orchestra {query.split()[-1]}."  # cites one word
             elif defect == "unfaithful":
                 reasoning += " UNFAITHFUL"
+            elif defect == "ungrounded":  # a city the prompt does not name
+                reasoning += f" The ad serves {[c for c in CITIES if c not in p.lower()][0]}."
             rel = lab["Relevance label"]
             if defect == "contradiction":
                 rel = {"bad": "good", "fair": "bad", "good": "bad"}[rel]
@@ -163,6 +167,141 @@ def test_boilerplate_filter_needs_an_input_entity():
     assert not F.is_boilerplate("anything", ents, min_overlap=0)  # the filter off
 
 
+def _fair_row():
+    """The first synthetic query_ad row with a price and a brand conflict, a city in the query and an ad
+    description (every entity of its rule reasoning is in its input fields)."""
+    for r in generate("query_ad", SyntheticConfig(size=500, seed=0, city_rate=0.8)):
+        if "price-intent" in r["reasoning"] and "but the ad is for" in r["reasoning"] and " in " in r["query"] \
+                and r["ad"]["description"]:
+            return r
+    raise AssertionError("no such row")
+
+
+def test_grounding_filter_drops_wrong_city_price_brand_keeps_the_rule_text():
+    lex = F.lexicon()
+    row = _fair_row()
+    rule = row["reasoning"]
+    text = " ".join([row["query"], *row["ad"].values()]).lower()
+    assert F.grounding(QA, row, rule, lex) is None  # the exact rule reasoning of the row
+    no_ref = {k: v for k, v in row.items() if k != "reasoning"}
+    assert F.grounding(QA, no_ref, rule, lex) is None  # ... grounded by the input fields alone
+    # a city, a price tier, a brand, a category the row does not hold
+    city = next(c for c in CITIES if c not in text)
+    ad_city = re.search(r"ad city (\w+)", rule).group(1)
+    assert F.grounding(QA, row, rule.replace(f"ad city {ad_city}", f"ad city {city}"), lex) == \
+        f"the reasoning names city '{city}', not in the input"
+    said = re.search(r"but the ad is (\w+), a price-intent", rule).group(1)  # the ad's word: budget / premium
+    other = next(w for w in PRICE.values() if w != said)
+    assert other not in text
+    assert F.grounding(QA, row, rule.replace(f"the ad is {said},", f"the ad is {other},"), lex) == \
+        f"the reasoning names price '{other}', not in the input"
+    qbrand = re.search(r"The query names (.+?) but", rule).group(1)
+    brand = next(b for c in CATALOGUE.values() for b in c["brands"] if b.lower() not in text)
+    assert F.grounding(QA, row, rule.replace(f"names {qbrand} but", f"names {brand} but"), lex) == \
+        f"the reasoning names brand '{brand.lower()}', not in the input"
+    other_cat = next(c for c in CATALOGUE if c not in text)
+    assert "names category" in F.grounding(QA, row, f"The ad sells {other_cat}.", lex)
+    # case-, plural- and possessive-insensitive whole words; a word inside another word is no mention
+    cat = re.search(r"both about (.+?)\.", rule).group(1)
+    one = cat[:-1] if cat.endswith("s") else cat + "s"
+    assert F.grounding(QA, row, f"A {one.upper()} in {ad_city.capitalize()}'s shops. Bostonians, Parisians.",
+                       lex) is None
+
+
+def test_grounding_filter_reference_reasoning_grounds_a_city_the_input_does_not_show():
+    """An ad with an empty description still has a city, and the rule reasoning names it: the row's reference
+    reasoning is a grounding source, so the rule text is kept and another city is dropped."""
+    lex = F.lexicon()
+    row = next(r for r in generate("query_ad", SyntheticConfig(size=500, seed=0, city_rate=0.8))
+               if not r["ad"]["description"] and "different cities" in r["reasoning"])
+    ad_city = re.search(r"ad city (\w+)", row["reasoning"]).group(1)
+    assert ad_city not in " ".join([row["query"], *row["ad"].values()]).lower()
+    assert F.grounding(QA, row, row["reasoning"], lex) is None
+    other = next(c for c in CITIES if c != ad_city and c not in row["query"])
+    assert F.grounding(QA, row, row["reasoning"].replace(f"ad city {ad_city}", f"ad city {other}"), lex) == \
+        f"the reasoning names city '{other}', not in the input"
+    no_ref = {k: v for k, v in row.items() if k != "reasoning"}
+    assert F.grounding(QA, no_ref, row["reasoning"], lex) == f"the reasoning names city '{ad_city}', not in the input"
+
+
+def test_grounding_filter_never_drops_the_rule_reasoning_of_synthetic_rows():
+    """The rule reasoning of 2 000 query_ad and 2 000 ad_user rows (the SFT recipe's synthetic settings), and of
+    500 query_gen and ad_rewrite rows, is never dropped; without the reference reasoning as a source the only
+    ungrounded mentions are the cities of query_ad ads whose description is empty."""
+    from megatron_ads.config.train import JobConfig
+    from megatron_ads.data.sft_data import synthetic_config
+
+    sft = JobConfig.load(Path(__file__).resolve().parents[2] / "launch" / "configs" / "sft_tiny_cpu.yaml").sft
+    lex = F.lexicon()
+    for name, n in (("query_ad", 2000), ("ad_user", 2000), ("query_gen", 500), ("ad_rewrite", 500)):
+        t = task(name)
+        cfg = synthetic_config(sft, name) if name in sft.synthetic or name in sft.tasks else SyntheticConfig()
+        rows = generate(name, dataclasses.replace(cfg, size=n, seed=0))
+        dropped = [(r["id"], why) for r in rows if (why := F.grounding(t, r, r["reasoning"], lex)) is not None]
+        assert dropped == [], (name, len(dropped), dropped[:3])
+        bare = [(r, F.grounding(t, {k: v for k, v in r.items() if k != "reasoning"}, r["reasoning"], lex))
+                for r in rows]
+        bare = [(r, why) for r, why in bare if why is not None]
+        if name == "query_ad":
+            assert bare and all(not r["ad"]["description"] and why.startswith("the reasoning names city")
+                                for r, why in bare), bare[:3]
+        else:
+            assert bare == [], (name, bare[:3])
+
+
+def test_grounding_lexicon_file_replaces_adds_and_removes_kinds(tmp_path):
+    row = {"id": 1, "query": "red tents in boston", "ad": {"title": "MSR family tent - budget tents",
+                                                           "description": "Shop MSR family tent in paris."}}
+    f = tmp_path / "lex.json"
+    f.write_text(json.dumps({"city": ["paris", "lyon"], "color": [["red", "crimson"], "blue"], "product": []}))
+    lex = F.lexicon(str(f))
+    assert set(k for k, _, _ in lex.entries.values()) == {"city", "brand", "category", "price", "color"}
+    assert F.grounding(QA, row, "A crimson tent in paris; Denver is elsewhere.", lex) is None  # city replaced
+    assert F.grounding(QA, row, "The ad serves lyon.", lex) == "the reasoning names city 'lyon', not in the input"
+    assert F.grounding(QA, row, "A blue tent.", lex) == "the reasoning names color 'blue', not in the input"
+    assert F.grounding(QA, row, "The 2 person tent.", lex) is None  # product removed
+    assert F.grounding(QA, row, "The ad serves denver.", F.lexicon()) is not None  # the built-in one
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", r"lex\.json \(cook config grounding_lexicon\): invalid JSON"),
+    ('["boston"]', r"lex\.json .*expected a JSON object \{kind: \[words\]\}, got list"),
+    ('{"city": "boston"}', r"lex\.json .*field 'city': expected a list of words"),
+    ('{"city": ["boston", 3]}', r"lex\.json .*field 'city\[1\]': expected a word or a non-empty list"),
+    ('{"city": ["boston", []]}', r"field 'city\[1\]'"),
+    ('{"city": ["boston", "--"]}', r"field 'city\[1\]'"),
+    ('{"extra": ["Boston"]}', r"field 'extra\[0\]': 'Boston' is already in the lexicon \(kind 'city'\)"),
+])
+def test_grounding_lexicon_file_errors_name_the_file_and_field(tmp_path, content, match):
+    f = tmp_path / "lex.json"
+    f.write_text(content)
+    with pytest.raises(BadInput, match=match):
+        F.lexicon(str(f))
+
+
+def test_grounding_config_switch_and_lexicon_errors(tmp_path):
+    from argparse import Namespace
+
+    from megatron_ads.cli.cook import RECORD_KEYS
+    from megatron_ads.cli.cook import run as cook_run
+
+    assert CookConfig().grounding is True and CookConfig().grounding_lexicon is None
+    assert CookConfig.load(None, ["grounding=false"]).grounding is False
+    assert {"grounding", "grounding_lexicon"} <= set(RECORD_KEYS)  # a resumed journal must have the same
+    with pytest.raises(ValueError, match="grounding: expected true or false"):
+        CookConfig(grounding="yes")
+    with pytest.raises(ValueError, match="grounding_lexicon: expected the path of a JSON file"):
+        CookConfig(grounding_lexicon=3)
+    with pytest.raises(BadInput, match=r"missing\.json \(cook config grounding_lexicon\): no such file"):
+        F.lexicon(str(tmp_path / "missing.json"))
+    # megatron-ads cook refuses a bad lexicon file (exit 2) before reading any input or model
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"city": 1}')
+    args = Namespace(task="query_ad", workers=1, config=None, overrides=[f"grounding_lexicon={bad}"])
+    with pytest.raises(BadInput, match=r"bad\.json .*field 'city'"):
+        cook_run(args)
+
+
 def test_self_consistency_drops_the_divergent_candidate():
     embed = BowEmbed()
     texts = ["the ad sells nike running shoes in boston", "the ad sells nike running shoes in boston today",
@@ -257,6 +396,34 @@ def test_cook_batch_attributes_each_candidate_to_its_first_failed_filter():
     assert recs[0]["candidates"][2]["self_consistency"] < 0.8 <= recs[0]["candidates"][0]["self_consistency"]
 
 
+def test_cook_batch_grounding_filter_drops_an_ungrounded_candidate_and_the_switch_keeps_it():
+    rows = _qa_rows(3)
+    bad = {("seed", P.candidate_seed(0, rows[0]["id"], 1)): "ungrounded"}
+    recs = _cook(rows, ScriptedTeacher(bad), GoldVerifier(rows), _cfg(self_consistency_min=0.3))
+    cands = recs[0]["candidates"]
+    assert [c["dropped_by"] for c in cands] == [None, "grounding", None, None]
+    assert re.fullmatch(r"the reasoning names city '\w+', not in the input", cands[1]["why"])
+    rep = task_report(task="query_ad", prompt="query_ad/v1", n_read=3, keyword_dropped={}, query_counts={},
+                      records=recs, splits=P.finalize(rows, {str(r["id"]): r for r in recs}, _cfg()),
+                      validation=None, settings={})
+    assert rep["candidates"]["dropped"]["grounding"] == 1 and rep["inputs"]["dropped"]["grounding"] == 0
+    # the switch off: nothing dropped
+    off = _cook(rows, ScriptedTeacher(bad), GoldVerifier(rows), _cfg(self_consistency_min=0.3, grounding=False))
+    assert all(c["dropped_by"] is None for rec in off for c in rec["candidates"])
+    # every candidate of an input ungrounded: the input is dropped by grounding
+    allbad = {("seed", P.candidate_seed(0, rows[0]["id"], k)): "ungrounded" for k in range(4)}
+    rec = _cook(rows[:1], ScriptedTeacher(allbad), None, _cfg())[0]
+    assert rec["status"] == "dropped" and rec["dropped_by"] == "grounding"
+    # golden set: a variation whose outputs name an entity the row lacks fails the grounding figure
+    val = P.validate_prompt(QA, prompt_for("query_ad"), _qa_rows(5), ScriptedTeacher({"rephrased": "ungrounded"}),
+                            BowEmbed(), _cfg())
+    assert val["variations"]["rephrased"]["grounding"] == 0.0 and val["variations"]["base"]["grounding"] == 1.0
+    assert "variation 'rephrased': grounding 0.00 < 0.80" in val["failures"]
+    val = P.validate_prompt(QA, prompt_for("query_ad"), _qa_rows(5), ScriptedTeacher({"rephrased": "ungrounded"}),
+                            BowEmbed(), _cfg(grounding=False))
+    assert val["variations"]["rephrased"]["grounding"] == 1.0
+
+
 def test_prompt_validation_refuses_a_bad_prompt_and_passes_a_good_one():
     rows = _qa_rows(5)
     embed, prompt = BowEmbed(), prompt_for("query_ad")
@@ -326,7 +493,9 @@ def test_report_counts_add_up_and_rows_load_as_sft_files(tmp_path):
     rep = task_report(task="query_ad", prompt="query_ad/v1", n_read=6, keyword_dropped={}, query_counts={},
                       records=recs, splits=splits, validation=None, settings={})
     assert rep["inputs"] == {"read": 6, "kept": 5, "dropped": {"too_long": 0, "schema": 1, "contradiction": 0,
-                                                               "boilerplate": 0, "self_consistency": 0, "verifier": 0}}
+                                                               "boilerplate": 0, "grounding": 0, "self_consistency": 0,
+                                                               "verifier": 0}}
+    assert list(rep["candidates"]["dropped"]) == list(F.CANDIDATE_FILTERS)
     assert rep["candidates"]["generated"] == 24 and rep["candidates"]["dropped"]["schema"] == 4
     assert rep["scores"]["verifier"]["n"] == 20 and sum(rep["scores"]["verifier"]["counts"]) == 20
     bad_rep = json.loads(json.dumps(rep))

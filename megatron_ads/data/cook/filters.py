@@ -11,7 +11,14 @@ Candidate filters, in the order the pipeline applies them (a candidate is counte
   as words), or the reasoning *states* a label other than the gold one (``stated_labels``: "relevance
   label 'fair'", "a score of 2").
 - ``boilerplate``: the reasoning shares fewer than ``min_entity_overlap`` words with the input's entities
-  (``entities``: the content words of the query, ad, history, keyword and queries).
+  (``entities``: the content words of ``input_texts`` — the query, ad, history, keyword, queries and given rewrite).
+- ``grounding``: the reasoning names an entity of the closed ``LEXICON`` (city, brand, category, product, price
+  tier: the synthetic world's own lists; a JSON file replaces or adds kinds, ``lexicon``) that occurs neither in
+  the input (``input_texts``) nor in the row's reference ``reasoning`` when it has one — whole words,
+  case- and plural-insensitive, a synonym group grounded by any of its members (``grounding``: "the reasoning
+  names city 'boston', not in the input"). The reference is a source because the synthetic rule text names
+  facts the input does not show (an ad with an empty description still has a city, and its rule reasoning
+  names it); without one, the input alone.
 - ``self_consistency``: mean pairwise cosine of a candidate's reasoning to the input's other candidates
   below the threshold (``self_consistency``: the most divergent dropped first, then the means recomputed).
 - ``verifier``: the verifier's faithfulness score below the threshold (scored in ``pipeline``).
@@ -33,16 +40,22 @@ Keyword-data filters, on the raw (keyword, query) pairs before any generation:
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from megatron_ads.data.tasks import QUERY_GEN, ParsedOutput, Task, _get, parse_output
+from megatron_ads.data.synthetic import CATALOGUE, CITIES, PRICE
+from megatron_ads.data.tasks import AD_REWRITE, QUERY_GEN, ParsedOutput, Task, _get, parse_output
+from megatron_ads.runtime.errors import BadInput
 
-SCHEMA, CONTRADICTION, BOILERPLATE, SELF_CONSISTENCY, VERIFIER = (
-    "schema", "contradiction", "boilerplate", "self_consistency", "verifier")
-CANDIDATE_FILTERS = (SCHEMA, CONTRADICTION, BOILERPLATE, SELF_CONSISTENCY, VERIFIER)
+SCHEMA, CONTRADICTION, BOILERPLATE, GROUNDING, SELF_CONSISTENCY, VERIFIER = (
+    "schema", "contradiction", "boilerplate", "grounding", "self_consistency", "verifier")
+CANDIDATE_FILTERS = (SCHEMA, CONTRADICTION, BOILERPLATE, GROUNDING, SELF_CONSISTENCY, VERIFIER)
 """Candidate filters in the order they apply."""
 AUTOEVAL = "autoeval"
 """The ad-data input filter (module docstring)."""
@@ -82,9 +95,10 @@ def content_words(text: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------ candidate filters
-def entities(task: Task, row: dict) -> set[str]:
-    """The input's entity words (``content_words`` of every input field): what a non-boilerplate reasoning
-    cites at least one of."""
+def input_texts(task: Task, row: dict) -> list[str]:
+    """The texts of a row's input fields, what the cook prompt shows the teacher besides the labels: query,
+    keyword, the ad's title / description / URL, the history events, query_gen's queries and ad_rewrite's given
+    rewrite (title, description, rationale)."""
     parts: list[str] = []
     for key in ("query", "keyword"):
         if key in row:
@@ -94,6 +108,16 @@ def entities(task: Task, row: dict) -> set[str]:
     parts += [str(e) for e in row.get("history") or []]
     if task.name == QUERY_GEN.name:
         parts += [str(q) for q in row.get("queries") or []]
+    if task.name == AD_REWRITE.name:
+        new = row.get("rewrite") or {}
+        parts += [str(new.get(k, "")) for k in ("title", "description", "rationale")]
+    return parts
+
+
+def entities(task: Task, row: dict) -> set[str]:
+    """The input's entity words (``content_words`` of every input field, ``input_texts``): what a
+    non-boilerplate reasoning cites at least one of."""
+    parts = input_texts(task, row)
     return set().union(*(content_words(p) for p in parts)) if parts else set()
 
 
@@ -102,6 +126,119 @@ def is_boilerplate(reasoning: str, ents: set[str], min_overlap: int = 1) -> bool
     if min_overlap <= 0:
         return False
     return len(content_words(reasoning) & ents) < min_overlap
+
+
+# ---- grounding
+LEXICON: dict[str, tuple[str | tuple[str, ...], ...]] = {
+    "city": tuple(CITIES),
+    "brand": tuple(dict.fromkeys(b for c in CATALOGUE.values() for b in c["brands"])),
+    "category": tuple(CATALOGUE),
+    "product": tuple(dict.fromkeys(i for c in CATALOGUE.values() for i in c["items"])),
+    "price": tuple(dict.fromkeys([*PRICE, *PRICE.values()])),
+}
+"""The built-in grounding lexicon, kind -> entity words (the synthetic world's own lists: ``CITIES``, the
+``CATALOGUE``'s brands, categories and items, the ``PRICE`` words of queries and ads). A word is a phrase of
+one or more words ("ito en", "coffee beans"); an entry that is itself a tuple is a synonym group (any member in
+the input grounds every member). No synonym group is built in: the rule texts name each price word as the row
+writes it (the query's "cheap" / "luxury", the ad's "budget" / "premium"), and a group luxury ~ premium would
+let "the ad is premium" pass for a luxury query whose ad is budget."""
+
+
+def _stems(text: str) -> list[str]:
+    """``_stem`` of each word of ``text``, a possessive 's dropped (boston's ~ boston)."""
+    return [_stem(w[:-2] if w.endswith("'s") else w) for w in words(text)]
+
+
+@dataclass(frozen=True, slots=True)
+class Lexicon:
+    """A compiled grounding lexicon (``lexicon``)."""
+
+    entries: dict[tuple[str, ...], tuple[str, str, int]]
+    """Per phrase (its stems): its kind, its word as written (lower case) and its synonym group's index."""
+    groups: tuple[tuple[tuple[str, ...], ...], ...]
+    """Per synonym group, the stems of its members."""
+    lengths: tuple[int, ...]
+    """The phrase lengths in words, longest first."""
+    source: str
+    """``built-in`` or the file it was read from."""
+
+
+def compile_lexicon(lex: dict[str, Any], source: str = "built-in") -> Lexicon:
+    """A ``Lexicon`` of ``{kind: [word | [synonym, ...]]}``. Raises BadInput naming ``source`` and the field
+    (``kind[i]``) of an entry that is not a word or a list of words, or of a word already in the lexicon."""
+    entries: dict[tuple[str, ...], tuple[str, str, int]] = {}
+    groups: list[tuple[tuple[str, ...], ...]] = []
+    for kind, items in lex.items():
+        if not isinstance(kind, str) or not kind.strip():
+            raise BadInput(f"{source}: field {kind!r}: expected a kind name (a non-empty string)")
+        if not isinstance(items, (list, tuple)):
+            raise BadInput(f"{source}: field '{kind}': expected a list of words (or lists of synonyms), got "
+                           f"{type(items).__name__} {items!r}")
+        for i, item in enumerate(items):
+            members = [item] if isinstance(item, str) else item
+            if not (isinstance(members, (list, tuple)) and members
+                    and all(isinstance(m, str) and _stems(m) for m in members)):
+                raise BadInput(f"{source}: field '{kind}[{i}]': expected a word or a non-empty list of synonym "
+                               f"words, got {item!r}")
+            group = []
+            for m in members:
+                key = tuple(_stems(m))
+                if key in entries:
+                    raise BadInput(f"{source}: field '{kind}[{i}]': {m!r} is already in the lexicon (kind "
+                                   f"{entries[key][0]!r})")
+                entries[key] = (kind, " ".join(words(m)), len(groups))
+                group.append(key)
+            groups.append(tuple(group))
+    return Lexicon(entries=entries, groups=tuple(groups),
+                   lengths=tuple(sorted({len(k) for k in entries}, reverse=True)), source=source)
+
+
+@functools.lru_cache(maxsize=8)
+def lexicon(path: str | None = None) -> Lexicon:
+    """The grounding lexicon of ``CookConfig.grounding_lexicon``: the built-in ``LEXICON`` (None), or it with the
+    kinds of a JSON file ``{kind: [word | [synonym, ...]]}`` — a kind of the file replaces the built-in kind of
+    that name (list its words again to extend it), a new kind is added, an empty list removes the kind.
+    Raises BadInput naming the file (and the field) when it is missing or malformed."""
+    if path is None:
+        return compile_lexicon(LEXICON)
+    f = Path(path)
+    where = f"{f} (cook config grounding_lexicon)"
+    if not f.is_file():
+        raise BadInput(f"{where}: no such file")
+    try:
+        data = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{where}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{where}: expected a JSON object {{kind: [words]}}, got {type(data).__name__}")
+    return compile_lexicon({**LEXICON, **data}, where)
+
+
+def grounding(task: Task, row: dict, reasoning: str, lex: Lexicon) -> str | None:
+    """The first entity of ``lex`` the reasoning names (whole words, case- and plural-insensitive, the longest
+    phrase at a position) that no member of its synonym group grounds in the row — its input fields
+    (``input_texts``) or its reference ``reasoning`` (a string field of the raw row, e.g. the synthetic rule
+    text) — as "the reasoning names KIND 'WORD', not in the input"; None when every named entity is grounded."""
+    texts = input_texts(task, row)
+    if isinstance(row.get("reasoning"), str):
+        texts.append(row["reasoning"])
+    have: set[tuple[str, ...]] = set()
+    for t in texts:
+        st = _stems(t)
+        have.update(tuple(st[i:i + n]) for n in lex.lengths for i in range(len(st) - n + 1))
+    st = _stems(reasoning)
+    i = 0
+    while i < len(st):
+        for n in lex.lengths:
+            hit = lex.entries.get(tuple(st[i:i + n])) if i + n <= len(st) else None
+            if hit is not None:
+                kind, word, g = hit
+                if not any(m in have for m in lex.groups[g]):
+                    return f"the reasoning names {kind} {word!r}, not in the input"
+                i += n - 1
+                break
+        i += 1
+    return None
 
 
 def schema_check(task: Task, text: str, answer: str, finish_reason: str = "stop") -> tuple[ParsedOutput, str | None]:

@@ -21,9 +21,10 @@ Steps (``run`` for the inputs, ``validate_prompt`` first, ``finalize`` last):
    variations; below a threshold the prompt is refused (``PromptRefused``, naming prompt and figure).
 3. *Rejection sampling* (``cook_batch``): ``n_candidates`` per input, candidate k under variation k mod V,
    sampled with seed ``candidate_seed(cfg.seed, id, k)``; then, per candidate, the first failing filter of
-   schema → contradiction → boilerplate → self-consistency (among the input's candidates that passed the
-   rules) → verifier. The survivors are ranked by verifier score (then self-consistency); the best
-   ``keep_per_input`` become rows. One journal record per input (``cook_batch``'s return).
+   schema → contradiction → boilerplate → grounding (``cfg.grounding``) → self-consistency (among the input's
+   candidates that passed the rules) → verifier. The survivors are ranked by verifier score (then
+   self-consistency); the best ``keep_per_input`` become rows. One journal record per input (``cook_batch``'s
+   return).
 4. *Corpus* (``finalize``): kept inputs in input order, shuffled (``split_seed``), split train/val/test;
    rows are standardized (``standard_row``: the task's fields, ``reasoning``, ``cook`` provenance), exactly
    what ``train sft`` reads through ``sft.files`` (``Task.target`` puts ``reasoning`` in ``<think>`` before the
@@ -218,7 +219,9 @@ def verifier_scores(task: Task, prompt: CookPrompt, items: list[tuple[dict, str]
 # ------------------------------------------------------------------------------------ 2. golden set
 def validate_prompt(task: Task, prompt: CookPrompt, golden: list[dict], teacher: Teacher, embed: Embed,
                     cfg: CookConfig, source: str = "") -> dict:
-    """Run every variation of ``prompt`` greedily on the golden rows and measure it (module docstring, 2).
+    """Run every variation of ``prompt`` greedily on the golden rows and measure it (module docstring, 2);
+    ``grounding`` is the share of well-formed outputs that are neither boilerplate nor, with ``cfg.grounding``,
+    name an entity the row does not hold (``filters.grounding``).
 
     Returns the report ``{prompt, golden_rows, source, variations: {name: {n, format_validity,
     label_consistency, grounding, agreement, example}}, agreement, thresholds, failures, passed}``;
@@ -229,6 +232,7 @@ def validate_prompt(task: Task, prompt: CookPrompt, golden: list[dict], teacher:
                                     for v in prompt.variations)]
     per_var: dict[str, dict[str, Any]] = {}
     reasonings: dict[str, list[str | None]] = {}
+    lex = F.lexicon(cfg.grounding_lexicon) if cfg.grounding else None
     for v in prompt.variations:
         texts = [render(prompt, v, task, r, cfg.answer) for r in fit]
         outs = teacher.generate(texts, [0] * len(texts), temperature=0.0, top_p=1.0,
@@ -243,7 +247,8 @@ def validate_prompt(task: Task, prompt: CookPrompt, golden: list[dict], teacher:
             ok += 1
             rs.append(parsed.reasoning)
             consistent += F.contradiction(task, r, parsed, cfg.answer) is None
-            grounded += not F.is_boilerplate(parsed.reasoning or "", F.entities(task, r), cfg.min_entity_overlap)
+            grounded += (not F.is_boilerplate(parsed.reasoning or "", F.entities(task, r), cfg.min_entity_overlap)
+                         and (lex is None or F.grounding(task, r, parsed.reasoning or "", lex) is None))
         reasonings[v.name] = rs
         per_var[v.name] = {"n": len(fit), "format_validity": ok / len(fit) if fit else 0.0,
                            "label_consistency": consistent / ok if ok else None,
@@ -314,6 +319,7 @@ def cook_batch(task: Task, prompt: CookPrompt, rows: list[dict], teacher: Teache
     candidates: [{k, variation, seed, finish, dropped_by, why, self_consistency, verifier, reasoning}],
     rows: [corpus rows, best first]}``."""
     variations = prompt.variations
+    lex = F.lexicon(cfg.grounding_lexicon) if cfg.grounding else None
     records: list[dict] = []
     jobs: list[tuple[int, int, str, int]] = []  # (record index, k, prompt text, seed)
     for row in rows:
@@ -344,6 +350,8 @@ def cook_batch(task: Task, prompt: CookPrompt, rows: list[dict], teacher: Teache
                 cand.update(dropped_by=F.CONTRADICTION, why=why)
             elif F.is_boilerplate(parsed.reasoning or "", F.entities(task, row), cfg.min_entity_overlap):
                 cand.update(dropped_by=F.BOILERPLATE, why="cites no entity of the input")
+            elif lex is not None and (why := F.grounding(task, row, parsed.reasoning or "", lex)) is not None:
+                cand.update(dropped_by=F.GROUNDING, why=why)
         records[ri]["candidates"].append(cand)
     # self-consistency among each input's rule-passing candidates
     for rec in records:
