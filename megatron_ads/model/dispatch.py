@@ -59,7 +59,18 @@ class OneRankTokenDispatcher(MoEAlltoAllTokenDispatcher):
         return hidden_states
 
 
-class OneRankMoELayer(MoELayer):
+class _MoELayerDropIn(type(MoELayer)):
+    """Metaclass: the class compares equal to megatron's ``MoELayer`` (identity hash kept), so that
+    ``TransformerLayer`` recognises the spec's MLP module by its membership test and passes the process groups
+    (otherwise: a warning and megatron's default groups)."""
+
+    def __eq__(cls, other):
+        return cls is other or other is MoELayer
+
+    __hash__ = type(MoELayer).__hash__
+
+
+class OneRankMoELayer(MoELayer, metaclass=_MoELayerDropIn):
     """megatron's ``MoELayer`` with ``OneRankTokenDispatcher`` where ``one_rank_dispatch_supported``."""
 
     def __init__(self, config, submodules=None, layer_number=None, pg_collection=None, **kwargs):

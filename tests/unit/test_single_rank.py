@@ -42,7 +42,7 @@ def _loss_and_grads(model, vocab: int):
 
 
 @pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora", "qwen2", "llama_tied"])
-def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_module):
+def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_module, caplog):
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
     from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher
 
@@ -50,7 +50,9 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_modul
     from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear
 
     hf = str(hf_saved(name))
-    ours, cfg = _build(hf, "auto")
+    with caplog.at_level("WARNING"):
+        ours, cfg = _build(hf, "auto")
+    assert not [r for r in caplog.records if "Unknown MLP type" in r.getMessage()]  # groups passed as to MoELayer
     ref, _ = _build(hf, "megatron")
     kinds = {type(m) for m in ours.modules()}
     assert {LocalColumnParallelLinear, LocalRowParallelLinear} <= kinds
@@ -124,8 +126,14 @@ def test_mla_accepts_the_plain_column_linear_and_the_option_validates():
     from megatron_ads.model.linear import LocalColumnParallelLinear
     from megatron_ads.model.specs import decoder_block_spec
 
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    from megatron_ads.model.dispatch import OneRankMoELayer
+
     assert LocalColumnParallelLinear in [None, ColumnParallelLinear]  # MLA's list-membership check
     assert hash(LocalColumnParallelLinear) != hash(ColumnParallelLinear)
+    # TransformerLayer passes the process groups to an MLP module `in (MoELayer, ...)`, else warns
+    assert OneRankMoELayer in (MoELayer,) and hash(OneRankMoELayer) != hash(MoELayer)
     assert ModelSpec().single_rank == "auto" and ModelSpec(single_rank="megatron").single_rank == "megatron"
     with pytest.raises(ValueError, match=r"model\.single_rank: expected one of auto, megatron, got 'local'"):
         ModelSpec(single_rank="local")
