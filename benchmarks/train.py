@@ -5,7 +5,8 @@
                                [--single-rank auto|megatron]
 
 Each loop runs in one process on this machine's device (CPU here; CUDA on a GPU machine), from the same
-random-weight HF checkpoint, on the same synthetic batches, with AdamW. ``--repeat`` runs of each, alternating
+random-weight HF checkpoint, on the same synthetic batches, with AdamW; a step is timed alike on both sides, from
+building its batch to the optimizer step (our trainer's ``tokens_per_s`` covers its whole ``train_step``). ``--repeat`` runs of each, alternating
 (HF, ours, HF, ours, ...: a slow spell of a shared machine, which moves one run by ±20%, hits both sides);
 prints the median over the runs of each run's upper-quartile tokens/s (``upper_quartile``: per-step figures,
 first 2 steps excluded), the ratio ours / HF of those and the per-run ratios. ``--single-rank megatron``: our trainer with megatron-core's linears
@@ -46,8 +47,8 @@ model.train()
 opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.01)
 times = []
 for step in range(steps):
+    t = time.time()  # the batch is built inside the timed step, as our trainer's step builds it
     b = lm_stream.batch(step * mb, mb, seq, 1234, 8, 256)
-    t = time.time()
     logits = model(b["tokens"].to(dev)).logits.float()
     loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), b["labels"].to(dev).view(-1), reduction="none")
     m = b["loss_mask"].to(dev).view(-1)

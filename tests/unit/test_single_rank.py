@@ -43,10 +43,12 @@ def _loss_and_grads(model, vocab: int):
 
 @pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora", "qwen2", "llama_tied"])
 def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_module, caplog):
+    from megatron.core.models.gpt import GPTModel
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
     from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher
 
     from megatron_ads.model.dispatch import OneRankTokenDispatcher
+    from megatron_ads.model.gpt import OneRankGPTModel
     from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear
 
     hf = str(hf_saved(name))
@@ -64,8 +66,9 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_modul
             {OneRankTokenDispatcher}
         assert {type(m.token_dispatcher) for m in ref.modules() if hasattr(m, "token_dispatcher")} == \
             {MoEAlltoAllTokenDispatcher}
-    # the output layer (built by GPTModel, not the spec) and the embedding stay megatron's
-    assert type(ours.output_layer) is ColumnParallelLinear or cfg.tie_word_embeddings
+    # the output layer (built by GPTModel, not the spec) is the twin too; the loss is the one-rank cross entropy
+    assert type(ours) is OneRankGPTModel and type(ref) is GPTModel
+    assert type(ours.output_layer) is LocalColumnParallelLinear and type(ref.output_layer) is ColumnParallelLinear
     # same parameters, same checkpoint keys
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
     assert sorted(ours.state_dict()) == sorted(ref.state_dict())
@@ -139,3 +142,33 @@ def test_mla_accepts_the_plain_column_linear_and_the_option_validates():
         ModelSpec(single_rank="local")
     with pytest.raises(ValueError, match=r"single_rank: expected one of auto, megatron, got 'on'"):
         decoder_block_spec(SimpleNamespace(), use_te=False, single_rank="on")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_rank_cross_entropy_is_megatrons_bit_for_bit(dtype, single_rank_module):
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    from megatron_ads.config.parallel import ParallelConfig
+    from megatron_ads.infer.weights import init_parallel
+    from megatron_ads.model.gpt import one_rank_cross_entropy
+
+    init_parallel(ParallelConfig())
+    g = torch.Generator().manual_seed(5)
+    S, B, V = 7, 3, 50
+    logits = (torch.randn(S, B, V, generator=g) * 4).to(dtype)
+    target = torch.randint(0, V, (S, B), generator=g)
+    target[0, 0], target[1, 2] = -1, V  # outside the vocabulary: megatron counts their target logit as 0
+    grad = torch.rand(S, B, generator=g)
+    results = []
+    for fn in (one_rank_cross_entropy, vocab_parallel_cross_entropy):
+        x = logits.clone().requires_grad_()
+        loss = fn(x.clone(), target)  # both overwrite an fp32 input in place: give them a copy
+        loss.backward(grad)
+        results.append((loss.detach(), x.grad))
+    (loss, dx), (loss_ref, dx_ref) = results
+    assert loss.dtype == loss_ref.dtype == torch.float32 and dx.dtype == dtype
+    assert torch.equal(loss, loss_ref) and torch.equal(dx, dx_ref)
+    ref = torch.nn.functional.cross_entropy(logits.float().reshape(-1, V), target.clamp(0, V - 1).reshape(-1),
+                                            reduction="none").reshape(S, B)
+    inside = (target >= 0) & (target < V)
+    assert torch.allclose(loss[inside], ref[inside], rtol=0, atol=1e-5)
