@@ -11,9 +11,11 @@ with ``torch.nn.functional.scaled_dot_product_attention`` (flash/memory-efficien
 on CPU the fused kernel for causal attention without a mask — MLA's narrower v zero-padded to the qk head
 dim so that it qualifies — else the math kernel). ``softmax_scale`` comes from the attention module (MLA passes
 mscale(factor, mscale_all_dim)**2 / sqrt(q_head_dim) for YaRN); when None it is 1/sqrt(head_dim).
-GQA (fewer key/value heads than query heads): SDPA's ``enable_gqa``, each key/value head serving its group of query
-heads inside the kernel (no repeated copies of k and v, forward or backward: ~12% less attention time per layer on
-CPU for tiny Llama's 4 / 2 heads).
+GQA (fewer key/value heads than query heads): SDPA's ``enable_gqa`` where the kernel SDPA would pick takes it —
+each key/value head serving its group of query heads inside the kernel, no repeated copies of k and v forward or
+backward (~12% less attention time per layer on CPU for tiny Llama's 4 / 2 heads). On CUDA only the flash and math
+kernels take GQA (torch's documentation), so with a mask or in fp32, where the memory-efficient kernel would run,
+the key/value heads are repeated to the query heads instead (``gqa_in_kernel``).
 
 Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim.
 """
@@ -26,6 +28,15 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
+
+
+def gqa_in_kernel(device_type: str, dtype: torch.dtype, masked: bool) -> bool:
+    """Whether SDPA's ``enable_gqa`` keeps the kernel SDPA would choose without it: always on CPU (its fused
+    kernel takes GQA, masked or not); on CUDA only where flash attention runs (fp16 / bf16, no mask), since GQA
+    there works only with the flash and math kernels and would push the memory-efficient one to math."""
+    if device_type == "cpu":
+        return True
+    return device_type == "cuda" and not masked and dtype in (torch.float16, torch.bfloat16)
 
 
 class SDPACoreAttention(MegatronModule):
@@ -76,6 +87,10 @@ class SDPACoreAttention(MegatronModule):
             # 128 vs 192), which falls back to the unfused math path (S^2 scores, safe softmax). Zero columns
             # appended to v leave the first dv output columns unchanged: ~1.7x faster forward + backward.
             v = F.pad(v, (0, d - dv))
+        gqa = groups != heads and gqa_in_kernel(q.device.type, q.dtype, mask is not None)
+        if groups != heads and not gqa:
+            k = k.repeat_interleave(heads // groups, dim=1)
+            v = v.repeat_interleave(heads // groups, dim=1)
         out_BHSV = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                  is_causal=causal, scale=scale, enable_gqa=groups != heads)[..., :dv]
+                                                  is_causal=causal, scale=scale, enable_gqa=gqa)[..., :dv]
         return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * dv)

@@ -100,3 +100,21 @@ def test_query_heads_not_a_multiple_of_the_kv_heads_is_an_error():
         assert "3 query heads are not a multiple of 2" in str(exc)
     else:
         raise AssertionError("no error")
+
+
+def test_gqa_in_the_kernel_only_where_the_kernel_takes_it():
+    from megatron_ads.model.attention import gqa_in_kernel
+
+    assert gqa_in_kernel("cpu", torch.float32, masked=False) and gqa_in_kernel("cpu", torch.bfloat16, masked=True)
+    assert gqa_in_kernel("cuda", torch.bfloat16, masked=False) and gqa_in_kernel("cuda", torch.float16, masked=False)
+    # CUDA: a mask or fp32 selects the memory-efficient kernel, which has no GQA: repeat the kv heads instead
+    assert not gqa_in_kernel("cuda", torch.bfloat16, masked=True)
+    assert not gqa_in_kernel("cuda", torch.float32, masked=False)
+
+
+def test_gqa_by_repeated_heads_where_the_kernel_has_no_gqa(monkeypatch):
+    import megatron_ads.model.attention as attention
+
+    monkeypatch.setattr(attention, "gqa_in_kernel", lambda *a: False)  # the CUDA memory-efficient case
+    ops = _check_gqa(AttnMaskType.causal)
+    assert "aten::repeat_interleave" in ops
