@@ -27,6 +27,37 @@ def single_rank_module():
     destroy()
 
 
+def _build_hf_chunk(hf_dir, single_rank: str = "auto", experts: str = "grouped"):
+    """One-rank model chunk of the HF checkpoint ``hf_dir`` (fp32, CPU, no MTP: transformers saves no MTP
+    tensors) built with ``single_rank`` / ``experts`` and loaded from it, in train mode; (model, cfg)."""
+    import dataclasses
+
+    import torch
+
+    from megatron_ads.checkpoint.hf_io import HFCheckpoint
+    from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
+    from megatron_ads.config.model import ModelConfig
+    from megatron_ads.config.parallel import ParallelConfig
+    from megatron_ads.infer.weights import init_parallel
+    from megatron_ads.model.build import build_model_chunk
+
+    par = ParallelConfig()
+    init_parallel(par)
+    cfg = dataclasses.replace(ModelConfig.from_hf(str(hf_dir)), num_mtp_layers=0)
+    torch.manual_seed(0)
+    model = build_model_chunk(cfg, par, dtype="fp32", device="cpu", experts=experts, single_rank=single_rank)
+    load_hf_into_chunk(model, HFCheckpoint(str(hf_dir)), cfg, par, current_coord())
+    return model.train(), cfg
+
+
+@pytest.fixture
+def hf_chunk():
+    """``build(hf_dir, single_rank="auto", experts="grouped")`` -> (model, cfg): the one-rank model chunk of an
+    HF checkpoint (fp32, CPU, no MTP), built with those options and loaded from it, in train mode. Starts the
+    one-rank group: with ``single_rank_module``."""
+    return _build_hf_chunk
+
+
 @pytest.fixture
 def console_noise():
     """``check(stdout, stderr)`` -> the offending lines: noise anywhere, or a stderr line not from our logger

@@ -11,28 +11,9 @@ from megatron_ads.infer.weights import load_for_inference
 pytestmark = pytest.mark.usefixtures("single_rank_module")
 
 
-def _megatron_modules(hf_dir):
-    """The model as built with ``single_rank="megatron"`` (megatron's linears and dispatcher, no twins)."""
-    import dataclasses
-
-    from megatron_ads.checkpoint.hf_io import HFCheckpoint
-    from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
-    from megatron_ads.config.model import ModelConfig
-    from megatron_ads.config.parallel import ParallelConfig
-    from megatron_ads.infer.weights import init_parallel
-    from megatron_ads.model.build import build_model_chunk
-
-    par = ParallelConfig()
-    init_parallel(par)
-    cfg = dataclasses.replace(ModelConfig.from_hf(hf_dir), num_mtp_layers=0)
-    model = build_model_chunk(cfg, par, dtype="fp32", device="cpu", experts="sequential", single_rank="megatron")
-    load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, current_coord())
-    return model, cfg
-
-
 @pytest.mark.parametrize("modules", ["twins", "megatron"])
 @pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora", "llama_tied"])
-def test_lean_logits_bit_identical_and_model_restored(name, modules, hf_saved):
+def test_lean_logits_bit_identical_and_model_restored(name, modules, hf_saved, hf_chunk):
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
     from megatron_ads.model.linear import LOCAL_LINEARS
@@ -40,7 +21,7 @@ def test_lean_logits_bit_identical_and_model_restored(name, modules, hf_saved):
     if modules == "twins":  # as the engine loads it: the one-rank twins already are plain linears
         model, cfg, _ = load_for_inference(hf_saved(name), precision="fp32")
     else:
-        model, cfg = _megatron_modules(str(hf_saved(name)))
+        model, cfg = hf_chunk(hf_saved(name), "megatron", "sequential")  # megatron's linears and dispatcher
     model.eval()
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, cfg.vocab_size, (3, 11), generator=g)

@@ -3,30 +3,12 @@ dispatcher at EP = TP = 1 without identity all-to-alls and chunk sorts) give meg
 and gradients of a training forward + backward on checkpoints written by transformers, the same state
 dict, and where they do not apply megatron's modules stay."""
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 TOL = 1e-6
-
-
-def _build(hf_dir, single_rank: str, experts: str = "grouped"):
-    from megatron_ads.checkpoint.hf_io import HFCheckpoint
-    from megatron_ads.checkpoint.load import current_coord, load_hf_into_chunk
-    from megatron_ads.config.model import ModelConfig
-    from megatron_ads.config.parallel import ParallelConfig
-    from megatron_ads.infer.weights import init_parallel
-    from megatron_ads.model.build import build_model_chunk
-
-    par = ParallelConfig()
-    init_parallel(par)
-    cfg = dataclasses.replace(ModelConfig.from_hf(hf_dir), num_mtp_layers=0)  # transformers saves no MTP tensors
-    torch.manual_seed(0)
-    model = build_model_chunk(cfg, par, dtype="fp32", device="cpu", experts=experts, single_rank=single_rank)
-    load_hf_into_chunk(model, HFCheckpoint(hf_dir), cfg, par, current_coord())
-    return model.train(), cfg
 
 
 def _loss_and_grads(model, vocab: int):
@@ -42,20 +24,22 @@ def _loss_and_grads(model, vocab: int):
 
 
 @pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora", "qwen2", "llama_tied"])
-def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_module, caplog):
+def test_one_rank_twins_equal_megatron_modules(name, hf_saved, hf_chunk, single_rank_module, caplog):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.moe.router import TopKRouter
     from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher
 
     from megatron_ads.model.dispatch import OneRankTokenDispatcher
+    from megatron_ads.model.router import LeanTopKRouter
     from megatron_ads.model.gpt import OneRankGPTModel
     from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear
 
     hf = str(hf_saved(name))
     with caplog.at_level("WARNING"):
-        ours, cfg = _build(hf, "auto")
+        ours, cfg = hf_chunk(hf, "auto")
     assert not [r for r in caplog.records if "Unknown MLP type" in r.getMessage()]  # groups passed as to MoELayer
-    ref, _ = _build(hf, "megatron")
+    ref, _ = hf_chunk(hf, "megatron")
     kinds = {type(m) for m in ours.modules()}
     assert {LocalColumnParallelLinear, LocalRowParallelLinear} <= kinds
     ref_kinds = {type(m) for m in ref.modules()}
@@ -66,6 +50,8 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_modul
             {OneRankTokenDispatcher}
         assert {type(m.token_dispatcher) for m in ref.modules() if hasattr(m, "token_dispatcher")} == \
             {MoEAlltoAllTokenDispatcher}
+        assert {type(m.router) for m in ours.modules() if hasattr(m, "router")} == {LeanTopKRouter}
+        assert {type(m.router) for m in ref.modules() if hasattr(m, "router")} == {TopKRouter}
     # the output layer (built by GPTModel, not the spec) is the twin too; the loss is the one-rank cross entropy
     assert type(ours) is OneRankGPTModel and type(ref) is GPTModel
     assert type(ours.output_layer) is LocalColumnParallelLinear and type(ref.output_layer) is ColumnParallelLinear
@@ -79,16 +65,21 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, single_rank_modul
     assert set(grads) == set(grads_ref)
     diffs = {n: (grads[n] - grads_ref[n]).abs().max().item() for n in grads if grads_ref[n] is not None}
     assert len(diffs) == len(grads) and max(diffs.values()) <= TOL, sorted(diffs.items(), key=lambda x: -x[1])[:3]
+    # the expert-bias update counts the same routed tokens
+    counts = {n: b for n, b in ours.named_buffers() if n.endswith("local_tokens_per_expert")}
+    counts_ref = {n: b for n, b in ref.named_buffers() if n.endswith("local_tokens_per_expert")}
+    assert counts.keys() == counts_ref.keys() and all(torch.equal(counts[n], counts_ref[n]) for n in counts)
+    assert not cfg.is_moe or counts and all(c.sum() > 0 for c in counts.values())
 
 
-def test_sequential_experts_get_plain_linears_and_the_one_rank_dispatcher(hf_saved, single_rank_module):
+def test_sequential_experts_get_plain_linears_and_the_one_rank_dispatcher(hf_saved, hf_chunk, single_rank_module):
     from megatron.core.transformer.moe.experts import SequentialMLP
 
     from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear
 
     hf = str(hf_saved("ds_groups4"))
-    ours, cfg = _build(hf, "auto", experts="sequential")
-    ref, _ = _build(hf, "megatron", experts="sequential")
+    ours, cfg = hf_chunk(hf, "auto", experts="sequential")
+    ref, _ = hf_chunk(hf, "megatron", experts="sequential")
     seq = [m for m in ours.modules() if isinstance(m, SequentialMLP)]
     assert seq and all(type(e.linear_fc1) is LocalColumnParallelLinear and type(e.linear_fc2) is LocalRowParallelLinear
                        for m in seq for e in m.local_experts)
@@ -172,3 +163,86 @@ def test_one_rank_cross_entropy_is_megatrons_bit_for_bit(dtype, single_rank_modu
                                             reduction="none").reshape(S, B)
     inside = (target >= 0) & (target < V)
     assert torch.allclose(loss[inside], ref[inside], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unpermute_rows_is_megatrons_unpermute_bit_for_bit(dtype):
+    """The one-rank dispatcher's un-permutation (``index_add_`` on the row index) equals megatron's
+    ``unpermute`` (``scatter_add_`` on the expanded index), forward and gradient, at top-6 of 16 experts
+    (each output row sums six expert rows: the order of the adds matters)."""
+    from megatron.core.transformer.moe.moe_utils import permute, unpermute
+
+    from megatron_ads.model.dispatch import unpermute_rows
+
+    g = torch.Generator().manual_seed(11)
+    T, D, E, K = 40, 24, 16, 6
+    tokens = torch.randn(T, D, generator=g).to(dtype)
+    top = torch.rand(T, E, generator=g).topk(K, dim=1).indices
+    routing_map = torch.zeros(T, E, dtype=torch.bool).scatter_(1, top, True)
+    permuted, _, sorted_indices = permute(tokens, routing_map)
+    assert permuted.shape == (T * K, D)
+    expert_out = (permuted.float() * torch.rand(T * K, 1, generator=g) * 7).to(dtype)  # rows that differ
+    upstream = torch.randn(T, D, generator=g).to(dtype)
+    results = []
+    for fn in (unpermute_rows, lambda x, idx, shape: unpermute(x, idx, restore_shape=shape)):
+        x = expert_out.clone().requires_grad_()
+        out = fn(x, sorted_indices, tokens.shape)
+        out.backward(upstream)
+        results.append((out.detach(), x.grad))
+    (out, dx), (out_ref, dx_ref) = results
+    assert out.dtype == dtype and torch.equal(out, out_ref) and torch.equal(dx, dx_ref)
+    ref = torch.zeros(T, D, dtype=torch.float64)
+    for i, row in enumerate(sorted_indices.tolist()):
+        ref[row] += expert_out[i].double()
+    assert torch.allclose(out.double(), ref, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_router_is_megatrons_router_bit_for_bit(dtype, hf_saved, hf_chunk, single_rank_module):
+    """``LeanTopKRouter`` (the one-rank MoE layer's router) against megatron's ``TopKRouter.forward`` on the
+    same module: probs, routing map, input and weight gradients and the expert-bias token counts; fp32 input
+    takes the plain gate, bf16 input megatron's gate (dtypes differ). (With a padding mask the lean router
+    runs megatron's forward, whose expert-bias count fails to broadcast the mask in megatron-core 0.16.1.)"""
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    from megatron_ads.model.router import LeanTopKRouter
+
+    model, _ = hf_chunk(str(hf_saved("ds_groups4")), "auto")
+    router = next(m.router for m in model.modules() if hasattr(m, "router"))
+    assert type(router) is LeanTopKRouter and router.enable_expert_bias
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randn(9, 2, router.weight.shape[1], generator=g).to(dtype)
+    upstream = torch.rand(18, router.config.num_moe_experts, generator=g)
+    results = []
+    for forward in (LeanTopKRouter.forward, TopKRouter.forward):
+        router.weight.grad = None
+        router.local_tokens_per_expert.zero_()
+        x = x0.clone().requires_grad_()
+        probs, routing_map = forward(router, x)
+        (probs * upstream).sum().backward()
+        results.append((probs.detach(), routing_map, x.grad, router.weight.grad.clone(),
+                        router.local_tokens_per_expert.clone()))
+    ours, ref = results
+    assert ours[1].dtype == torch.bool and ours[1].sum() == 18 * router.topk
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+    assert ours[4].sum() == 18 * router.topk
+
+
+def test_lean_router_refuses_what_it_does_not_run():
+    from megatron_ads.model.router import lean_router_supported
+
+    base = dict(moe_router_load_balancing_type="none", moe_aux_loss_coeff=0.0, moe_z_loss_coeff=None,
+                moe_input_jitter_eps=None, moe_expert_capacity_factor=None, moe_router_fusion=False,
+                moe_enable_routing_replay=False, moe_router_force_load_balancing=False)
+    assert lean_router_supported(SimpleNamespace(**base)) is None
+    assert lean_router_supported(SimpleNamespace(**{**base, "moe_router_load_balancing_type": "seq_aux_loss"})) is None
+    for change, why in ((dict(moe_router_load_balancing_type="seq_aux_loss", moe_aux_loss_coeff=1e-4), "aux loss"),
+                        (dict(moe_router_load_balancing_type=["aux_loss", "seq_aux_loss"],
+                              moe_aux_loss_coeff=[0.0, 1e-3]), "aux loss"),
+                        (dict(moe_router_load_balancing_type="sinkhorn"), "sinkhorn routing"),
+                        (dict(moe_z_loss_coeff=1e-3), "moe_z_loss_coeff"),
+                        (dict(moe_input_jitter_eps=0.01), "moe_input_jitter_eps"),
+                        (dict(moe_expert_capacity_factor=1.0), "moe_expert_capacity_factor"),
+                        (dict(moe_router_fusion=True), "moe_router_fusion"),
+                        (dict(moe_enable_routing_replay=True), "moe_enable_routing_replay")):
+        assert lean_router_supported(SimpleNamespace(**{**base, **change})).startswith(why)
