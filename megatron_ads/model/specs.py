@@ -10,7 +10,7 @@ default; ``"megatron"``: megatron-core's modules throughout): where the TP group
 ``ColumnParallelLinear`` / ``RowParallelLinear`` in every attention and MLP of the local spec (shared and
 sequential routed experts included; not with an FP8 backend); MoE layers on one expert-parallel rank (EP = TP
 = 1, megatron's all-to-all dispatcher) are ``model.dispatch.OneRankMoELayer``: megatron's dispatcher minus
-its identity steps. Backends are chosen here, never inside forward."""
+its identity steps, and megatron's router minus the branches its config turns off (``model.router``). Backends are chosen here, never inside forward."""
 
 from __future__ import annotations
 
