@@ -29,16 +29,24 @@ All runs use ``launch/configs/sft_tiny_cpu.yaml``:
    overlap 1), with ``test_fraction=0`` (the test split is the shared file) and ``batch_size=32`` (speed only:
    candidate seeds are per input and candidate) — ``--cook-set`` adds more.
    The two tasks cook in parallel, each into its own directory.
-3. **arms**: ``train sft`` from the same random init and recipe, ``--sft-steps`` each, in parallel, per training
-   seed (``--seeds N``: ``train.seed`` 1..N, the same seeds for both arms — paired): ``hand`` (``sft.files``: the raw rows, 10% of them as validation) and ``cooked`` (``sft.files``: the
-   cooked train / val splits); both tested on the shared test file (``sft.test_rows`` = its size).
+3. **arms**: ``train sft`` from the same random init and recipe, ``--sft-steps`` each, ``--parallel`` at a time, per
+   training seed (``--seeds N``: ``train.seed`` 1..N, the same seeds for every arm — paired): ``hand``
+   (``sft.files``: the raw rows, 10% of them as validation; it needs no cook, so it trains while the teacher
+   trains and the cook runs), ``cooked`` (``sft.files``: the cooked train / val splits) and the control
+   ``cooked_hand_split``: the cooked rows in the hand arm's split and order (each hand train / val row replaced by
+   the cooked row of the same input; inputs the cook dropped left out). ``hand`` and ``cooked`` differ in what
+   the rows hold *and* in how each run splits and orders them (which rows validate and so drive the task
+   weights λ, which first rows train the run's BPE tokenizer, the sampling order); the control differs from
+   ``hand`` only in what the rows hold. All arms are tested on the shared test file (``sft.test_rows`` = its
+   size).
 
 Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC) per seed
 and their mean over the seeds, the cook's counts per filter and the teacher's held-out exact match, then, last,
-one JSON object: ``arms`` {hand, cooked: metrics (the mean over the seeds), ``per_seed`` (the metrics of each
+one JSON object: ``arms`` {hand, cooked, cooked_hand_split: metrics (the mean over the seeds), ``per_seed`` (the metrics of each
 seed), ``std`` (over the seeds, population), ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
 trained: relevance, location), ``steps``, ``wall_s`` (summed over the seeds)}, ``diff_points`` (cooked − hand per metric, in points, of the
-means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``max_bacc_diff_points`` (largest
+means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``control_diff_points``
+(cooked_hand_split − hand, of the means), ``max_bacc_diff_points`` (largest
 |cooked − hand| BACC of the five views, of the means) and ``max_bacc_diff_metric`` (which), ``seeds``,
 ``target_points`` (2), ``within_target``, ``cook``
 {task: inputs read / kept / ``keep_rate`` / dropped per filter, candidates, ``prompt_passed``,
@@ -85,7 +93,10 @@ KEYS = dict(zip([name for name, _, _ in METRICS],
 """``sft_seeds.METRICS`` column -> JSON key."""
 BACC = [k for k in KEYS.values() if k.endswith("bacc")]
 TARGET_POINTS = 2.0
-ARMS = (("hand", "hand-built (rule reasoning)"), ("cooked", "cooked (teacher reasoning)"))
+ARMS = (("hand", "hand-built (rule reasoning)"), ("cooked", "cooked (teacher reasoning)"),
+        ("cooked_hand_split", "cooked, in the hand arm's split and order"))
+"""The arms: the verdict is ``cooked`` vs ``hand``; ``cooked_hand_split`` is the control that separates what the
+corpus holds from how each arm's run splits and orders it (module docstring, 3)."""
 DEFAULTS = {"rows": 4000, "test_rows": 1000, "teacher_rows": 2000, "teacher_steps": 3000, "sft_steps": 7000}
 FAST_SIZES = {"rows": 12, "test_rows": 8, "teacher_rows": 6, "teacher_steps": 2, "sft_steps": 2}
 FAST = ["sft.val_rows=4", "sft.eval_every=2", "train.micro_batch=4", "train.log_every=2", "checkpoint.every=0"]
@@ -161,6 +172,27 @@ def cook_summary(name: str, report: dict, raw: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ 3. arms
+def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out: Path) -> tuple[Path, Path]:
+    """The control arm's train / val files of task ``name``: the cooked rows (every split of the cook,
+    ``cooked`` = its ``sft_files`` entry) put in the hand arm's split and order — the hand arm's train rows
+    (``user_data`` of ``hand_files`` at ``data_seed``: the same 10% validation draw, the same order, so the same
+    first rows train the tokenizer) replaced by the cooked rows of the same input, inputs the cook dropped left
+    out; likewise its validation rows."""
+    by_input: dict[str, list[dict]] = {}
+    for split in ("train", "val", "test"):
+        path = cooked.get(split)
+        for line in (Path(path).read_text().splitlines() if path and Path(path).is_file() else []):
+            if line.strip():
+                row = json.loads(line)
+                by_input.setdefault(str(row["id"]).split("#")[0], []).append(row)
+    hand = user_data(name, hand_files, data_seed)
+    paths = []
+    for split in ("train", "val"):
+        rows = [r for h in hand[split] for r in by_input.get(str(h["id"]), [])]
+        paths.append(write_rows(out / f"{name}.cooked_hand_split.{split}.jsonl", rows))
+    return paths[0], paths[1]
+
+
 def files(name: str, train: Path, test: Path, val: Path | None = None) -> list[str]:
     """``sft.files`` overrides of one task (no val file: 10% of train is held out as validation)."""
     out = [f"sft.files.{name}.train={train}", f"sft.files.{name}.test={test}"]
@@ -210,9 +242,10 @@ def table(res: dict, cooks: dict, teacher: dict) -> str:
                      + " | ".join(_f(r[KEYS[c]]) + ("" if len(seeds) == 1 else f" ± {r['std'][KEYS[c]]:.3f}")
                                   for c in cols)
                      + f" | {_f(r['min_lambda'])} | {r['steps']} | {r['wall_s']:.0f} |")
-    d = res["diff_points"]
-    lines.append(f"| cooked − hand (points{'' if len(res['hand']['per_seed']) == 1 else ', of the means'}) | | "
-                 + " | ".join(_f(d[KEYS[c]], "+.1f") for c in cols) + " | | | |")
+    means = '' if len(res['hand']['per_seed']) == 1 else ', of the means'
+    for key, label in (("diff_points", "cooked − hand"), ("control_diff_points", "cooked in hand's split − hand")):
+        lines.append(f"| {label} (points{means}) | | "
+                     + " | ".join(_f(res[key][KEYS[c]], "+.1f") for c in cols) + " | | | |")
     lines += ["", "| cook | inputs kept / read | keep rate | inputs dropped by | candidates survived / generated | "
                   "candidates dropped by | golden set | reasoning = rule text |", "|---" * 8 + "|"]
     for name, c in cooks.items():
@@ -284,6 +317,16 @@ def main() -> int:
         teach += teacher_rows(name, raw_rows(cfg, name, sizes["teacher_rows"], seed + 2), cook_cfg.answer, True)
     general = write_rows(data / f"teacher_{sizes['teacher_rows']}_{cook_cfg.answer}.jsonl", teach)
 
+    # the hand arm needs no cook: it trains while the teacher trains and the cook runs (one pool for all runs)
+    steps_s = sizes["sft_steps"]
+    common = [*fast, f"train.steps={steps_s}", f"sft.test_rows={sizes['test_rows']}",
+              *([] if args.fast else [f"sft.eval_every={min(500, steps_s)}"]), *args.common]
+    raw_files = {n: data / f"{n}.raw_{sizes['rows']}.jsonl" for n in TASKS}
+    arms = {"hand": [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]]}
+    seeds = range(args.seeds)
+    pool = ThreadPoolExecutor(max_workers=args.parallel)
+    runs = {("hand", s): pool.submit(run_seed, s, work / "hand", arms["hand"]) for s in seeds}
+
     # 1. teacher
     steps_t = sizes["teacher_steps"]
     t_over = [*fast, "sft.tasks=[general]", f"sft.general_path={general}", "sft.tokenizer_tasks=[query_ad, ad_user]",
@@ -294,28 +337,27 @@ def main() -> int:
     teacher = {**teacher_report(teacher_dir), "steps": steps_t, "rows": len(teach), "wall_s": round(t_wall, 1)}
 
     # 2. cook, the tasks in parallel
-    raw_files = {n: data / f"{n}.raw_{sizes['rows']}.jsonl" for n in TASKS}
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {n: pool.submit(cook, n, raw_files[n], teacher_dir, work / "cook" / n, cook_set) for n in TASKS}
-        reports = {n: f.result() for n, f in futures.items()}
+    futures = {n: pool.submit(cook, n, raw_files[n], teacher_dir, work / "cook" / n, cook_set) for n in TASKS}
+    reports = {n: f.result() for n, f in futures.items()}
     cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
 
-    # 3. the two arms, same init and recipe, in parallel
-    steps_s = sizes["sft_steps"]
-    common = [*fast, f"train.steps={steps_s}", f"sft.test_rows={sizes['test_rows']}",
-              *([] if args.fast else [f"sft.eval_every={min(500, steps_s)}"]), *args.common]
-    arms = {"hand": [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]],
-            "cooked": [*common, *[x for n in TASKS for x in files(
-                n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]}
-    seeds = range(args.seeds)
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        futures = {(k, s): pool.submit(run_seed, s, work / k, v) for s in seeds for k, v in arms.items()}
-        walls = {ks: f.result() for ks, f in futures.items()}
+    # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits, and the control
+    hand_cfg = JobConfig.load(CFG, arms["hand"]).sft
+    arms["cooked"] = [*common, *[x for n in TASKS for x in files(
+        n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]
+    ctrl = {n: in_hand_split(n, hand_cfg.files[n], hand_cfg.data_seed, reports[n]["sft_files"][n], data) for n in TASKS}
+    arms["cooked_hand_split"] = [*common, *[x for n in TASKS for x in files(n, ctrl[n][0], tests[n], ctrl[n][1])]]
+    for k in ("cooked", "cooked_hand_split"):
+        runs.update({(k, s): pool.submit(run_seed, s, work / k, arms[k]) for s in seeds})
+    walls = {ks: f.result() for ks, f in runs.items()}
+    pool.shutdown()
     per_seed = {k: [read_seed(work / k / f"seed{s}") for s in seeds] for k, _ in ARMS}
     res = {k: {**aggregate(per_seed[k]), **trained(arms[k]), "steps": steps_s,
                "wall_s": round(sum(walls[k, s] for s in seeds), 1)} for k, _ in ARMS}
     diff = {key: (res["cooked"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
     res["diff_points"] = diff
+    control = {key: (res["cooked_hand_split"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
+    res["control_diff_points"] = control
     max_key = max(BACC, key=lambda k: abs(diff[k]))
     max_diff = abs(diff[max_key])
     print(table(res, cooks, teacher))
@@ -325,6 +367,7 @@ def main() -> int:
     paired = [{key: (c[key] - h[key]) * 100 for key in KEYS.values()}
               for h, c in zip(res["hand"]["per_seed"], res["cooked"]["per_seed"], strict=True)]
     out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "diff_points_per_seed": paired,
+           "control_diff_points": control,
            "max_bacc_diff_points": max_diff, "max_bacc_diff_metric": max_key, "seeds": args.seeds,
            "target_points": TARGET_POINTS, "within_target": max_diff <= TARGET_POINTS, "cook": cooks,
            "teacher": teacher, **sizes, "cook_settings": cook_set, "fast": args.fast,

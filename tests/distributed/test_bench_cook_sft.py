@@ -1,6 +1,6 @@
 """``benchmarks/cook_sft.py --fast`` (issue 16, smoke run): raw rows -> a teacher trained on the cook prompts ->
-``cook`` of both tasks -> hand-built and cooked SFT arms on the shared test file; ends with the JSON line of all
-figures. Not the 2-point target: tiny counts and the demo's relaxed cook settings."""
+``cook`` of both tasks -> hand-built, cooked and control (cooked rows in the hand arm's split) SFT arms on the
+shared test file; ends with the JSON line of all figures. Not the 2-point target: tiny counts and the demo's relaxed cook settings."""
 
 import json
 import math
@@ -92,6 +92,27 @@ def test_cook_sft_fast(tmp_path):
         for s, d in enumerate(out["diff_points_per_seed"]):
             assert d[k] == pytest.approx(100 * (out["arms"]["cooked"]["per_seed"][s][k]
                                                 - out["arms"]["hand"]["per_seed"][s][k]))
+    # the control arm: every cooked row of the hand arm's inputs, in the hand arm's split and order
+    from megatron_ads.data.sft_data import user_data
+
+    assert set(out["arms"]) == {"hand", "cooked", "cooked_hand_split"}
+    for name in ("query_ad", "ad_user"):
+        cooked = {}
+        for split in ("train", "val", "test"):
+            for line in (tmp_path / "cook" / name / f"{name}.{split}.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                cooked[str(row["id"]).split("#")[0]] = row
+        hand = user_data(name, {"train": str(tmp_path / "data" / f"{name}.raw_12.jsonl"),
+                                "test": str(tmp_path / "data" / f"{name}.test_8.jsonl")}, 0)
+        for split in ("train", "val"):
+            ctrl = [json.loads(x) for x in
+                    (tmp_path / "data" / f"{name}.cooked_hand_split.{split}.jsonl").read_text().splitlines()]
+            assert [str(r["id"]) for r in ctrl] == [str(h["id"]) for h in hand[split] if str(h["id"]) in cooked]
+            assert all(r == cooked[str(r["id"])] for r in ctrl)
+    ctrl = out["arms"]["cooked_hand_split"]
+    assert (tmp_path / "cooked_hand_split" / "seed1" / "eval" / "report.json").is_file() and len(ctrl["per_seed"]) == 2
+    for k in BACC:
+        assert out["control_diff_points"][k] == pytest.approx(100 * (ctrl[k] - out["arms"]["hand"][k]))
     t = out["teacher"]
     assert t["steps"] == 2 and t["rows"] == 2 * 6 * 4 and 0.0 <= t["exact_match"] <= 1.0  # 3 variations + verifier
     assert (tmp_path / "teacher" / "seed0" / "checkpoints").is_dir()
