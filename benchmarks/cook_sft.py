@@ -3,7 +3,7 @@ on which ``train sft`` reaches the held-out metrics of the hand-built (rule-reas
 points?
 
     python benchmarks/cook_sft.py [--workdir DIR] [--fast] [--rows N] [--test-rows N] [--teacher-rows N]
-        [--teacher-steps T] [--sft-steps S] [--seeds N] [--parallel P] [--set key=value ...]
+        [--teacher-steps T] [--sft-steps S] [--seeds N] [--draws D] [--parallel P] [--set key=value ...]
         [--teacher-set ...] [--cook-set ...]
 
 All runs use ``launch/configs/sft_tiny_cpu.yaml``:
@@ -38,16 +38,20 @@ All runs use ``launch/configs/sft_tiny_cpu.yaml``:
    the rows hold *and* in how each run splits and orders them (which rows validate and so drive the task
    weights λ, which first rows train the run's BPE tokenizer, the sampling order); the control differs from
    ``hand`` only in what the rows hold. All arms are tested on the shared test file (``sft.test_rows`` = its
-   size).
+   size). ``--draws D``: each arm also runs at ``sft.data_seed`` + 1 .. D-1 (in ``<arm>/draw<d>/``) — for
+   ``hand`` another validation draw, sampling sequence (the mixer's seed) and tokenizer sample of the same rows,
+   for the control the cooked rows in that draw's hand split, for ``cooked`` (whose split is the cook's) another
+   sampling sequence: on 3 600 rows per task one draw moves Fair-view BACC by ~9 points (``RESULTS.md``), so the
+   2-point verdict needs the means over several draws.
 
 Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC) per seed
 and their mean over the seeds, the cook's counts per filter and the teacher's held-out exact match, then, last,
 one JSON object: ``arms`` {hand, cooked, cooked_hand_split: metrics (the mean over the seeds), ``per_seed`` (the metrics of each
-seed), ``std`` (over the seeds, population), ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
-trained: relevance, location), ``steps``, ``wall_s`` (summed over the seeds)}, ``diff_points`` (cooked − hand per metric, in points, of the
+run: draw-major, then seed), ``std`` (over the runs, population), ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
+trained: relevance, location), ``steps``, ``wall_s`` (summed over the runs)}, ``diff_points`` (cooked − hand per metric, in points, of the
 means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``control_diff_points``
 (cooked_hand_split − hand, of the means), ``max_bacc_diff_points`` (largest
-|cooked − hand| BACC of the five views, of the means) and ``max_bacc_diff_metric`` (which), ``seeds``,
+|cooked − hand| BACC of the five views, of the means) and ``max_bacc_diff_metric`` (which), ``seeds``, ``draws``, ``runs`` ([draw, seed] per run),
 ``target_points`` (2), ``within_target``, ``cook``
 {task: inputs read / kept / ``keep_rate`` / dropped per filter, candidates, ``prompt_passed``,
 ``agreement``, ``reasoning_exact`` (share of kept train rows whose cooked reasoning is the rule text)},
@@ -172,12 +176,13 @@ def cook_summary(name: str, report: dict, raw: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ 3. arms
-def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out: Path) -> tuple[Path, Path]:
+def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out: Path,
+                  tag: str = "") -> tuple[Path, Path]:
     """The control arm's train / val files of task ``name``: the cooked rows (every split of the cook,
     ``cooked`` = its ``sft_files`` entry) put in the hand arm's split and order — the hand arm's train rows
     (``user_data`` of ``hand_files`` at ``data_seed``: the same 10% validation draw, the same order, so the same
     first rows train the tokenizer) replaced by the cooked rows of the same input, inputs the cook dropped left
-    out; likewise its validation rows."""
+    out; likewise its validation rows. ``tag`` ends the file names (one pair per draw)."""
     by_input: dict[str, list[dict]] = {}
     for split in ("train", "val", "test"):
         path = cooked.get(split)
@@ -189,7 +194,7 @@ def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out
     paths = []
     for split in ("train", "val"):
         rows = [r for h in hand[split] for r in by_input.get(str(h["id"]), [])]
-        paths.append(write_rows(out / f"{name}.cooked_hand_split.{split}.jsonl", rows))
+        paths.append(write_rows(out / f"{name}.cooked_hand_split{tag}.{split}.jsonl", rows))
     return paths[0], paths[1]
 
 
@@ -226,7 +231,8 @@ def _f(x, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
 
 
-def table(res: dict, cooks: dict, teacher: dict) -> str:
+def table(res: dict, cooks: dict, teacher: dict, labels: list[str]) -> str:
+    """The arms' table (``labels``: one per run, in ``per_seed`` order), the cook's and the teacher's lines."""
     cols = [name for name, _, _ in METRICS]
     lines = ["| arm | rows trained (query_ad / ad_user) | " + " | ".join(cols) + " | min λ | steps | wall s |",
              "|---" * (len(cols) + 6) + "|"]
@@ -235,7 +241,7 @@ def table(res: dict, cooks: dict, teacher: dict) -> str:
         n = f"{r['rows_trained']['query_ad']} / {r['rows_trained']['ad_user']}"
         seeds = r["per_seed"]
         for s, m in enumerate(seeds if len(seeds) > 1 else []):
-            lines.append(f"| {label}, train.seed {s + 1} | {n} | " + " | ".join(_f(m[KEYS[c]]) for c in cols)
+            lines.append(f"| {label}, {labels[s]} | {n} | " + " | ".join(_f(m[KEYS[c]]) for c in cols)
                          + f" | {_f(m['min_lambda'])} | {r['steps']} | |")
         mean = "" if len(seeds) == 1 else f", mean of {len(seeds)}"
         lines.append(f"| {label}{mean} | {n} | "
@@ -281,6 +287,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=1,
                     help="training seeds per arm (train.seed 1..N, the same for both arms; the verdict is on the "
                          "means; default: %(default)s)")
+    ap.add_argument("--draws", type=int, default=1,
+                    help="split / order draws per arm (sft.data_seed + 0..N-1, module docstring; default: %(default)s)")
     ap.add_argument("--parallel", type=int, default=2, help="cooks / arm runs at a time (default: %(default)s)")
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="extra override of both SFT arms (and of the raw rows' synthetic settings)")
@@ -290,8 +298,8 @@ def main() -> int:
     args = ap.parse_args()
     sizes = {k: (FAST_SIZES if args.fast else DEFAULTS)[k] if getattr(args, k) is None else getattr(args, k)
              for k in DEFAULTS}
-    if min(sizes.values()) < 1 or args.parallel < 1 or args.seeds < 1:
-        ap.error("--rows, --test-rows, --teacher-rows, --teacher-steps, --sft-steps, --seeds, --parallel: "
+    if min(sizes.values()) < 1 or args.parallel < 1 or args.seeds < 1 or args.draws < 1:
+        ap.error("--rows, --test-rows, --teacher-rows, --teacher-steps, --sft-steps, --seeds, --draws, --parallel: "
                  "expected >= 1")
     work = Path(args.workdir or ("runs/cook_sft_fast" if args.fast else "runs/cook_sft")).resolve()
     cook_set = [*COOK_SET, *(FAST_COOK if args.fast else []), *args.cook_set]
@@ -322,10 +330,21 @@ def main() -> int:
     common = [*fast, f"train.steps={steps_s}", f"sft.test_rows={sizes['test_rows']}",
               *([] if args.fast else [f"sft.eval_every={min(500, steps_s)}"]), *args.common]
     raw_files = {n: data / f"{n}.raw_{sizes['rows']}.jsonl" for n in TASKS}
-    arms = {"hand": [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]]}
-    seeds = range(args.seeds)
-    pool = ThreadPoolExecutor(max_workers=args.parallel)
-    runs = {("hand", s): pool.submit(run_seed, s, work / "hand", arms["hand"]) for s in seeds}
+    jobs = [(d, s) for d in range(args.draws) for s in range(args.seeds)]
+
+    def drawn(extra: list[str], d: int) -> list[str]:
+        return extra if d == 0 else [*extra, f"sft.data_seed={seed + d}"]
+
+    def run_dir(arm: str, d: int) -> Path:
+        return work / arm if d == 0 else work / arm / f"draw{d}"
+
+    def submit(arm: str) -> None:
+        runs.update({(arm, d, s): pool.submit(run_seed, s, run_dir(arm, d), arms[arm][d]) for d, s in jobs})
+
+    hand = [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]]
+    arms = {"hand": [drawn(hand, d) for d in range(args.draws)]}
+    pool, runs = ThreadPoolExecutor(max_workers=args.parallel), {}
+    submit("hand")
 
     # 1. teacher
     steps_t = sizes["teacher_steps"]
@@ -342,25 +361,31 @@ def main() -> int:
     cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
 
     # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits, and the control
-    hand_cfg = JobConfig.load(CFG, arms["hand"]).sft
-    arms["cooked"] = [*common, *[x for n in TASKS for x in files(
+    cooked = [*common, *[x for n in TASKS for x in files(
         n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]
-    ctrl = {n: in_hand_split(n, hand_cfg.files[n], hand_cfg.data_seed, reports[n]["sft_files"][n], data) for n in TASKS}
-    arms["cooked_hand_split"] = [*common, *[x for n in TASKS for x in files(n, ctrl[n][0], tests[n], ctrl[n][1])]]
-    for k in ("cooked", "cooked_hand_split"):
-        runs.update({(k, s): pool.submit(run_seed, s, work / k, arms[k]) for s in seeds})
-    walls = {ks: f.result() for ks, f in runs.items()}
+    arms["cooked"] = [drawn(cooked, d) for d in range(args.draws)]
+    arms["cooked_hand_split"] = []
+    for d in range(args.draws):
+        hand_cfg = JobConfig.load(CFG, arms["hand"][d]).sft
+        ctrl = {n: in_hand_split(n, hand_cfg.files[n], hand_cfg.data_seed, reports[n]["sft_files"][n], data,
+                                 f".draw{d}" if d else "") for n in TASKS}
+        arms["cooked_hand_split"].append(
+            drawn([*common, *[x for n in TASKS for x in files(n, ctrl[n][0], tests[n], ctrl[n][1])]], d))
+    submit("cooked")
+    submit("cooked_hand_split")
+    walls = {key: f.result() for key, f in runs.items()}
     pool.shutdown()
-    per_seed = {k: [read_seed(work / k / f"seed{s}") for s in seeds] for k, _ in ARMS}
-    res = {k: {**aggregate(per_seed[k]), **trained(arms[k]), "steps": steps_s,
-               "wall_s": round(sum(walls[k, s] for s in seeds), 1)} for k, _ in ARMS}
+    per_seed = {k: [read_seed(run_dir(k, d) / f"seed{s}") for d, s in jobs] for k, _ in ARMS}
+    res = {k: {**aggregate(per_seed[k]), **trained(arms[k][0]), "steps": steps_s,
+               "wall_s": round(sum(walls[k, d, s] for d, s in jobs), 1)} for k, _ in ARMS}
     diff = {key: (res["cooked"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
     res["diff_points"] = diff
     control = {key: (res["cooked_hand_split"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
     res["control_diff_points"] = control
     max_key = max(BACC, key=lambda k: abs(diff[k]))
     max_diff = abs(diff[max_key])
-    print(table(res, cooks, teacher))
+    labels = [(f"draw {d}, " if args.draws > 1 else "") + f"train.seed {s + 1}" for d, s in jobs]
+    print(table(res, cooks, teacher, labels))
     print(f"max |cooked − hand| BACC: {max_diff:.2f} points ({max_key}; target ≤ {TARGET_POINTS:.0f}: "
           f"{'met' if max_diff <= TARGET_POINTS else 'NOT met'}){'  [--fast: smoke run]' if args.fast else ''}")
     print(f"workdir: {work}")
@@ -369,6 +394,7 @@ def main() -> int:
     out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "diff_points_per_seed": paired,
            "control_diff_points": control,
            "max_bacc_diff_points": max_diff, "max_bacc_diff_metric": max_key, "seeds": args.seeds,
+           "draws": args.draws, "runs": [list(j) for j in jobs],
            "target_points": TARGET_POINTS, "within_target": max_diff <= TARGET_POINTS, "cook": cooks,
            "teacher": teacher, **sizes, "cook_settings": cook_set, "fast": args.fast,
            "wall_s": round(time.time() - t0, 1)}

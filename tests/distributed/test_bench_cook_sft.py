@@ -4,11 +4,13 @@ shared test file; ends with the JSON line of all figures. Not the 2-point target
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BACC = ("bad_view_bacc", "fair_view_bacc", "quality_bacc", "location_bacc", "ad_user_bacc")
@@ -49,7 +51,7 @@ def test_teacher_rows_are_what_cook_prompts_and_parses(name, monkeypatch):
 @pytest.mark.slow
 def test_cook_sft_fast(tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cook_sft.py"), "--fast", "--workdir", str(tmp_path),
-                        "--seeds", "2"],
+                        "--seeds", "2", "--draws", "2"],
                        capture_output=True, text=True, cwd=REPO, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -79,16 +81,22 @@ def test_cook_sft_fast(tmp_path):
     assert reports["hand"]["ad_user"]["RR"] == reports["cooked"]["ad_user"]["RR"]
     assert out["arms"]["hand"]["rows_trained"] == {"query_ad": 11, "ad_user": 11}  # 10% of 12 held out as val
     assert out["max_bacc_diff_points"] == pytest.approx(max(abs(out["diff_points"][k]) for k in BACC))
-    # two paired training seeds per arm: the arm's figures are the means, the diffs those of the means
-    assert out["seeds"] == 2 and len(out["diff_points_per_seed"]) == 2
-    for arm in ("hand", "cooked"):
+    # two draws x two paired training seeds per arm: the arm's figures are the means, the diffs those of the means
+    assert out["seeds"] == 2 and out["draws"] == 2 and len(out["diff_points_per_seed"]) == 4
+    assert out["runs"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    for arm in ("hand", "cooked", "cooked_hand_split"):
         r = out["arms"][arm]
-        assert len(r["per_seed"]) == 2 and (tmp_path / arm / "seed1" / "eval" / "report.json").is_file()
+        assert len(r["per_seed"]) == 4
+        for d, s in out["runs"]:
+            run = tmp_path / arm / (f"draw{d}" if d else "") / f"seed{s}"
+            assert (run / "eval" / "report.json").is_file()
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            assert cfg["sft"]["data_seed"] == d and cfg["train"]["seed"] == s + 1
         for k in BACC:
-            assert r[k] == pytest.approx(sum(s[k] for s in r["per_seed"]) / 2)
-            assert r["std"][k] == pytest.approx(abs(r["per_seed"][0][k] - r["per_seed"][1][k]) / 2)
+            assert r[k] == pytest.approx(statistics.fmean(s[k] for s in r["per_seed"]))
+            assert r["std"][k] == pytest.approx(statistics.pstdev(s[k] for s in r["per_seed"]))
     for k in BACC:
-        assert out["diff_points"][k] == pytest.approx(sum(d[k] for d in out["diff_points_per_seed"]) / 2)
+        assert out["diff_points"][k] == pytest.approx(statistics.fmean(d[k] for d in out["diff_points_per_seed"]))
         for s, d in enumerate(out["diff_points_per_seed"]):
             assert d[k] == pytest.approx(100 * (out["arms"]["cooked"]["per_seed"][s][k]
                                                 - out["arms"]["hand"]["per_seed"][s][k]))
@@ -102,18 +110,18 @@ def test_cook_sft_fast(tmp_path):
             for line in (tmp_path / "cook" / name / f"{name}.{split}.jsonl").read_text().splitlines():
                 row = json.loads(line)
                 cooked[str(row["id"]).split("#")[0]] = row
-        hand = user_data(name, {"train": str(tmp_path / "data" / f"{name}.raw_12.jsonl"),
-                                "test": str(tmp_path / "data" / f"{name}.test_8.jsonl")}, 0)
-        for split in ("train", "val"):
-            ctrl = [json.loads(x) for x in
-                    (tmp_path / "data" / f"{name}.cooked_hand_split.{split}.jsonl").read_text().splitlines()]
-            assert [str(r["id"]) for r in ctrl] == [str(h["id"]) for h in hand[split] if str(h["id"]) in cooked]
-            assert all(r == cooked[str(r["id"])] for r in ctrl)
+        for draw, tag in ((0, ""), (1, ".draw1")):  # each draw: its own hand split, at sft.data_seed = draw
+            hand = user_data(name, {"train": str(tmp_path / "data" / f"{name}.raw_12.jsonl"),
+                                    "test": str(tmp_path / "data" / f"{name}.test_8.jsonl")}, draw)
+            for split in ("train", "val"):
+                ctrl = [json.loads(x) for x in
+                        (tmp_path / "data" / f"{name}.cooked_hand_split{tag}.{split}.jsonl").read_text().splitlines()]
+                assert [str(r["id"]) for r in ctrl] == [str(h["id"]) for h in hand[split] if str(h["id"]) in cooked]
+                assert all(r == cooked[str(r["id"])] for r in ctrl)
     ctrl = out["arms"]["cooked_hand_split"]
-    assert (tmp_path / "cooked_hand_split" / "seed1" / "eval" / "report.json").is_file() and len(ctrl["per_seed"]) == 2
     for k in BACC:
         assert out["control_diff_points"][k] == pytest.approx(100 * (ctrl[k] - out["arms"]["hand"][k]))
     t = out["teacher"]
     assert t["steps"] == 2 and t["rows"] == 2 * 6 * 4 and 0.0 <= t["exact_match"] <= 1.0  # 3 variations + verifier
     assert (tmp_path / "teacher" / "seed0" / "checkpoints").is_dir()
-    assert "| cooked (teacher reasoning), mean of 2 |" in p.stdout and "train.seed 2" in p.stdout and "| cook |" in p.stdout
+    assert "| cooked (teacher reasoning), mean of 4 |" in p.stdout and "draw 1, train.seed 2" in p.stdout and "| cook |" in p.stdout
