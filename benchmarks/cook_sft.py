@@ -49,8 +49,9 @@ and their mean over the seeds, the cook's counts per filter and the teacher's he
 one JSON object: ``arms`` {hand, cooked, cooked_hand_split: metrics (the mean over the seeds), ``per_seed`` (the metrics of each
 run: draw-major, then seed), ``std`` (over the runs, population), ``rows_trained``, ``defect_share`` (the share of bad labels among the query_ad rows
 trained: relevance, location), ``steps``, ``wall_s`` (summed over the runs)}, ``diff_points`` (cooked − hand per metric, in points, of the
-means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``control_diff_points``
-(cooked_hand_split − hand, of the means), ``max_bacc_diff_points`` (largest
+means), ``diff_points_per_seed`` (the same per seed: the paired differences), ``diff_points_se`` (their standard
+error: sample std / sqrt(runs)), ``control_diff_points`` (cooked_hand_split − hand, of the means) and
+``control_diff_points_se``, ``max_bacc_diff_points`` (largest
 |cooked − hand| BACC of the five views, of the means) and ``max_bacc_diff_metric`` (which), ``seeds``, ``draws``, ``runs`` ([draw, seed] per run),
 ``target_points`` (2), ``within_target``, ``cook``
 {task: inputs read / kept / ``keep_rate`` / dropped per filter, candidates, ``prompt_passed``,
@@ -75,6 +76,7 @@ import argparse
 import dataclasses
 import json
 import math
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -176,13 +178,8 @@ def cook_summary(name: str, report: dict, raw: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------ 3. arms
-def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out: Path,
-                  tag: str = "") -> tuple[Path, Path]:
-    """The control arm's train / val files of task ``name``: the cooked rows (every split of the cook,
-    ``cooked`` = its ``sft_files`` entry) put in the hand arm's split and order — the hand arm's train rows
-    (``user_data`` of ``hand_files`` at ``data_seed``: the same 10% validation draw, the same order, so the same
-    first rows train the tokenizer) replaced by the cooked rows of the same input, inputs the cook dropped left
-    out; likewise its validation rows. ``tag`` ends the file names (one pair per draw)."""
+def cooked_by_input(cooked: dict) -> dict[str, list[dict]]:
+    """The cooked rows of one task (every split of the cook, ``cooked`` = its ``sft_files`` entry) by input id."""
     by_input: dict[str, list[dict]] = {}
     for split in ("train", "val", "test"):
         path = cooked.get(split)
@@ -190,6 +187,16 @@ def in_hand_split(name: str, hand_files: dict, data_seed: int, cooked: dict, out
             if line.strip():
                 row = json.loads(line)
                 by_input.setdefault(str(row["id"]).split("#")[0], []).append(row)
+    return by_input
+
+
+def in_hand_split(name: str, hand_files: dict, data_seed: int, by_input: dict[str, list[dict]], out: Path,
+                  tag: str = "") -> tuple[Path, Path]:
+    """The control arm's train / val files of task ``name``: the cooked rows (``by_input``, from
+    ``cooked_by_input``) put in the hand arm's split and order — the hand arm's train rows (``user_data`` of
+    ``hand_files`` at ``data_seed``: the same 10% validation draw, the same order, so the same first rows train the
+    tokenizer) replaced by the cooked rows of the same input, inputs the cook dropped left out; likewise its
+    validation rows. ``tag`` ends the file names (one pair per draw)."""
     hand = user_data(name, hand_files, data_seed)
     paths = []
     for split in ("train", "val"):
@@ -231,6 +238,12 @@ def _f(x, fmt: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{fmt}}"
 
 
+def paired_se(paired: list[dict]) -> dict:
+    """The standard error of the mean of paired differences, per metric: sample std / sqrt(n) (0 for one run)."""
+    n = len(paired)
+    return {key: statistics.stdev(d[key] for d in paired) / math.sqrt(n) if n > 1 else 0.0 for key in paired[0]}
+
+
 def table(res: dict, cooks: dict, teacher: dict, labels: list[str]) -> str:
     """The arms' table (``labels``: one per run, in ``per_seed`` order), the cook's and the teacher's lines."""
     cols = [name for name, _, _ in METRICS]
@@ -250,8 +263,10 @@ def table(res: dict, cooks: dict, teacher: dict, labels: list[str]) -> str:
                      + f" | {_f(r['min_lambda'])} | {r['steps']} | {r['wall_s']:.0f} |")
     means = '' if len(res['hand']['per_seed']) == 1 else ', of the means'
     for key, label in (("diff_points", "cooked − hand"), ("control_diff_points", "cooked in hand's split − hand")):
-        lines.append(f"| {label} (points{means}) | | "
-                     + " | ".join(_f(res[key][KEYS[c]], "+.1f") for c in cols) + " | | | |")
+        se = res.get(f"{key}_se") if means else None
+        lines.append(f"| {label} (points{means}{', ± paired s.e.' if se else ''}) | | "
+                     + " | ".join(_f(res[key][KEYS[c]], "+.1f") + (f" ± {se[KEYS[c]]:.1f}" if se else "")
+                                  for c in cols) + " | | | |")
     lines += ["", "| cook | inputs kept / read | keep rate | inputs dropped by | candidates survived / generated | "
                   "candidates dropped by | golden set | reasoning = rule text |", "|---" * 8 + "|"]
     for name, c in cooks.items():
@@ -344,37 +359,41 @@ def main() -> int:
     hand = [*common, *[x for n in TASKS for x in files(n, raw_files[n], tests[n])]]
     arms = {"hand": [drawn(hand, d) for d in range(args.draws)]}
     pool, runs = ThreadPoolExecutor(max_workers=args.parallel), {}
-    submit("hand")
+    try:  # a failed stage stops the script at once: queued runs are cancelled (running ones still finish)
+        submit("hand")
 
-    # 1. teacher
-    steps_t = sizes["teacher_steps"]
-    t_over = [*fast, "sft.tasks=[general]", f"sft.general_path={general}", "sft.tokenizer_tasks=[query_ad, ad_user]",
-              f"train.steps={steps_t}", f"train.seq_len={args.teacher_seq_len}", f"sft.eval_every={steps_t}",
-              f"sft.test_rows={8 if args.fast else 64}", "checkpoint.save_at_end=true", *args.teacher_set]
-    t_wall = run_seed(0, work / "teacher", t_over)
-    teacher_dir = work / "teacher" / "seed0"
-    teacher = {**teacher_report(teacher_dir), "steps": steps_t, "rows": len(teach), "wall_s": round(t_wall, 1)}
+        # 1. teacher
+        steps_t = sizes["teacher_steps"]
+        t_over = [*fast, "sft.tasks=[general]", f"sft.general_path={general}",
+                  "sft.tokenizer_tasks=[query_ad, ad_user]",
+                  f"train.steps={steps_t}", f"train.seq_len={args.teacher_seq_len}", f"sft.eval_every={steps_t}",
+                  f"sft.test_rows={8 if args.fast else 64}", "checkpoint.save_at_end=true", *args.teacher_set]
+        t_wall = run_seed(0, work / "teacher", t_over)
+        teacher_dir = work / "teacher" / "seed0"
+        teacher = {**teacher_report(teacher_dir), "steps": steps_t, "rows": len(teach), "wall_s": round(t_wall, 1)}
 
-    # 2. cook, the tasks in parallel
-    futures = {n: pool.submit(cook, n, raw_files[n], teacher_dir, work / "cook" / n, cook_set) for n in TASKS}
-    reports = {n: f.result() for n, f in futures.items()}
-    cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
+        # 2. cook, the tasks in parallel
+        futures = {n: pool.submit(cook, n, raw_files[n], teacher_dir, work / "cook" / n, cook_set) for n in TASKS}
+        reports = {n: f.result() for n, f in futures.items()}
+        cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
 
-    # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits, and the control
-    cooked = [*common, *[x for n in TASKS for x in files(
-        n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]
-    arms["cooked"] = [drawn(cooked, d) for d in range(args.draws)]
-    arms["cooked_hand_split"] = []
-    for d in range(args.draws):
-        hand_cfg = JobConfig.load(CFG, arms["hand"][d]).sft
-        ctrl = {n: in_hand_split(n, hand_cfg.files[n], hand_cfg.data_seed, reports[n]["sft_files"][n], data,
-                                 f".draw{d}" if d else "") for n in TASKS}
-        arms["cooked_hand_split"].append(
-            drawn([*common, *[x for n in TASKS for x in files(n, ctrl[n][0], tests[n], ctrl[n][1])]], d))
-    submit("cooked")
-    submit("cooked_hand_split")
-    walls = {key: f.result() for key, f in runs.items()}
-    pool.shutdown()
+        # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits, and the control
+        cooked = [*common, *[x for n in TASKS for x in files(
+            n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]
+        arms["cooked"] = [drawn(cooked, d) for d in range(args.draws)]
+        arms["cooked_hand_split"] = []
+        by_input = {n: cooked_by_input(reports[n]["sft_files"][n]) for n in TASKS}
+        for d in range(args.draws):
+            hand_cfg = JobConfig.load(CFG, arms["hand"][d]).sft
+            ctrl = {n: in_hand_split(n, hand_cfg.files[n], hand_cfg.data_seed, by_input[n], data,
+                                     f".draw{d}" if d else "") for n in TASKS}
+            arms["cooked_hand_split"].append(
+                drawn([*common, *[x for n in TASKS for x in files(n, ctrl[n][0], tests[n], ctrl[n][1])]], d))
+        submit("cooked")
+        submit("cooked_hand_split")
+        walls = {key: f.result() for key, f in runs.items()}
+    finally:
+        pool.shutdown(cancel_futures=True)
     per_seed = {k: [read_seed(run_dir(k, d) / f"seed{s}") for d, s in jobs] for k, _ in ARMS}
     res = {k: {**aggregate(per_seed[k]), **trained(arms[k][0]), "steps": steps_s,
                "wall_s": round(sum(walls[k, d, s] for d, s in jobs), 1)} for k, _ in ARMS}
@@ -382,6 +401,11 @@ def main() -> int:
     res["diff_points"] = diff
     control = {key: (res["cooked_hand_split"][key] - res["hand"][key]) * 100 for key in KEYS.values()}
     res["control_diff_points"] = control
+    paired = {arm: [{key: (c[key] - h[key]) * 100 for key in KEYS.values()}
+                    for h, c in zip(res["hand"]["per_seed"], res[arm]["per_seed"], strict=True)]
+              for arm in ("cooked", "cooked_hand_split")}
+    res["diff_points_se"], res["control_diff_points_se"] = (paired_se(paired[a])
+                                                            for a in ("cooked", "cooked_hand_split"))
     max_key = max(BACC, key=lambda k: abs(diff[k]))
     max_diff = abs(diff[max_key])
     labels = [(f"draw {d}, " if args.draws > 1 else "") + f"train.seed {s + 1}" for d, s in jobs]
@@ -389,10 +413,9 @@ def main() -> int:
     print(f"max |cooked − hand| BACC: {max_diff:.2f} points ({max_key}; target ≤ {TARGET_POINTS:.0f}: "
           f"{'met' if max_diff <= TARGET_POINTS else 'NOT met'}){'  [--fast: smoke run]' if args.fast else ''}")
     print(f"workdir: {work}")
-    paired = [{key: (c[key] - h[key]) * 100 for key in KEYS.values()}
-              for h, c in zip(res["hand"]["per_seed"], res["cooked"]["per_seed"], strict=True)]
-    out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "diff_points_per_seed": paired,
-           "control_diff_points": control,
+    out = {"arms": {k: res[k] for k, _ in ARMS}, "diff_points": diff, "diff_points_per_seed": paired["cooked"],
+           "diff_points_se": res["diff_points_se"], "control_diff_points": control,
+           "control_diff_points_se": res["control_diff_points_se"],
            "max_bacc_diff_points": max_diff, "max_bacc_diff_metric": max_key, "seeds": args.seeds,
            "draws": args.draws, "runs": [list(j) for j in jobs],
            "target_points": TARGET_POINTS, "within_target": max_diff <= TARGET_POINTS, "cook": cooks,

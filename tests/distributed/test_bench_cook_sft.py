@@ -100,6 +100,12 @@ def test_cook_sft_fast(tmp_path):
         for s, d in enumerate(out["diff_points_per_seed"]):
             assert d[k] == pytest.approx(100 * (out["arms"]["cooked"]["per_seed"][s][k]
                                                 - out["arms"]["hand"]["per_seed"][s][k]))
+        # the paired standard error, recomputed: sample std of the 4 paired differences / sqrt(4)
+        assert out["diff_points_se"][k] == pytest.approx(
+            statistics.stdev(d[k] for d in out["diff_points_per_seed"]) / 2, nan_ok=True)
+        ctrl_paired = [100 * (c[k] - h[k]) for c, h in zip(out["arms"]["cooked_hand_split"]["per_seed"],
+                                                           out["arms"]["hand"]["per_seed"], strict=True)]
+        assert out["control_diff_points_se"][k] == pytest.approx(statistics.stdev(ctrl_paired) / 2, nan_ok=True)
     # the control arm: every cooked row of the hand arm's inputs, in the hand arm's split and order
     from megatron_ads.data.sft_data import user_data
 
