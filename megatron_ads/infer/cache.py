@@ -62,6 +62,7 @@ from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 from megatron_ads.config.model import ModelConfig
 from megatron_ads.infer.lean import unwrap
 from megatron_ads.kernels.fp8_linear import dense_weight
+from megatron_ads.model.attention import rope_with_cos_sin
 
 CacheKind = Literal["static", "latent", "kv"]
 CACHE_KINDS: tuple[str, ...] = ("static", "latent", "kv")
@@ -256,7 +257,7 @@ def _gqa_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
         raise ValueError("cache 'kv': the model has no rotary position embedding (rope expected)")
     for i, layer in enumerate(layers):
         attn = layer.self_attention
-        if type(attn) is not SelfAttention:
+        if not isinstance(attn, SelfAttention):  # megatron's, or its twin model.attention.LeanSelfAttention
             raise ValueError(f"cache 'kv': layer {i} has {type(attn).__name__}, expected SelfAttention "
                              "(standard / GQA attention; MLA models use the 'latent' cache)")
         if attn.num_attention_heads_per_partition != attn.config.num_attention_heads:
@@ -273,15 +274,6 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     x = torch.cat((x[..., 0::2], x[..., 1::2]), dim=-1)
     x1, x2 = torch.chunk(x, 2, dim=-1)
     return (x * cos) + (torch.cat((-x2, x1), dim=-1) * sin)
-
-
-def _rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """megatron's standard rope (``apply_rotary_pos_emb``, not interleaved, not MLA) with cos/sin given:
-    ``x cos + rotate_half(x) sin`` on the first R dims, the rest passed through - the same ops."""
-    rot = cos.shape[-1]
-    x, x_pass = x[..., :rot], x[..., rot:]
-    x1, x2 = torch.chunk(x, 2, dim=-1)
-    return torch.cat(((x * cos) + (torch.cat((-x2, x1), dim=-1) * sin), x_pass), dim=-1)
 
 
 class _CachedAttention(torch.nn.Module):
@@ -309,7 +301,7 @@ class _CachedAttention(torch.nn.Module):
             cos, sin = cos[off:t], sin[off:t]  # [S, 1, 1, R]
         else:
             cos, sin = cos[pos_BS.t()].squeeze(2), sin[pos_BS.t()].squeeze(2)  # [S, B, 1, R]
-        q_SBHD, k_SBGD = _rope_half(q_SBHD, cos, sin), _rope_half(k_SBGD, cos, sin)
+        q_SBHD, k_SBGD = rope_with_cos_sin(q_SBHD, cos, sin), rope_with_cos_sin(k_SBGD, cos, sin)
         cache.write(cache.k[self.index], k_SBGD, off, t, pos_BS)
         cache.write(cache.v[self.index], v_SBGD, off, t, pos_BS)
         k_BGTD = cache.k[self.index][:, :t].transpose(1, 2)

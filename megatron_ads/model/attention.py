@@ -17,15 +17,27 @@ backward (~12% less attention time per layer on CPU for tiny Llama's 4 / 2 heads
 kernels take GQA (torch's documentation), so with a mask or in fp32, where the memory-efficient kernel would run,
 the key/value heads are repeated to the query heads instead (``gqa_in_kernel``).
 
-Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim.
+``LeanSelfAttention`` (a one-rank twin, put in the local spec by ``model.specs``) is megatron-core's
+``SelfAttention`` whose training / prefill forward (no inference context, no packed sequences, no cos/sin given)
+runs the same steps without the per-call bookkeeping, and applies RoPE with cos / sin computed once per rotary
+table: megatron's ``apply_rotary_pos_emb`` recomputes ``cos(freqs)`` and ``sin(freqs)`` for q and for k in every
+layer's call, while the table itself (``RotaryEmbedding.forward``, an ``lru_cache``) is one tensor for every layer
+and step. Same ops on q and k (``t cos + rotate_half(t) sin``), so the same numbers, forward and backward; any
+other call goes to megatron's forward. ~4 % of a tiny Llama training step on CPU.
+
+Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim, R rotary dim.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
+from megatron.core.models.common.embeddings.rope_utils import _rotate_half
+from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import _yarn_get_concentration_factor_from_config
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
@@ -94,3 +106,76 @@ class SDPACoreAttention(MegatronModule):
         out_BHSV = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                                   is_causal=causal, scale=scale, enable_gqa=gqa)[..., :dv]
         return out_BHSV.permute(2, 0, 1, 3).reshape(sq, b, heads * dv)
+
+
+def rope_with_cos_sin(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """megatron's unfused standard RoPE (``apply_rotary_pos_emb``, bshd, not MLA) with ``cos`` / ``sin`` given
+    (megatron's ``cos_`` / ``sin_``: times mscale, in ``t``'s dtype): ``t cos + rotate_half(t) sin`` on the first
+    R = ``cos.shape[-1]`` dims, the rest passed through - the same ops, so the same numbers."""
+    rot = cos.shape[-1]
+    if rot == t.shape[-1]:
+        return t * cos + _rotate_half(t, interleaved) * sin
+    t, t_pass = t[..., :rot], t[..., rot:]
+    return torch.cat((t * cos + _rotate_half(t, interleaved) * sin, t_pass), dim=-1)
+
+
+def lean_attention_supported(config) -> str | None:
+    """None where ``LeanSelfAttention``'s forward is megatron's ``SelfAttention`` forward for every training /
+    prefill call, else the setting that rules it out (megatron's module stays)."""
+    reasons = (("context_parallel_size", config.context_parallel_size > 1),
+               ("apply_rope_fusion", config.apply_rope_fusion),
+               ("fused_single_qkv_rope", getattr(config, "fused_single_qkv_rope", False)),
+               ("attention_output_gate", getattr(config, "attention_output_gate", False)),
+               ("multi_latent_attention", config.multi_latent_attention),
+               ("no_rope_freq", bool(getattr(config, "no_rope_freq", None))),
+               ("fine_grained_activation_offloading", getattr(config, "fine_grained_activation_offloading", False)),
+               ("recompute core_attn", config.recompute_granularity == "selective"
+                and "core_attn" in (config.recompute_modules or ())))
+    return next((name for name, on in reasons if on), None)
+
+
+class LeanSelfAttention(SelfAttention):
+    """megatron-core's ``SelfAttention`` (same parameters, state dict and submodules) with a lean training /
+    prefill forward (module docstring); built only where ``lean_attention_supported`` is None."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.rope_mscale = _yarn_get_concentration_factor_from_config(config)
+        self._rope_table = None  # (weakref to the rotary table, dtype, cos, sin)
+
+    def _cos_sin(self, freqs_S11R: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """megatron's ``cos_`` / ``sin_`` of one rotary table (``(cos(freqs) * mscale).to(dtype)``), kept while
+        the table lives."""
+        cached = self._rope_table
+        if cached is None or cached[0]() is not freqs_S11R or cached[1] != dtype:
+            cos = (torch.cos(freqs_S11R) * self.rope_mscale).to(dtype)
+            sin = (torch.sin(freqs_S11R) * self.rope_mscale).to(dtype)
+            cached = self._rope_table = (weakref.ref(freqs_S11R), dtype, cos, sin)
+        return cached[2], cached[3]
+
+    def _rope(self, t_SBHD: torch.Tensor, freqs_S11R: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._cos_sin(freqs_S11R, t_SBHD.dtype)
+        return rope_with_cos_sin(t_SBHD, cos, sin, self.config.rotary_interleaved)
+
+    def forward(self, hidden_states, attention_mask, key_value_states=None, inference_context=None,
+                rotary_pos_emb=None, rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
+                attention_bias=None, packed_seq_params=None, sequence_len_offset=None, *, inference_params=None):
+        if (inference_context is not None or inference_params is not None or key_value_states is not None
+                or packed_seq_params is not None or rotary_pos_cos is not None or rotary_pos_sin is not None
+                or rotary_pos_cos_sin is not None):
+            return super().forward(hidden_states, attention_mask, key_value_states=key_value_states,
+                                   inference_context=inference_context, rotary_pos_emb=rotary_pos_emb,
+                                   rotary_pos_cos=rotary_pos_cos, rotary_pos_sin=rotary_pos_sin,
+                                   rotary_pos_cos_sin=rotary_pos_cos_sin, attention_bias=attention_bias,
+                                   packed_seq_params=packed_seq_params, sequence_len_offset=sequence_len_offset,
+                                   inference_params=inference_params)
+        query, key, value = self.get_query_key_value_tensors(hidden_states, None)
+        if rotary_pos_emb is not None:
+            q_freqs, k_freqs = rotary_pos_emb if isinstance(rotary_pos_emb, tuple) else (rotary_pos_emb,) * 2
+            if q_freqs is not None:
+                query = self._rope(query, q_freqs)
+            if k_freqs is not None:
+                key = self._rope(key, k_freqs)
+        out = self.core_attention(query, key, value, attention_mask, attn_mask_type=self.attn_mask_type,
+                                  attention_bias=attention_bias, packed_seq_params=None)
+        return self.linear_proj(out)

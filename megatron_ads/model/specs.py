@@ -8,9 +8,11 @@ backend keeps ``SequentialMLP`` (its experts are FP8 linears). One-rank twins (`
 default; ``"megatron"``: megatron-core's modules throughout): where the TP group has one rank
 (``model.linear.local_linears_supported``), ``model.linear``'s plain linears in place of megatron's
 ``ColumnParallelLinear`` / ``RowParallelLinear`` in every attention and MLP of the local spec (shared and
-sequential routed experts included; not with an FP8 backend); MoE layers on one expert-parallel rank (EP = TP
-= 1, megatron's all-to-all dispatcher) are ``model.dispatch.OneRankMoELayer``: megatron's dispatcher minus
-its identity steps, and megatron's router minus the branches its config turns off (``model.router``). Backends are chosen here, never inside forward."""
+sequential routed experts included; not with an FP8 backend); standard self-attention is
+``model.attention.LeanSelfAttention`` (where ``lean_attention_supported``); MoE layers on one
+expert-parallel rank (EP = TP = 1, megatron's all-to-all dispatcher) are ``model.dispatch.OneRankMoELayer``:
+megatron's dispatcher minus its identity steps, and megatron's router minus the branches its config turns off
+(``model.router``). Backends are chosen here, never inside forward."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import copy
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.moe.moe_layer import MoELayer
 from megatron.core.transformer.spec_utils import ModuleSpec
@@ -25,7 +28,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 
 from megatron_ads._compat import HAVE_TE
 from megatron_ads.kernels.fp8_linear import fp8_linear_class
-from megatron_ads.model.attention import SDPACoreAttention
+from megatron_ads.model.attention import LeanSelfAttention, SDPACoreAttention, lean_attention_supported
 from megatron_ads.model.dispatch import OneRankMoELayer, one_rank_dispatch_supported
 from megatron_ads.model.experts import EXPERTS_IMPLS, GroupedExperts
 from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear, local_linears_supported
@@ -68,8 +71,11 @@ def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None,
         return spec
     spec = copy.deepcopy(spec)
     one_rank = twins and tconfig.num_moe_experts and one_rank_dispatch_supported(tconfig) is None
+    lean_attn = twins and lean_attention_supported(tconfig) is None
     for layer in spec.layer_specs:
         layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
+        if lean_attn and layer.submodules.self_attention.module is SelfAttention:
+            layer.submodules.self_attention.module = LeanSelfAttention
         if one_rank and layer.submodules.mlp.module is MoELayer:
             layer.submodules.mlp.module = OneRankMoELayer
         if fp8_backend is not None:

@@ -52,6 +52,14 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, hf_chunk, single_
             {MoEAlltoAllTokenDispatcher}
         assert {type(m.router) for m in ours.modules() if hasattr(m, "router")} == {LeanTopKRouter}
         assert {type(m.router) for m in ref.modules() if hasattr(m, "router")} == {TopKRouter}
+    # standard self-attention is the lean twin (MLA keeps megatron's MLASelfAttention)
+    from megatron.core.transformer.attention import SelfAttention
+
+    from megatron_ads.model.attention import LeanSelfAttention
+
+    attn = {type(m) for m in ours.modules() if isinstance(m, SelfAttention)}
+    assert attn == (set() if cfg.family == "deepseek_v3" else {LeanSelfAttention})
+    assert not any(isinstance(m, LeanSelfAttention) for m in ref.modules())
     # the output layer (built by GPTModel, not the spec) is the twin too; the loss is the one-rank cross entropy
     assert type(ours) is OneRankGPTModel and type(ref) is GPTModel
     assert type(ours.output_layer) is LocalColumnParallelLinear and type(ref.output_layer) is ColumnParallelLinear
@@ -246,3 +254,54 @@ def test_lean_router_refuses_what_it_does_not_run():
                         (dict(moe_router_fusion=True), "moe_router_fusion"),
                         (dict(moe_enable_routing_replay=True), "moe_enable_routing_replay")):
         assert lean_router_supported(SimpleNamespace(**{**base, **change})).startswith(why)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("rot", [16, 8])  # the whole head dim, and partial rotary (the rest passed through)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_rope_is_megatrons_bit_for_bit(interleaved, rot, dtype):
+    from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+
+    from megatron_ads.model.attention import LeanSelfAttention
+
+    cfg = SimpleNamespace(rotary_interleaved=interleaved, apply_rope_fusion=False, multi_latent_attention=False)
+    attn = object.__new__(LeanSelfAttention)  # the RoPE methods only: no process groups needed
+    torch.nn.Module.__init__(attn)
+    attn.config, attn.rope_mscale, attn._rope_table = cfg, 1.3, None
+    g = torch.Generator().manual_seed(0)
+    freqs = torch.rand(12, 1, 1, rot, generator=g) * 10
+    t = torch.randn(12, 2, 4, 16, generator=g, dtype=torch.float32).to(dtype).requires_grad_()
+    t_ref = t.detach().clone().requires_grad_()
+    w = torch.randn(12, 2, 4, 16, generator=g).to(dtype)
+    for _ in range(2):  # the second call reads cos / sin from the cache
+        out = attn._rope(t, freqs)
+        ref = apply_rotary_pos_emb(t_ref, freqs, config=cfg, mscale=1.3, cp_group=SimpleNamespace())
+        assert torch.equal(out, ref)
+        (out * w).sum().backward()
+        (ref * w).sum().backward()
+        assert torch.equal(t.grad, t_ref.grad)
+    assert attn._rope_table[0]() is freqs
+    other = freqs.clone()  # another table: recomputed, not the cached one
+    assert torch.equal(attn._rope(t, other), ref)
+    assert attn._rope_table[0]() is other
+
+
+def test_lean_attention_refuses_what_it_does_not_run():
+    from megatron_ads.model.attention import lean_attention_supported
+
+    base = dict(context_parallel_size=1, apply_rope_fusion=False, fused_single_qkv_rope=False,
+                attention_output_gate=False, multi_latent_attention=False, no_rope_freq=None,
+                fine_grained_activation_offloading=False, recompute_granularity=None, recompute_modules=None)
+    assert lean_attention_supported(SimpleNamespace(**base)) is None
+    for key, value, reason in (("context_parallel_size", 2, "context_parallel_size"),
+                               ("apply_rope_fusion", True, "apply_rope_fusion"),
+                               ("fused_single_qkv_rope", True, "fused_single_qkv_rope"),
+                               ("attention_output_gate", True, "attention_output_gate"),
+                               ("multi_latent_attention", True, "multi_latent_attention"),
+                               ("no_rope_freq", [1, 0], "no_rope_freq"),
+                               ("fine_grained_activation_offloading", True, "fine_grained_activation_offloading")):
+        assert lean_attention_supported(SimpleNamespace(**{**base, key: value})) == reason
+    assert lean_attention_supported(SimpleNamespace(**{**base, "recompute_granularity": "selective",
+                                                       "recompute_modules": ["core_attn"]})) == "recompute core_attn"
+    assert lean_attention_supported(SimpleNamespace(**{**base, "recompute_granularity": "selective",
+                                                       "recompute_modules": ["mlp"]})) is None
