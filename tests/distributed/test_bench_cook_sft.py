@@ -81,6 +81,10 @@ def test_cook_sft_fast(tmp_path):
     assert reports["hand"]["ad_user"]["RR"] == reports["cooked"]["ad_user"]["RR"]
     assert out["arms"]["hand"]["rows_trained"] == {"query_ad": 11, "ad_user": 11}  # 10% of 12 held out as val
     assert out["max_bacc_diff_points"] == pytest.approx(max(abs(out["diff_points"][k]) for k in BACC))
+    lowest = min(BACC, key=lambda k: out["diff_points"][k])
+    assert out["lowest_bacc_diff_metric"] == lowest
+    assert out["lowest_bacc_diff_points"] == pytest.approx(out["diff_points"][lowest])
+    assert out["not_below_target"] is (out["diff_points"][lowest] >= -out["target_points"])
     # two draws x two paired training seeds per arm: the arm's figures are the means, the diffs those of the means
     assert out["seeds"] == 2 and out["draws"] == 2 and len(out["diff_points_per_seed"]) == 4
     assert out["runs"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
