@@ -25,6 +25,12 @@ layer's call, while the table itself (``RotaryEmbedding.forward``, an ``lru_cach
 and step. Same ops on q and k (``t cos + rotate_half(t) sin``), so the same numbers, forward and backward; any
 other call goes to megatron's forward. ~4 % of a tiny Llama training step on CPU.
 
+``LeanMLASelfAttention`` is the same for megatron-core's ``MLASelfAttention`` (DeepSeek's multi-latent
+attention) on one tensor-parallel rank: its training / prefill query / key / value are megatron's unfused path
+(down projections, q / kv layernorms, up projections, RoPE on the rotary part of q and on the shared rotary key,
+which is then expanded to every head) with the RoPE cos / sin (YaRN mscale folded in) computed once per rotary
+table, and the forward without its inference, offloading and recompute branches. Same ops, so the same numbers.
+
 Shapes (legend): S/K query/key sequence, B batch, H query heads, G kv heads, D qk dim, V v dim, R rotary dim.
 """
 
@@ -38,6 +44,7 @@ import torch.nn.functional as F
 from megatron.core.models.common.embeddings.rope_utils import _rotate_half
 from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import _yarn_get_concentration_factor_from_config
 from megatron.core.transformer.attention import SelfAttention
+from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
@@ -178,4 +185,101 @@ class LeanSelfAttention(SelfAttention):
                 key = self._rope(key, k_freqs)
         out = self.core_attention(query, key, value, attention_mask, attn_mask_type=self.attn_mask_type,
                                   attention_bias=attention_bias, packed_seq_params=None)
+        return self.linear_proj(out)
+
+
+def _mla_rope(t_SBHR: torch.Tensor, cos_S11R: torch.Tensor, sin_S11R: torch.Tensor) -> torch.Tensor:
+    """megatron's unfused MLA RoPE (``_apply_rotary_pos_emb_bshd`` with ``multi_latent_attention``, the rotary dim
+    the whole of ``t``) with its ``cos_`` / ``sin_`` given: de-interleave (even dims, then odd), then
+    ``t cos + rotate_half(t) sin``."""
+    t_SBHR = torch.cat((t_SBHR[..., 0::2], t_SBHR[..., 1::2]), dim=-1)
+    return t_SBHR * cos_S11R + _rotate_half(t_SBHR, False) * sin_S11R
+
+
+def lean_mla_supported(config) -> str | None:
+    """None where ``LeanMLASelfAttention``'s training / prefill path is megatron's ``MLASelfAttention`` for every
+    such call, else the setting that rules it out (megatron's module stays)."""
+    recompute = config.recompute_modules or () if config.recompute_granularity == "selective" else ()
+    reasons = (("tensor_model_parallel_size", config.tensor_model_parallel_size > 1),
+               ("context_parallel_size", config.context_parallel_size > 1),
+               ("apply_rope_fusion", config.apply_rope_fusion),
+               ("rotary_interleaved", config.rotary_interleaved),
+               ("cache_mla_latents", getattr(config, "cache_mla_latents", False)),
+               ("experimental_attention_variant", getattr(config, "experimental_attention_variant", None) is not None),
+               ("fine_grained_activation_offloading", getattr(config, "fine_grained_activation_offloading", False)),
+               ("recompute core_attn / mla_up_proj", "core_attn" in recompute or "mla_up_proj" in recompute))
+    return next((name for name, on in reasons if on), None)
+
+
+class LeanMLASelfAttention(MLASelfAttention):
+    """megatron-core's ``MLASelfAttention`` (same parameters, state dict and submodules) with a lean training /
+    prefill path (module docstring); built only where ``lean_mla_supported`` is None. Calls with an inference
+    context, packed sequences or key/value states go to megatron's code."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self._rope_table = None  # (weakref to the rotary table, mscale, dtype, cos, sin)
+
+    def _cos_sin(self, freqs_S11R: torch.Tensor, mscale: float, dtype: torch.dtype):
+        """megatron's ``cos_`` / ``sin_`` (``(cos(freqs) * mscale).to(dtype)``) of one rotary table, kept while the
+        table lives (YaRN's / RoPE's ``forward`` is an ``lru_cache``: one table for every layer and step)."""
+        cached = self._rope_table
+        if cached is None or cached[0]() is not freqs_S11R or cached[1] != mscale or cached[2] != dtype:
+            cos = (torch.cos(freqs_S11R) * mscale).to(dtype)
+            sin = (torch.sin(freqs_S11R) * mscale).to(dtype)
+            cached = self._rope_table = (weakref.ref(freqs_S11R), mscale, dtype, cos, sin)
+        return cached[3], cached[4]
+
+    def get_query_key_value_tensors(self, hidden_states, key_value_states=None, position_ids=None,
+                                    packed_seq_params=None, inference_context=None, *, inference_params=None):
+        if (inference_context is not None or inference_params is not None or packed_seq_params is not None
+                or key_value_states is not None):
+            return super().get_query_key_value_tensors(hidden_states, key_value_states, position_ids,
+                                                       packed_seq_params, inference_context=inference_context,
+                                                       inference_params=inference_params)
+        cfg = self.config
+        seq_len = self.rotary_pos_emb.get_rotary_seq_len(None, None, hidden_states, cfg, None)
+        if cfg.rope_type == "rope":
+            freqs_S11R, mscale = self.rotary_pos_emb(seq_len, packed_seq=False), 1.0
+        else:
+            freqs_S11R, mscale = self.rotary_pos_emb(seq_len, packed_seq=False)
+        if cfg.q_lora_rank is not None:
+            q_compressed, _ = self.linear_q_down_proj(hidden_states)
+            q, _ = self.linear_q_up_proj(self.q_layernorm(q_compressed))
+        else:
+            q_compressed = hidden_states
+            q, _ = self.linear_q_proj(hidden_states)
+        kv_combined, _ = self.linear_kv_down_proj(hidden_states)
+        kv_compressed, k_pos_SBR = torch.split(kv_combined, [cfg.kv_lora_rank, cfg.qk_pos_emb_head_dim], dim=-1)
+        kv_compressed = self.kv_layernorm(kv_compressed)
+        kv, _ = self.linear_kv_up_proj(kv_compressed)
+        heads = self.num_attention_heads_per_partition
+        q_SBHD = q.view(*q.shape[:-1], heads, self.q_head_dim)
+        kv_SBHX = kv.view(*kv.shape[:-1], heads, cfg.qk_head_dim + cfg.v_head_dim)
+        q_no_pe, q_pos = torch.split(q_SBHD, [cfg.qk_head_dim, cfg.qk_pos_emb_head_dim], dim=-1)
+        k_no_pe, value = torch.split(kv_SBHX, [cfg.qk_head_dim, cfg.v_head_dim], dim=-1)
+        cos, sin = self._cos_sin(freqs_S11R, mscale, q.dtype)
+        s = q_SBHD.shape[0]
+        cos, sin = cos[:s], sin[:s]
+        query = torch.cat([q_no_pe, _mla_rope(q_pos, cos, sin)], dim=-1)
+        k_pos_SB1R = _mla_rope(k_pos_SBR.unsqueeze(-2), cos, sin)
+        key = torch.cat([k_no_pe, k_pos_SB1R.expand(-1, -1, heads, -1)], dim=-1)
+        return query.contiguous(), key.contiguous(), value.contiguous(), q_compressed, kv_compressed
+
+    def forward(self, hidden_states, attention_mask, key_value_states=None, inference_context=None,
+                rotary_pos_emb=None, rotary_pos_cos=None, rotary_pos_sin=None, rotary_pos_cos_sin=None,
+                attention_bias=None, packed_seq_params=None, position_ids=None, sequence_len_offset=None, *,
+                inference_params=None):
+        if (inference_context is not None or inference_params is not None or key_value_states is not None
+                or packed_seq_params is not None or rotary_pos_emb is not None or rotary_pos_cos is not None
+                or rotary_pos_sin is not None or rotary_pos_cos_sin is not None or attention_bias is not None):
+            return super().forward(hidden_states, attention_mask, key_value_states=key_value_states,
+                                   inference_context=inference_context, rotary_pos_emb=rotary_pos_emb,
+                                   rotary_pos_cos=rotary_pos_cos, rotary_pos_sin=rotary_pos_sin,
+                                   rotary_pos_cos_sin=rotary_pos_cos_sin, attention_bias=attention_bias,
+                                   packed_seq_params=packed_seq_params, position_ids=position_ids,
+                                   sequence_len_offset=sequence_len_offset, inference_params=inference_params)
+        query, key, value, _, _ = self.get_query_key_value_tensors(hidden_states, None, position_ids)
+        out = self.core_attention(query, key, value, attention_mask, attn_mask_type=self.attn_mask_type,
+                                  packed_seq_params=None)
         return self.linear_proj(out)

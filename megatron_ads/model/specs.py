@@ -9,7 +9,8 @@ default; ``"megatron"``: megatron-core's modules throughout): where the TP group
 (``model.linear.local_linears_supported``), ``model.linear``'s plain linears in place of megatron's
 ``ColumnParallelLinear`` / ``RowParallelLinear`` in every attention and MLP of the local spec (shared and
 sequential routed experts included; not with an FP8 backend); standard self-attention is
-``model.attention.LeanSelfAttention`` (where ``lean_attention_supported``); MoE layers on one
+``model.attention.LeanSelfAttention`` (where ``lean_attention_supported``), multi-latent attention
+``model.attention.LeanMLASelfAttention`` (where ``lean_mla_supported``); MoE layers on one
 expert-parallel rank (EP = TP = 1, megatron's all-to-all dispatcher) are ``model.dispatch.OneRankMoELayer``:
 megatron's dispatcher minus its identity steps, and megatron's router minus the branches its config turns off
 (``model.router``). Backends are chosen here, never inside forward."""
@@ -23,12 +24,14 @@ from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParall
 from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from megatron_ads._compat import HAVE_TE
 from megatron_ads.kernels.fp8_linear import fp8_linear_class
-from megatron_ads.model.attention import LeanSelfAttention, SDPACoreAttention, lean_attention_supported
+from megatron_ads.model.attention import (LeanMLASelfAttention, LeanSelfAttention, SDPACoreAttention,
+                                         lean_attention_supported, lean_mla_supported)
 from megatron_ads.model.dispatch import OneRankMoELayer, one_rank_dispatch_supported
 from megatron_ads.model.experts import EXPERTS_IMPLS, GroupedExperts
 from megatron_ads.model.linear import LocalColumnParallelLinear, LocalRowParallelLinear, local_linears_supported
@@ -72,10 +75,13 @@ def decoder_block_spec(tconfig, use_te: bool, pp_rank: int | None = None,
     spec = copy.deepcopy(spec)
     one_rank = twins and tconfig.num_moe_experts and one_rank_dispatch_supported(tconfig) is None
     lean_attn = twins and lean_attention_supported(tconfig) is None
+    lean_mla = twins and tconfig.multi_latent_attention and lean_mla_supported(tconfig) is None
     for layer in spec.layer_specs:
         layer.submodules.self_attention.submodules.core_attention = SDPACoreAttention
         if lean_attn and layer.submodules.self_attention.module is SelfAttention:
             layer.submodules.self_attention.module = LeanSelfAttention
+        if lean_mla and layer.submodules.self_attention.module is MLASelfAttention:
+            layer.submodules.self_attention.module = LeanMLASelfAttention
         if one_rank and layer.submodules.mlp.module is MoELayer:
             layer.submodules.mlp.module = OneRankMoELayer
         if fp8_backend is not None:

@@ -125,6 +125,52 @@ def fuse_torch_adam(opt) -> bool:
     return True
 
 
+def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+    """megatron's ``multi_tensor_l2norm`` contract (``clip_grads.get_grad_norm_fp32``) on torch's foreach norm:
+    ((1,) fp32 norm of every tensor of ``tensor_lists[0]`` together, per-tensor norms or None), on the tensors'
+    device. megatron's own fallback turns each per-tensor norm into a Python float (a host sync per tensor on
+    CUDA) and then the total too; this one never leaves the device. fp32 tensors: bit-equal to it."""
+    norms = torch.stack(torch._foreach_norm(tensor_lists[0], 2, dtype=torch.float32))
+    return torch.linalg.vector_norm(norms).reshape(1), (norms if per_tensor else None)
+
+
+def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
+    """megatron's ``multi_tensor_scale`` contract (gradient clipping, main-to-model parameter copies):
+    ``dst = src * scale`` for every pair of ``tensor_lists[0]`` / ``[1]``, as foreach ops instead of a Python
+    loop of ``dst.copy_(src * scale)``; bit-equal to that loop."""
+    src, dst = tensor_lists[0], tensor_lists[1]
+    if not dst:
+        return
+    if all(s is d for s, d in zip(src, dst)):
+        torch._foreach_mul_(dst, scale)
+    else:
+        torch._foreach_copy_(dst, src if scale == 1.0 else torch._foreach_mul(src, scale))
+
+
+def use_foreach_multi_tensor_ops() -> list[str]:
+    """Where megatron-core fell back to its local multi-tensor ops (neither TransformerEngine nor apex found:
+    this project's GPU image and the CPU), put ``foreach_l2_norm`` / ``foreach_scale`` in their place in
+    megatron's optimizer modules; TE's or apex's kernels are left alone. Idempotent; returns the names swapped
+    (``module.attribute``)."""
+    import importlib
+
+    from megatron.core import utils as mcore_utils  # heavy: megatron-core at use
+
+    swaps = (("megatron.core.optimizer.clip_grads", "l2_norm_impl", mcore_utils.local_multi_tensor_l2_norm,
+              foreach_l2_norm),
+             ("megatron.core.optimizer.clip_grads", "multi_tensor_scale_impl", mcore_utils.local_multi_tensor_scale,
+              foreach_scale),
+             ("megatron.core.optimizer.optimizer", "multi_tensor_scale_impl", mcore_utils.local_multi_tensor_scale,
+              foreach_scale))
+    done = []
+    for module_name, attr, local, ours in swaps:
+        module = importlib.import_module(module_name)
+        if getattr(module, attr, None) is local:
+            setattr(module, attr, ours)
+            done.append(f"{module_name}.{attr}")
+    return done
+
+
 def build_optimizer(opt_config, model_chunks, stub: bool = True, impl: str = "megatron"):
     """megatron's (Chained)Optimizer for ``model_chunks``; see the module docstring for ``stub``. ``impl="project"``
     (debug): where megatron built its own expert-side stub, use ``ExpertStubOptimizer`` in its place.
@@ -135,6 +181,7 @@ def build_optimizer(opt_config, model_chunks, stub: bool = True, impl: str = "me
     from megatron.core import parallel_state as ps  # heavy: megatron-core at use
     from megatron.core.optimizer import ChainedOptimizer, get_megatron_optimizer  # heavy: megatron-core at use
 
+    use_foreach_multi_tensor_ops()
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
     chain = list(optimizer.chained_optimizers) if isinstance(optimizer, ChainedOptimizer) else [optimizer]
     for opt in chain:

@@ -76,7 +76,7 @@ def test_latent_greedy_token_exact_with_static_batched_ragged(name, engines):
     for i in (1, 4):  # the two length-7 rows shared a batch: alone they give the same
         assert latent.generate([prompts[i]], params)[0].output_ids == c[i].output_ids
     # the model is left as it was: every layer has its own MLA attention back
-    assert all(type(layer.self_attention) is MLASelfAttention for layer in static.model.decoder.layers)
+    assert all(isinstance(layer.self_attention, MLASelfAttention) for layer in static.model.decoder.layers)
 
 
 def test_latent_cache_is_71x_smaller_for_deepseek_v3():

@@ -52,14 +52,16 @@ def test_one_rank_twins_equal_megatron_modules(name, hf_saved, hf_chunk, single_
             {MoEAlltoAllTokenDispatcher}
         assert {type(m.router) for m in ours.modules() if hasattr(m, "router")} == {LeanTopKRouter}
         assert {type(m.router) for m in ref.modules() if hasattr(m, "router")} == {TopKRouter}
-    # standard self-attention is the lean twin (MLA keeps megatron's MLASelfAttention)
+    # standard self-attention and multi-latent attention are the lean twins
     from megatron.core.transformer.attention import SelfAttention
+    from megatron.core.transformer.multi_latent_attention import MLASelfAttention
 
-    from megatron_ads.model.attention import LeanSelfAttention
+    from megatron_ads.model.attention import LeanMLASelfAttention, LeanSelfAttention
 
-    attn = {type(m) for m in ours.modules() if isinstance(m, SelfAttention)}
-    assert attn == (set() if cfg.family == "deepseek_v3" else {LeanSelfAttention})
-    assert not any(isinstance(m, LeanSelfAttention) for m in ref.modules())
+    attn = {type(m) for m in ours.modules() if isinstance(m, (SelfAttention, MLASelfAttention))}
+    assert attn == ({LeanMLASelfAttention} if cfg.family == "deepseek_v3" else {LeanSelfAttention})
+    assert {type(m) for m in ref.modules() if isinstance(m, (SelfAttention, MLASelfAttention))} == \
+        ({MLASelfAttention} if cfg.family == "deepseek_v3" else {SelfAttention})
     # the output layer (built by GPTModel, not the spec) is the twin too; the loss is the one-rank cross entropy
     assert type(ours) is OneRankGPTModel and type(ref) is GPTModel
     assert type(ours.output_layer) is LocalColumnParallelLinear and type(ref.output_layer) is ColumnParallelLinear
@@ -284,6 +286,59 @@ def test_lean_rope_is_megatrons_bit_for_bit(interleaved, rot, dtype):
     other = freqs.clone()  # another table: recomputed, not the cached one
     assert torch.equal(attn._rope(t, other), ref)
     assert attn._rope_table[0]() is other
+
+
+@pytest.mark.parametrize("name", ["ds_qlora", "ds_noqlora"])
+def test_lean_mla_is_megatrons_bit_for_bit(name, hf_saved, hf_chunk, single_rank_module):
+    """``LeanMLASelfAttention`` against megatron's ``MLASelfAttention`` on the same modules (the class swapped on
+    one model built from a checkpoint transformers wrote): fp32 loss and every gradient bit-equal, twice (the
+    second pass reads cos / sin from the cache)."""
+    from megatron.core.transformer.multi_latent_attention import MLASelfAttention
+
+    from megatron_ads.model.attention import LeanMLASelfAttention
+
+    model, cfg = hf_chunk(str(hf_saved(name)), "auto")
+    attns = [m for m in model.modules() if isinstance(m, MLASelfAttention)]
+    assert attns and all(type(a) is LeanMLASelfAttention for a in attns)
+    results = {}
+    for kind, cls in (("lean", LeanMLASelfAttention), ("megatron", MLASelfAttention), ("lean again", LeanMLASelfAttention)):
+        for a in attns:
+            a.__class__ = cls
+        model.zero_grad()
+        for p in model.parameters():
+            if getattr(p, "main_grad", None) is not None:
+                p.main_grad.zero_()
+        loss, grads = _loss_and_grads(model, cfg.vocab_size)
+        results[kind] = loss, {n: g.clone() for n, g in grads.items() if g is not None}
+    for kind in ("lean", "lean again"):
+        assert torch.equal(results[kind][0], results["megatron"][0])
+        assert results[kind][1].keys() == results["megatron"][1].keys()
+        unequal = [n for n, g in results[kind][1].items() if not torch.equal(g, results["megatron"][1][n])]
+        assert not unequal, unequal[:3]
+    assert attns[0]._rope_table is not None and attns[0]._rope_table[0]() is not None
+
+
+def test_lean_mla_refuses_what_it_does_not_run():
+    from megatron_ads.model.attention import lean_mla_supported
+
+    base = dict(tensor_model_parallel_size=1, context_parallel_size=1, apply_rope_fusion=False,
+                rotary_interleaved=False, cache_mla_latents=False, experimental_attention_variant=None,
+                fine_grained_activation_offloading=False, recompute_granularity=None, recompute_modules=None)
+    assert lean_mla_supported(SimpleNamespace(**base)) is None
+    for key, value, reason in (("tensor_model_parallel_size", 2, "tensor_model_parallel_size"),
+                               ("context_parallel_size", 2, "context_parallel_size"),
+                               ("apply_rope_fusion", True, "apply_rope_fusion"),
+                               ("rotary_interleaved", True, "rotary_interleaved"),
+                               ("cache_mla_latents", True, "cache_mla_latents"),
+                               ("experimental_attention_variant", "dsa", "experimental_attention_variant"),
+                               ("fine_grained_activation_offloading", True, "fine_grained_activation_offloading")):
+        assert lean_mla_supported(SimpleNamespace(**{**base, key: value})) == reason
+    for modules in (["core_attn"], ["mla_up_proj"]):
+        assert lean_mla_supported(SimpleNamespace(**{**base, "recompute_granularity": "selective",
+                                                     "recompute_modules": modules})) == \
+            "recompute core_attn / mla_up_proj"
+    assert lean_mla_supported(SimpleNamespace(**{**base, "recompute_granularity": "selective",
+                                                 "recompute_modules": ["mlp"]})) is None
 
 
 def test_lean_attention_refuses_what_it_does_not_run():
