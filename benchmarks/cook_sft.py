@@ -40,9 +40,11 @@ All runs use ``launch/configs/sft_tiny_cpu.yaml``:
    ``hand`` only in what the rows hold. All arms are tested on the shared test file (``sft.test_rows`` = its
    size). ``--draws D``: each arm also runs at ``sft.data_seed`` + 1 .. D-1 (in ``<arm>/draw<d>/``) — for
    ``hand`` another validation draw, sampling sequence (the mixer's seed) and tokenizer sample of the same rows,
-   for the control the cooked rows in that draw's hand split, for ``cooked`` (whose split is the cook's) another
-   sampling sequence: on 3 600 rows per task one draw moves Fair-view BACC by ~9 points (``RESULTS.md``), so the
-   2-point verdict needs the means over several draws.
+   for the control the cooked rows in that draw's hand split, for ``cooked`` the cook's own split re-drawn at
+   ``split_seed`` + d (``cook_redrawn``: the finished cook resumed in ``cook/<task>/draw<d>/``, which only
+   writes the splits) and another sampling sequence: on 3 600 rows per task one draw moves Fair-view BACC by ~9
+   points (``RESULTS.md``), so the 2-point verdict needs the means over several draws, and each arm's draws must
+   vary which rows validate (a cooked arm fixed to one split measured that split, not the corpus).
 
 Prints the arms' held-out metrics (query–ad Bad / Fair / quality / location BACC, ad–user AUC / BACC) per seed
 and their mean over the seeds, the cook's counts per filter and the teacher's held-out exact match, then, last,
@@ -79,6 +81,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -163,6 +166,22 @@ def cook(name: str, raw: Path, teacher: Path, out: Path, overrides: list[str]) -
     _run(["cook", "--task", name, "--input", str(raw), "--teacher", str(teacher), "--verifier", str(teacher),
           "--out", str(out), *overrides, "--json"], out / f"cook_{name}.log")
     return json.loads((out / "cook_report.json").read_text())
+
+
+def cook_redrawn(name: str, raw: Path, teacher: Path, cooked: Path, d: int, overrides: list[str]) -> dict:
+    """The cook's corpus of task ``name`` at split draw ``d``: the finished cook in ``cooked`` re-split at
+    ``split_seed`` + ``d`` — its journal and settings copied into ``cooked/draw<d>/``, where ``cook`` resumes
+    with every input done and only writes the splits (another validation / train draw of the same cooked rows,
+    as ``sft.data_seed`` draws the hand arm's). Draw 0 is the cook itself."""
+    if d == 0:
+        return json.loads((cooked / "cook_report.json").read_text())
+    out = cooked / f"draw{d}"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in (f"{name}.journal.jsonl", f"{name}.settings.json"):
+        if not (out / f).is_file():
+            shutil.copyfile(cooked / f, out / f)
+    seed = CookConfig.load(None, overrides).split_seed + d
+    return cook(name, raw, teacher, out, [*overrides, f"split_seed={seed}"])
 
 
 def cook_summary(name: str, report: dict, raw: list[dict]) -> dict:
@@ -380,10 +399,13 @@ def main() -> int:
         reports = {n: f.result() for n, f in futures.items()}
         cooks = {n: cook_summary(n, reports[n], raw[n]) for n in TASKS}
 
-        # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits, and the control
-        cooked = [*common, *[x for n in TASKS for x in files(
-            n, Path(reports[n]["sft_files"][n]["train"]), tests[n], Path(reports[n]["sft_files"][n]["val"]))]]
-        arms["cooked"] = [drawn(cooked, d) for d in range(args.draws)]
+        # 3. the cooked arms (same init and recipe as the hand arm): the cook's splits (one per draw), and the control
+        arms["cooked"] = []
+        for d in range(args.draws):
+            split = {n: cook_redrawn(n, raw_files[n], teacher_dir, work / "cook" / n, d, cook_set)["sft_files"][n]
+                     for n in TASKS}
+            arms["cooked"].append(drawn([*common, *[x for n in TASKS for x in files(
+                n, Path(split[n]["train"]), tests[n], Path(split[n]["val"]))]], d))
         arms["cooked_hand_split"] = []
         by_input = {n: cooked_by_input(reports[n]["sft_files"][n]) for n in TASKS}
         for d in range(args.draws):

@@ -111,6 +111,7 @@ def test_cook_sft_fast(tmp_path):
                                                            out["arms"]["hand"]["per_seed"], strict=True)]
         assert out["control_diff_points_se"][k] == pytest.approx(statistics.stdev(ctrl_paired) / 2, nan_ok=True)
     # the control arm: every cooked row of the hand arm's inputs, in the hand arm's split and order
+    from megatron_ads.config.cook import CookConfig
     from megatron_ads.data.sft_data import user_data
 
     assert set(out["arms"]) == {"hand", "cooked", "cooked_hand_split"}
@@ -128,6 +129,28 @@ def test_cook_sft_fast(tmp_path):
                         (tmp_path / "data" / f"{name}.cooked_hand_split{tag}.{split}.jsonl").read_text().splitlines()]
                 assert [str(r["id"]) for r in ctrl] == [str(h["id"]) for h in hand[split] if str(h["id"]) in cooked]
                 assert all(r == cooked[str(r["id"])] for r in ctrl)
+    # the cooked arm's draw 1: the cook's own split re-drawn at split_seed 1 (the same cooked rows), its files trained
+    import random
+
+    from megatron_ads.data.cook.pipeline import split_counts
+
+    for name in ("query_ad", "ad_user"):
+        def rows(d, split):
+            base = tmp_path / "cook" / name / (f"draw{d}" if d else "")
+            return [json.loads(x) for x in (base / f"{name}.{split}.jsonl").read_text().splitlines()]
+
+        drawn = {split: rows(1, split) for split in ("train", "val", "test")}
+        by_id = lambda r: str(r["id"])  # noqa: E731
+        pooled = sorted((r for split in ("train", "val", "test") for r in rows(0, split)), key=by_id)
+        assert sorted((r for v in drawn.values() for r in v), key=by_id) == pooled
+        raw_ids = [json.loads(x)["id"] for x in (tmp_path / "data" / f"{name}.raw_12.jsonl").read_text().splitlines()]
+        kept = [i for i in raw_ids if any(str(r["id"]) == str(i) for r in pooled)]
+        order = list(range(len(kept)))
+        random.Random(1).shuffle(order)
+        n_val = split_counts(len(kept), CookConfig.load(None, ["test_fraction=0"]))[0]
+        assert [str(r["id"]) for r in drawn["val"]] == [str(kept[i]) for i in order[:n_val]]
+        cfg = yaml.safe_load((tmp_path / "cooked" / "draw1" / "seed0" / "config.yaml").read_text())
+        assert cfg["sft"]["files"][name]["train"] == str(tmp_path / "cook" / name / "draw1" / f"{name}.train.jsonl")
     ctrl = out["arms"]["cooked_hand_split"]
     for k in BACC:
         assert out["control_diff_points"][k] == pytest.approx(100 * (ctrl[k] - out["arms"]["hand"][k]))
