@@ -72,7 +72,9 @@ class ModelSpec:
     communication steps (``model.linear``: TP-1 attention / MLP linears, one ``F.linear`` each, where nothing
     needs megatron's linear (no TE, sequence parallelism, fused or deferred weight gradients);
     ``model.dispatch``: the MoE token dispatcher at EP = TP = 1 without its identity all-to-alls and chunk
-    sorts); megatron: megatron-core's modules throughout. Same numerics (bit-equal in fp32), same checkpoints."""
+    sorts; in a one-process run ``train.finalize.OneRankFinalize``: megatron's ``finalize_model_grads`` without
+    its identity collectives and module walks); megatron: megatron-core's modules and functions throughout. Same
+    numerics (bit-equal in fp32), same checkpoints."""
 
     def __post_init__(self):
         _one_of("model", self, "init", Init)

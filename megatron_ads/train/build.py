@@ -18,6 +18,7 @@ from megatron_ads.config.train import JobConfig, ModelSpec
 from megatron_ads.model.build import build_model_chunk, transformer_config
 from megatron_ads.model.specs import use_te_default
 from megatron_ads.train import ckpt
+from megatron_ads.train.finalize import finalize_func
 from megatron_ads.train.optim import build_optimizer, build_scheduler, megatron_optimizer_config
 
 
@@ -56,9 +57,6 @@ def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str],
     """Model chunk (initial weights loaded), DDP, optimizer and schedule for this rank. ``extend(chunk)``, when
     given, changes the chunk after its initial weights are in and before DDP and the optimizer see it (e.g.
     a reward head, ``train.reward_model.attach_reward_head``): what it adds is trained and checkpointed."""
-    from megatron.core.distributed import (  # heavy: megatron-core at use
-        DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads)
-
     o, par = job.optim, job.parallel
     extra = {}
     if cfg.is_moe and job.train.moe_aux_loss_coeff > 0:
@@ -69,16 +67,27 @@ def build(job: JobConfig, cfg: ModelConfig, device_name: str, stub: set[str],
     load_initial_weights(chunk, job.model, cfg, job)
     if extend is not None:
         extend(chunk)
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=o.distributed_optimizer,
-                                               check_for_nan_in_grad=False)
-    model = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk)
-    tconfig.no_sync_func = model.no_sync
-    tconfig.finalize_model_grads_func = finalize_model_grads
+    model = wrap_ddp(chunk, tconfig, o.distributed_optimizer, job.model.single_rank)
     optimizer, info = build_optimizer(megatron_optimizer_config(o), [model], stub="optimizer" in stub,
                                       impl=o.stub_impl)
     scheduler = build_scheduler(optimizer, o.lr, o.min_lr, o.warmup_steps, job.train.steps, o.weight_decay)
     return Built(model=model, tconfig=tconfig, optimizer=optimizer, optim_info=info, scheduler=scheduler)
+
+
+def wrap_ddp(chunk, tconfig, distributed_optimizer: bool, single_rank: str = "auto"):
+    """``chunk`` in megatron-core's DistributedDataParallel (fp32 gradient buffers, reduction after the backward),
+    with ``tconfig``'s no-sync and finalize functions set (``train.finalize.finalize_func``: the one-rank twin
+    of ``finalize_model_grads`` in a one-process run where ``single_rank`` is ``auto``)."""
+    from megatron.core.distributed import (  # heavy: megatron-core at use
+        DistributedDataParallel, DistributedDataParallelConfig)
+
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=distributed_optimizer,
+                                               check_for_nan_in_grad=False)
+    model = DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk)
+    tconfig.no_sync_func = model.no_sync
+    tconfig.finalize_model_grads_func = finalize_func([model], single_rank)
+    return model
 
 
 def load_initial_weights(chunk, m: ModelSpec, cfg: ModelConfig, job: JobConfig) -> None:
