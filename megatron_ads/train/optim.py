@@ -184,7 +184,7 @@ def one_rank_grad_norm_fp32(grads_for_norm, norm_type=2, grad_stats_parallel_gro
     if (float(norm_type) != 2.0 or not torch.distributed.is_initialized()
             or torch.distributed.get_world_size(grad_stats_parallel_group) != 1
             or any(isinstance(g, DTensor) for g in grads)):
-        return MEGATRON_GRAD_NORM[0](grads_for_norm, norm_type, grad_stats_parallel_group)
+        return clip_grads.get_grad_norm_fp32(grads_for_norm, norm_type, grad_stats_parallel_group)
     if not grads:
         return 0.0
     noop = torch.zeros(1, dtype=torch.int, device=grads[0].device)
@@ -192,18 +192,14 @@ def one_rank_grad_norm_fp32(grads_for_norm, norm_type=2, grad_stats_parallel_gro
     return (grad_norm ** 2.0).item() ** (1.0 / 2.0)
 
 
-MEGATRON_GRAD_NORM: list = []
-"""megatron's ``get_grad_norm_fp32``, kept by ``use_one_rank_grad_norm`` when it puts the twin in its place."""
-
-
 def use_one_rank_grad_norm() -> bool:
     """Put ``one_rank_grad_norm_fp32`` where megatron's optimizer module calls ``get_grad_norm_fp32``
-    (``optimizer.py``: every (sub-)optimizer's gradient norm and clipping). Idempotent; whether it swapped now."""
+    (``optimizer.py``: every (sub-)optimizer's gradient norm and clipping; ``clip_grads.get_grad_norm_fp32``, what
+    the twin falls back to, stays megatron's). Idempotent; whether it swapped now."""
     from megatron.core.optimizer import clip_grads, optimizer  # heavy: megatron-core at use
 
     if optimizer.get_grad_norm_fp32 is not clip_grads.get_grad_norm_fp32:
         return False
-    MEGATRON_GRAD_NORM[:] = [clip_grads.get_grad_norm_fp32]
     optimizer.get_grad_norm_fp32 = one_rank_grad_norm_fp32
     return True
 

@@ -15,7 +15,6 @@ def test_one_rank_grad_norm_is_megatrons_without_the_collective(single_rank_modu
     from megatron.core.optimizer import clip_grads
 
     from megatron_ads.infer.weights import init_single_rank
-    from megatron_ads.train import optim
     from megatron_ads.train.optim import one_rank_grad_norm_fp32, use_foreach_multi_tensor_ops, use_one_rank_grad_norm
 
     init_single_rank()
@@ -31,7 +30,7 @@ def test_one_rank_grad_norm_is_megatrons_without_the_collective(single_rank_modu
     assert one_rank_grad_norm_fp32([]) == 0.0 and calls == []
     # another norm type goes to megatron's function (with its collective)
     seen = []
-    monkeypatch.setattr(optim, "MEGATRON_GRAD_NORM", [lambda *a: seen.append(a) or 1.5])
+    monkeypatch.setattr(clip_grads, "get_grad_norm_fp32", lambda *a: seen.append(a) or 1.5)
     assert one_rank_grad_norm_fp32(grads, norm_type=float("inf")) == 1.5 and seen
 
 
@@ -45,7 +44,6 @@ def test_use_one_rank_grad_norm_swaps_megatrons_call_site(single_rank_module):
         optimizer.get_grad_norm_fp32 = clip_grads.get_grad_norm_fp32
         assert optim.use_one_rank_grad_norm() is True
         assert optimizer.get_grad_norm_fp32 is optim.one_rank_grad_norm_fp32
-        assert optim.MEGATRON_GRAD_NORM == [clip_grads.get_grad_norm_fp32]
         assert optim.use_one_rank_grad_norm() is False  # idempotent
         optimizer.get_grad_norm_fp32 = lambda *a: 0.0  # someone else's function: left alone
         assert optim.use_one_rank_grad_norm() is False
@@ -55,11 +53,13 @@ def test_use_one_rank_grad_norm_swaps_megatrons_call_site(single_rank_module):
 
 @pytest.mark.parametrize("world", [2])
 def test_a_group_of_more_ranks_goes_to_megatron(world, monkeypatch, single_rank_module):
+    from megatron.core.optimizer import clip_grads
+
     from megatron_ads.infer.weights import init_single_rank
     from megatron_ads.train import optim
 
     init_single_rank()
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: world)
     seen = []
-    monkeypatch.setattr(optim, "MEGATRON_GRAD_NORM", [lambda *a: seen.append(a) or 2.5])
+    monkeypatch.setattr(clip_grads, "get_grad_norm_fp32", lambda *a: seen.append(a) or 2.5)
     assert optim.one_rank_grad_norm_fp32(_grads(1)) == 2.5 and len(seen) == 1
