@@ -141,6 +141,12 @@ def lean_attention_supported(config) -> str | None:
     return next((name for name, on in reasons if on), None)
 
 
+def _inference_only(t: torch.Tensor) -> bool:
+    """A cached tensor made under ``torch.inference_mode`` (a validation pass) that autograd may not save: it
+    must be made again when a training step (inference mode off) wants it."""
+    return t.is_inference() and not torch.is_inference_mode_enabled()
+
+
 class LeanSelfAttention(SelfAttention):
     """megatron-core's ``SelfAttention`` (same parameters, state dict and submodules) with a lean training /
     prefill forward (module docstring); built only where ``lean_attention_supported`` is None."""
@@ -154,7 +160,8 @@ class LeanSelfAttention(SelfAttention):
         """megatron's ``cos_`` / ``sin_`` of one rotary table (``(cos(freqs) * mscale).to(dtype)``), kept while
         the table lives."""
         cached = self._rope_table
-        if cached is None or cached[0]() is not freqs_S11R or cached[1] != dtype:
+        if (cached is None or cached[0]() is not freqs_S11R or cached[1] != dtype
+                or _inference_only(cached[2])):
             cos = (torch.cos(freqs_S11R) * self.rope_mscale).to(dtype)
             sin = (torch.sin(freqs_S11R) * self.rope_mscale).to(dtype)
             cached = self._rope_table = (weakref.ref(freqs_S11R), dtype, cos, sin)
@@ -224,7 +231,8 @@ class LeanMLASelfAttention(MLASelfAttention):
         """megatron's ``cos_`` / ``sin_`` (``(cos(freqs) * mscale).to(dtype)``) of one rotary table, kept while the
         table lives (YaRN's / RoPE's ``forward`` is an ``lru_cache``: one table for every layer and step)."""
         cached = self._rope_table
-        if cached is None or cached[0]() is not freqs_S11R or cached[1] != mscale or cached[2] != dtype:
+        if (cached is None or cached[0]() is not freqs_S11R or cached[1] != mscale or cached[2] != dtype
+                or _inference_only(cached[3])):
             cos = (torch.cos(freqs_S11R) * mscale).to(dtype)
             sin = (torch.sin(freqs_S11R) * mscale).to(dtype)
             cached = self._rope_table = (weakref.ref(freqs_S11R), mscale, dtype, cos, sin)

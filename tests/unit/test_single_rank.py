@@ -360,3 +360,26 @@ def test_lean_attention_refuses_what_it_does_not_run():
                                                        "recompute_modules": ["core_attn"]})) == "recompute core_attn"
     assert lean_attention_supported(SimpleNamespace(**{**base, "recompute_granularity": "selective",
                                                        "recompute_modules": ["mlp"]})) is None
+
+
+@pytest.mark.parametrize("name", ["ds_qlora", "llama_tied"])
+def test_lean_attention_trains_after_an_inference_mode_pass(name, hf_saved, hf_chunk, single_rank_module):
+    """A validation pass under ``torch.inference_mode`` fills the twins' cos / sin cache with inference tensors;
+    the next training step must not save them for backward (it makes them again) and gives the numbers of a
+    model that never ran in inference mode."""
+    from megatron_ads.model.attention import LeanMLASelfAttention, LeanSelfAttention
+
+    fresh, cfg = hf_chunk(str(hf_saved(name)), "auto")
+    ref_loss, ref_grads = _loss_and_grads(fresh, cfg.vocab_size)
+    model, _ = hf_chunk(str(hf_saved(name)), "auto")
+    attns = [m for m in model.modules() if isinstance(m, (LeanSelfAttention, LeanMLASelfAttention))]
+    assert attns
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+    with torch.inference_mode():
+        model(ids, torch.arange(24).unsqueeze(0).expand(2, -1), None)
+    assert all(a._rope_table is not None and a._rope_table[-1].is_inference() for a in attns)
+    loss, grads = _loss_and_grads(model, cfg.vocab_size)
+    assert torch.equal(loss, ref_loss)
+    assert [n for n, gr in grads.items() if gr is not None and not torch.equal(gr, ref_grads[n])] == []
+    assert not any(a._rope_table[-1].is_inference() for a in attns)
