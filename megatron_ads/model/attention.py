@@ -141,10 +141,20 @@ def lean_attention_supported(config) -> str | None:
     return next((name for name, on in reasons if on), None)
 
 
-def _inference_only(t: torch.Tensor) -> bool:
-    """A cached tensor made under ``torch.inference_mode`` (a validation pass) that autograd may not save: it
-    must be made again when a training step (inference mode off) wants it."""
-    return t.is_inference() and not torch.is_inference_mode_enabled()
+def _cached_cos_sin(module, freqs_S11R: torch.Tensor, mscale: float,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """megatron's ``cos_`` / ``sin_`` of one rotary table (``(cos(freqs) * mscale).to(dtype)``), kept on
+    ``module._rope_table`` while the table lives (megatron's rotary ``forward`` is an ``lru_cache``: one table
+    for every layer and step). Made again for another table, mscale or dtype, and when the kept pair was made
+    under ``torch.inference_mode`` (a validation pass) and a training step, which autograd may not save
+    inference tensors for, wants it."""
+    cached = module._rope_table
+    if (cached is None or cached[0]() is not freqs_S11R or cached[1] != mscale or cached[2] != dtype
+            or (cached[3].is_inference() and not torch.is_inference_mode_enabled())):
+        cos = (torch.cos(freqs_S11R) * mscale).to(dtype)
+        sin = (torch.sin(freqs_S11R) * mscale).to(dtype)
+        cached = module._rope_table = (weakref.ref(freqs_S11R), mscale, dtype, cos, sin)
+    return cached[3], cached[4]
 
 
 class LeanSelfAttention(SelfAttention):
@@ -154,21 +164,10 @@ class LeanSelfAttention(SelfAttention):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         self.rope_mscale = _yarn_get_concentration_factor_from_config(config)
-        self._rope_table = None  # (weakref to the rotary table, dtype, cos, sin)
-
-    def _cos_sin(self, freqs_S11R: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """megatron's ``cos_`` / ``sin_`` of one rotary table (``(cos(freqs) * mscale).to(dtype)``), kept while
-        the table lives."""
-        cached = self._rope_table
-        if (cached is None or cached[0]() is not freqs_S11R or cached[1] != dtype
-                or _inference_only(cached[2])):
-            cos = (torch.cos(freqs_S11R) * self.rope_mscale).to(dtype)
-            sin = (torch.sin(freqs_S11R) * self.rope_mscale).to(dtype)
-            cached = self._rope_table = (weakref.ref(freqs_S11R), dtype, cos, sin)
-        return cached[2], cached[3]
+        self._rope_table = None  # (weakref to the rotary table, mscale, dtype, cos, sin): _cached_cos_sin
 
     def _rope(self, t_SBHD: torch.Tensor, freqs_S11R: torch.Tensor) -> torch.Tensor:
-        cos, sin = self._cos_sin(freqs_S11R, t_SBHD.dtype)
+        cos, sin = _cached_cos_sin(self, freqs_S11R, self.rope_mscale, t_SBHD.dtype)
         return rope_with_cos_sin(t_SBHD, cos, sin, self.config.rotary_interleaved)
 
     def forward(self, hidden_states, attention_mask, key_value_states=None, inference_context=None,
@@ -225,18 +224,7 @@ class LeanMLASelfAttention(MLASelfAttention):
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self._rope_table = None  # (weakref to the rotary table, mscale, dtype, cos, sin)
-
-    def _cos_sin(self, freqs_S11R: torch.Tensor, mscale: float, dtype: torch.dtype):
-        """megatron's ``cos_`` / ``sin_`` (``(cos(freqs) * mscale).to(dtype)``) of one rotary table, kept while the
-        table lives (YaRN's / RoPE's ``forward`` is an ``lru_cache``: one table for every layer and step)."""
-        cached = self._rope_table
-        if (cached is None or cached[0]() is not freqs_S11R or cached[1] != mscale or cached[2] != dtype
-                or _inference_only(cached[3])):
-            cos = (torch.cos(freqs_S11R) * mscale).to(dtype)
-            sin = (torch.sin(freqs_S11R) * mscale).to(dtype)
-            cached = self._rope_table = (weakref.ref(freqs_S11R), mscale, dtype, cos, sin)
-        return cached[3], cached[4]
+        self._rope_table = None  # (weakref to the rotary table, mscale, dtype, cos, sin): _cached_cos_sin
 
     def get_query_key_value_tensors(self, hidden_states, key_value_states=None, position_ids=None,
                                     packed_seq_params=None, inference_context=None, *, inference_params=None):
@@ -266,7 +254,7 @@ class LeanMLASelfAttention(MLASelfAttention):
         kv_SBHX = kv.view(*kv.shape[:-1], heads, cfg.qk_head_dim + cfg.v_head_dim)
         q_no_pe, q_pos = torch.split(q_SBHD, [cfg.qk_head_dim, cfg.qk_pos_emb_head_dim], dim=-1)
         k_no_pe, value = torch.split(kv_SBHX, [cfg.qk_head_dim, cfg.v_head_dim], dim=-1)
-        cos, sin = self._cos_sin(freqs_S11R, mscale, q.dtype)
+        cos, sin = _cached_cos_sin(self, freqs_S11R, mscale, q.dtype)
         s = q_SBHD.shape[0]
         cos, sin = cos[:s], sin[:s]
         query = torch.cat([q_no_pe, _mla_rope(q_pos, cos, sin)], dim=-1)
